@@ -1,0 +1,142 @@
+"""Run stage jobs on Ray actor pools, one pool per (stage, parameters).
+
+Each actor is one worker of one stage: it builds the stage and calls ``setup()`` once, then runs
+jobs. Pools grow on demand up to the stage's policy and to what the cluster's CPUs and GPUs allow
+given each stage's declared resources; idle workers of other stages are retired to make room, so
+a small cluster moves from stage to stage instead of deadlocking on actors that hold CPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+
+import ray
+from ray.exceptions import RayTaskError
+
+from cluster.policy import policy_for
+from stages.base import Stage, StageJob, StageStats, run_job
+
+
+class StageWorker:
+    """Body of a stage actor (subclassed per stage so the dashboard shows the stage's name)."""
+
+    def __init__(self, stage_cls: type[Stage], params: dict):
+        self._stage = stage_cls(**params)
+        self._stage.setup()
+        self._name = f"{socket.gethostname()}:{os.getpid()}"
+
+    def run(self, job: StageJob) -> StageStats:
+        return run_job(self._stage, job, worker=self._name)
+
+
+@dataclass
+class _Worker:
+    pool: tuple[type[Stage], str]
+    actor: ray.actor.ActorHandle
+    cpus: float
+    gpus: float
+    busy: bool = False
+
+
+class RayRunner:
+    """Executes ``StageJob``s on Ray; safe to call from many driver threads at once."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._workers: list[_Worker] = []
+        self._actor_classes: dict[type[Stage], type] = {}
+        self._token = uuid.uuid4().hex[:6]
+        self._started = 0
+
+    def run(self, job: StageJob) -> StageStats:
+        worker = self._acquire(job)
+        try:
+            return ray.get(worker.actor.run.remote(job))
+        except RayTaskError as exc:
+            # Re-raise the stage's own exception (e.g. TitleError) without Ray's wrapping.
+            raise exc.cause from None
+        except ray.exceptions.RayActorError:
+            self._discard(worker)  # retries exhausted: the worker is gone for good
+            raise
+        finally:
+            self._release(worker)
+
+    def shutdown(self) -> None:
+        with self._cond:
+            for worker in self._workers:
+                ray.kill(worker.actor)
+            self._workers.clear()
+
+    def _request(self, stage: type[Stage]) -> tuple[float, float]:
+        """CPUs and GPUs one worker asks Ray for, capped to what the cluster has."""
+        total = ray.cluster_resources()
+        cpus = min(stage.resources.cpus, total.get("CPU", 1.0))
+        gpus = min(stage.resources.gpus, total.get("GPU", 0.0))  # no GPU: the stage runs on CPU
+        return cpus, gpus
+
+    def _fits(self, cpus: float, gpus: float) -> bool:
+        total = ray.cluster_resources()
+        used_cpu = sum(w.cpus for w in self._workers)
+        used_gpu = sum(w.gpus for w in self._workers)
+        eps = 1e-6
+        return used_cpu + cpus <= total.get("CPU", 0) + eps and used_gpu + gpus <= total.get("GPU", 0) + eps
+
+    def _acquire(self, job: StageJob) -> _Worker:
+        key = (job.stage, json.dumps(job.params, sort_keys=True, default=str))
+        policy = policy_for(job.stage.name)
+        with self._cond:
+            while True:
+                pool = [w for w in self._workers if w.pool == key]
+                idle = next((w for w in pool if not w.busy), None)
+                if idle is not None:
+                    idle.busy = True
+                    return idle
+                if len(pool) < policy.max_workers:
+                    cpus, gpus = self._request(job.stage)
+                    if not self._fits(cpus, gpus):
+                        self._retire_idle(cpus, gpus)
+                    if self._fits(cpus, gpus):
+                        worker = self._start(key, job, cpus, gpus, policy.max_retries)
+                        worker.busy = True
+                        return worker
+                self._cond.wait(timeout=1.0)
+
+    def _retire_idle(self, cpus: float, gpus: float) -> None:
+        for worker in [w for w in self._workers if not w.busy]:
+            if self._fits(cpus, gpus):
+                return
+            ray.kill(worker.actor)
+            self._workers.remove(worker)
+
+    def _start(self, key, job: StageJob, cpus: float, gpus: float, retries: int) -> _Worker:
+        actor_class = self._actor_classes.get(job.stage)
+        if actor_class is None:
+            named = type(f"{job.stage.__name__}Worker", (StageWorker,), {})
+            actor_class = self._actor_classes[job.stage] = ray.remote(named)
+        actor = actor_class.options(
+            name=f"dubline-{job.stage.name}-{self._token}-{self._started}",
+            num_cpus=cpus,
+            num_gpus=gpus,
+            memory=int(job.stage.resources.memory_gb * 2**30),
+            max_restarts=retries,
+            max_task_retries=retries,
+        ).remote(job.stage, job.params)
+        self._started += 1
+        worker = _Worker(pool=key, actor=actor, cpus=cpus, gpus=gpus)
+        self._workers.append(worker)
+        return worker
+
+    def _release(self, worker: _Worker) -> None:
+        with self._cond:
+            worker.busy = False
+            self._cond.notify_all()
+
+    def _discard(self, worker: _Worker) -> None:
+        with self._cond:
+            if worker in self._workers:
+                self._workers.remove(worker)

@@ -1,0 +1,1 @@
+"""Prefect flows (catalogue, title, demo), the run folder they keep, and the command line."""

@@ -1,0 +1,184 @@
+"""The ``dubline`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+# Quiet, offline-friendly defaults; set before Prefect or Ray are imported. Users may override.
+_ENV_DEFAULTS = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+def _prepare_env(quiet: bool) -> None:
+    for name, value in _ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    if quiet:
+        os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+
+
+def _run_flow(catalogue: str, out: str, ray_address: str | None, executor: str, quiet: bool) -> dict:
+    _prepare_env(quiet)
+    from flows.localize import localize_catalogue
+
+    return localize_catalogue(catalogue=catalogue, out=out, ray_address=ray_address, executor=executor)
+
+
+def _print_summary(summary: dict) -> int:
+    """Print the run summary; returns the exit code (1 when anything failed)."""
+    inv = summary["invocation"]
+    click.echo(f"\nrun folder: {summary['out']}")
+    click.echo(f"stages executed: {inv['stages_executed'] or 'none'}; reused: {inv['stages_skipped'] or 'none'}")
+    failed = bool(summary["catalogue_errors"])
+    for title_id, title in summary["titles"].items():
+        click.echo(f"  {title_id}: {title['status']}")
+        for language, url in title["outputs"].items():
+            click.echo(f"    {language}: {url}")
+        if title["error"]:
+            click.echo(f"    error: {title['error']}")
+        failed |= title["status"] != "done"
+    for error in summary["catalogue_errors"]:
+        click.echo(f"  catalogue {error}")
+    return 1 if failed else 0
+
+
+_common_run_options = [
+    click.option("--ray-address", envvar="RAY_ADDRESS", default=None, help="Join this Ray cluster (default: start a local Ray)."),
+    click.option(
+        "--executor",
+        type=click.Choice(["ray", "local"]),
+        default="ray",
+        show_default=True,
+        help="Run stages on Ray, or in this process (small jobs, debugging).",
+    ),
+    click.option("--quiet", is_flag=True, help="Only warnings and the summary."),
+]
+
+
+def _with_run_options(func):
+    for option in reversed(_common_run_options):
+        func = option(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """dubline: batch lip-sync dubbing of video catalogues (Prefect flows over Ray)."""
+
+
+@main.command()
+@click.argument("catalogue")
+@click.option("--out", required=True, help="Run folder: a local folder or any fsspec URL.")
+@_with_run_options
+def run(catalogue: str, out: str, ray_address: str | None, executor: str, quiet: bool) -> None:
+    """Dub every (title, language) row of CATALOGUE (YAML, CSV or Parquet; path or URL) into OUT.
+
+    Rerunning into the same OUT recomputes only what is new or changed.
+    """
+    summary = _run_flow(catalogue, out, ray_address, executor, quiet)
+    sys.exit(_print_summary(summary))
+
+
+def _single_title(mode: str, source: str, audio: str, output: str, language: str, run_dir: str | None,
+                  ray_address: str | None, executor: str, quiet: bool) -> None:
+    output_path = Path(output).resolve()
+    run_folder = Path(run_dir) if run_dir else output_path.with_name(output_path.stem + ".dubline")
+    run_folder.mkdir(parents=True, exist_ok=True)
+    title_id = re.sub(r"[^A-Za-z0-9._-]", "_", Path(source).stem).lstrip("._-") or "title"
+    row = {"title_id": title_id, mode: str(Path(source).resolve()), "language": language, "dub_audio": str(Path(audio).resolve())}
+    catalogue = run_folder / "catalogue.yaml"
+    catalogue.write_text(json.dumps([row], indent=1))  # JSON is valid YAML
+    summary = _run_flow(str(catalogue), str(run_folder), ray_address, executor, quiet)
+    code = _print_summary(summary)
+    produced = summary["titles"].get(title_id, {}).get("outputs", {}).get(language)
+    if produced:
+        shutil.copyfile(produced, output_path)
+        click.echo(f"wrote {output_path}")
+    sys.exit(code)
+
+
+_single_options = [
+    click.option("-o", "--output", required=True, help="Output video file (.mp4)."),
+    click.option("--language", default="en", show_default=True, help="BCP-47 code of the dub audio's language."),
+    click.option("--run-dir", default=None, help="Run folder (default: OUTPUT's name + '.dubline' beside it)."),
+]
+
+
+def _with_single_options(func):
+    for option in reversed(_single_options):
+        func = option(func)
+    return _with_run_options(func)
+
+
+@main.command()
+@click.argument("video")
+@click.argument("audio")
+@_with_single_options
+def dub(video: str, audio: str, output: str, language: str, run_dir: str | None, ray_address: str | None, executor: str, quiet: bool) -> None:
+    """Dub VIDEO with the speech in AUDIO: same picture, mouths re-driven by the new audio."""
+    _single_title("video", video, audio, output, language, run_dir, ray_address, executor, quiet)
+
+
+@main.command()
+@click.argument("portrait")
+@click.argument("audio")
+@_with_single_options
+def avatar(portrait: str, audio: str, output: str, language: str, run_dir: str | None, ray_address: str | None, executor: str, quiet: bool) -> None:
+    """Make a talking video of PORTRAIT speaking AUDIO."""
+    _single_title("portrait", portrait, audio, output, language, run_dir, ray_address, executor, quiet)
+
+
+@main.command()
+@click.argument("out")
+def status(out: str) -> None:
+    """Print the per-title, per-stage state of the run folder OUT."""
+    from flows.run_folder import RunFolder
+    from schemas import storage
+
+    run = RunFolder(out)
+    if not storage.exists(run.state_url):
+        raise click.ClickException(f"{out} is not a dubline run folder (no run.json)")
+    state = run.state
+    last = state["invocations"][-1] if state["invocations"] else {}
+    click.echo(f"run folder: {run.url}\ncatalogue: {state.get('catalogue')}\nlast run: {last.get('started')} -> {last.get('finished') or 'not finished'}")
+    for title_id, title in sorted(state["titles"].items()):
+        click.echo(f"{title_id}: {title.get('status')}" + (f"  ({title['error']})" if title.get("error") else ""))
+        for stage, record in title.get("stages", {}).items():
+            click.echo(f"  {stage:<10} {record['state']:<6} {record['seconds']:8.2f} s  rows {record['rows_in']}->{record['rows_out']}")
+        for language, lang in sorted(title.get("languages", {}).items()):
+            click.echo(f"  [{language}] {lang.get('status')}" + (f"  ({lang['error']})" if lang.get("error") else ""))
+            for stage, record in lang.get("stages", {}).items():
+                click.echo(f"    {stage:<8} {record['state']:<6} {record['seconds']:8.2f} s")
+            if lang.get("output"):
+                click.echo(f"    output: {lang['output']}")
+    for error in state.get("catalogue_errors", []):
+        click.echo(f"catalogue {error}")
+
+
+@main.command()
+@click.option("--out", default="dubline-demo", show_default=True, help="Run folder of the demo.")
+@click.option("--sample-data", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Run on the real clips of this folder (e.g. ../shared/data) instead of generated inputs.")
+@_with_run_options
+def demo(out: str, sample_data: str | None, ray_address: str | None, executor: str, quiet: bool) -> None:
+    """Build demo inputs (a real portrait, espeak-ng speech in two languages) and dub them."""
+    from flows.demo import build_demo_catalogue, build_sample_catalogue
+
+    out_dir = Path(out).resolve()
+    click.echo("building demo inputs ...")
+    catalogue = build_sample_catalogue(Path(sample_data), out_dir) if sample_data else build_demo_catalogue(out_dir)
+    click.echo(f"catalogue: {catalogue}")
+    summary = _run_flow(str(catalogue), str(out_dir / "run"), ray_address, executor, quiet)
+    code = _print_summary(summary)
+    click.echo(f"\noutputs are under {out_dir / 'run' / 'outputs'}; run state: {out_dir / 'run' / 'run.json'}")
+    sys.exit(code)

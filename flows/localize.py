@@ -1,0 +1,153 @@
+"""The catalogue flow and the per-title flow.
+
+``localize_catalogue`` validates the catalogue, then runs ``localize_title`` for every title
+concurrently; each title runs its stages as Prefect tasks that pass manifest URLs. A bad row or a
+failing title is recorded in run.json and the summary, and never stops the other titles.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows import tasks
+from flows.run_folder import RunFolder
+from schemas import storage
+from schemas.catalogue import CatalogueEntry, load_catalogue
+from schemas.manifest_io import write_manifest
+from schemas.manifests import CATALOGUE
+from stages.base import TitleError
+
+#: Titles processed at once by one driver; the cluster's own capacity limits the real parallelism.
+TITLES_IN_FLIGHT = 8
+
+
+def _describe(exc: BaseException, title_id: str) -> str:
+    if isinstance(exc, TitleError):
+        return str(exc)
+    return f"{title_id}: unexpected {type(exc).__name__}: {exc}"
+
+
+@flow(name="localize_title", flow_run_name="{title_id}", task_runner=ThreadPoolTaskRunner(max_workers=4))
+def localize_title(run_url: str, title_id: str, entries: list[dict[str, Any]]) -> dict[str, str]:
+    """All languages of one title: probe and shots once, then one composite per language.
+
+    Returns ``{language: output video URL}`` for the languages that succeeded; raises when none did.
+    """
+    run = tasks.session_for(run_url).run
+    first = CatalogueEntry.from_row(entries[0])
+    run.update_title(title_id, status="running", mode=first.mode, source_url=first.source_url, error=None)
+    if first.mode == "avatar":
+        raise TitleError(
+            title_id, "avatar mode (portrait input) needs the render stage, which this version of dubline does not have yet"
+        )
+    titles_url = tasks.probe(run_url, title_id, first.mode, first.source_url)
+    shots_url = tasks.shots(run_url, title_id, titles_url)
+
+    futures = {}
+    for row in entries:
+        entry = CatalogueEntry.from_row(row)
+        run.update_language(title_id, entry.language, status="running", dub_audio_url=entry.dub_audio_url, error=None)
+        futures[entry.language] = tasks.composite.submit(
+            run_url, title_id, entry.language, titles_url, shots_url, entry.dub_audio_url, entry.options
+        )
+    outputs, errors = {}, {}
+    for language, future in futures.items():
+        try:
+            future.result()
+            outputs[language] = run.output_url(title_id, language)
+            run.update_language(title_id, language, status="done", output=outputs[language])
+        except Exception as exc:  # noqa: BLE001 - one language's failure must not stop the others
+            errors[language] = _describe(exc, title_id)
+            run.update_language(title_id, language, status="failed", error=errors[language])
+    status = "done" if not errors else ("partial" if outputs else "failed")
+    run.update_title(title_id, status=status, error="; ".join(errors.values()) or None)
+    if not outputs:
+        raise TitleError(title_id, "no language could be produced: " + "; ".join(errors.values()))
+    return outputs
+
+
+@task(name="title", task_run_name="title-{title_id}")
+def _title(run_url: str, title_id: str, entries: list[dict[str, Any]]) -> None:
+    """Runs one title's flow and records its failure instead of propagating it."""
+    run = tasks.session_for(run_url).run
+    try:
+        localize_title(run_url, title_id, entries)
+    except Exception as exc:  # noqa: BLE001 - a failed title is reported, the catalogue goes on
+        message = _describe(exc, title_id)
+        if run.state["titles"].get(title_id, {}).get("status") not in ("failed", "partial"):
+            run.update_title(title_id, status="failed", error=message)
+        get_run_logger().error(message)
+
+
+@flow(name="localize_catalogue", task_runner=ThreadPoolTaskRunner(max_workers=TITLES_IN_FLIGHT))
+def localize_catalogue(
+    catalogue: str, out: str, ray_address: str | None = None, executor: str = "ray"
+) -> dict[str, Any]:
+    """Dub every (title, language) of ``catalogue`` into the run folder ``out``.
+
+    ``executor`` is "ray" (a local Ray, or the cluster at ``ray_address`` / ``$RAY_ADDRESS``) or
+    "local" (in-process, for small jobs). Returns the run summary (also in ``out``/run.json).
+    """
+    logger = get_run_logger()
+    parsed = load_catalogue(catalogue)
+    errors = [str(e) for e in parsed.errors]
+    for error in errors:
+        logger.error("catalogue %s", error)
+    with tasks.open_session(out, executor, ray_address) as session:
+        run = session.run
+        write_manifest(parsed.to_rows(), CATALOGUE, storage.join(run.url, "catalogue.parquet"))
+        run.begin(catalogue, {"executor": executor, "ray_address": ray_address}, errors)
+        for error in parsed.errors:
+            if error.title_id and error.title_id not in parsed.by_title():
+                run.update_title(error.title_id, status="invalid", error=str(error))
+        futures = [
+            _title.submit(run.url, title_id, [e.to_row() for e in entries])
+            for title_id, entries in parsed.by_title().items()
+        ]
+        for future in futures:
+            future.wait()
+        record = run.finish()
+    summary = summarize(run, record)
+    create_markdown_artifact(markdown=summary_markdown(summary), key="dubline-run-summary", description="dubline run summary")
+    return summary
+
+
+def summarize(run: RunFolder, invocation: dict[str, Any]) -> dict[str, Any]:
+    titles = run.state["titles"]
+    return {
+        "out": run.url,
+        "invocation": invocation,
+        "catalogue_errors": run.state.get("catalogue_errors", []),
+        "titles": {
+            title_id: {
+                "status": t.get("status"),
+                "error": t.get("error"),
+                "outputs": {lang: l.get("output") for lang, l in t.get("languages", {}).items() if l.get("status") == "done"},
+            }
+            for title_id, t in sorted(titles.items())
+        },
+    }
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    inv = summary["invocation"]
+    lines = [
+        f"# dubline run: {summary['out']}",
+        f"titles done: {inv['titles_done']}, failed: {inv['titles_failed']}; "
+        f"stages executed: {inv['stages_executed']}, reused: {inv['stages_skipped']}",
+        "",
+        "| title | status | outputs / error |",
+        "|---|---|---|",
+    ]
+    for title_id, t in summary["titles"].items():
+        detail = ", ".join(f"{k}: {v}" for k, v in t["outputs"].items())
+        if t["error"]:
+            detail = (detail + "; " if detail else "") + t["error"]
+        lines.append(f"| {title_id} | {t['status']} | {detail} |")
+    if summary["catalogue_errors"]:
+        lines += ["", "## Catalogue errors", *[f"- {e}" for e in summary["catalogue_errors"]]]
+    return "\n".join(lines)

@@ -1,0 +1,138 @@
+"""The run folder: where a run's manifests, outputs, completion markers and state live.
+
+Layout under the output URL::
+
+    run.json                                   parameters, per-title status, one record per invocation
+    catalogue.parquet                          the validated catalogue
+    manifests/<stage>/<title_id>/<key>.parquet stage output, keyed by a content hash
+    manifests/<stage>/<title_id>/<key>.done    completion marker (stage stats), written last
+    outputs/<title_id>/<title_id>.<lang>.mp4   the dubbed videos
+
+A stage output's key hashes the stage name and version, its parameters and the keys or content
+hashes of its inputs. A marker exists only once its manifest is fully written, so resuming after a
+crash and incremental scheduled runs are the same thing: a job whose marker exists is skipped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import threading
+from collections import Counter
+from typing import Any
+
+from schemas import storage
+from stages.base import Stage, StageStats
+
+RUN_STATE_VERSION = 1
+
+
+def stage_key(stage: type[Stage], params: dict[str, Any], inputs: dict[str, Any]) -> str:
+    """Content hash identifying a stage's output: stage, version, parameters and inputs."""
+    blob = json.dumps(
+        {"stage": stage.name, "version": stage.version, "params": params, "inputs": inputs},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class RunFolder:
+    """A run folder at any fsspec URL. Thread-safe: many Prefect tasks update it at once."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self._lock = threading.Lock()
+        self.state = self._load_state()
+        self._executed: Counter[str] = Counter()
+        self._skipped: Counter[str] = Counter()
+
+    # --- stage outputs -------------------------------------------------------------------------
+    def manifest_url(self, stage: str, title_id: str, key: str) -> str:
+        return storage.join(self.url, "manifests", stage, title_id, f"{key}.parquet")
+
+    def _marker_url(self, stage: str, title_id: str, key: str) -> str:
+        return storage.join(self.url, "manifests", stage, title_id, f"{key}.done")
+
+    def output_url(self, title_id: str, language: str) -> str:
+        return storage.join(self.url, "outputs", title_id, f"{title_id}.{language}.mp4")
+
+    def finished(self, stage: str, title_id: str, key: str) -> dict[str, Any] | None:
+        """Stats of a completed stage output, or None when it must be (re)computed."""
+        marker = self._marker_url(stage, title_id, key)
+        if not storage.exists(marker) or not storage.exists(self.manifest_url(stage, title_id, key)):
+            return None
+        return json.loads(storage.read_text(marker))
+
+    def mark_finished(self, stage: str, title_id: str, key: str, stats: StageStats) -> None:
+        record = {**stats.to_dict(), "key": key, "finished": _now()}
+        storage.write_text(self._marker_url(stage, title_id, key), json.dumps(record, indent=1))
+
+    def count(self, stage: str, executed: bool) -> None:
+        with self._lock:
+            (self._executed if executed else self._skipped)[stage] += 1
+
+    # --- run.json ------------------------------------------------------------------------------
+    @property
+    def state_url(self) -> str:
+        return storage.join(self.url, "run.json")
+
+    def _load_state(self) -> dict[str, Any]:
+        if storage.exists(self.state_url):
+            state = json.loads(storage.read_text(self.state_url))
+            if state.get("run_state_version") != RUN_STATE_VERSION:
+                raise ValueError(
+                    f"{self.state_url} was written by another dubline (run state version "
+                    f"{state.get('run_state_version')}, expected {RUN_STATE_VERSION}); use a new output folder"
+                )
+            return state
+        return {"run_state_version": RUN_STATE_VERSION, "created": _now(), "invocations": [], "titles": {}}
+
+    def _save(self) -> None:
+        self.state["updated"] = _now()
+        storage.write_text(self.state_url, json.dumps(self.state, indent=1, sort_keys=True))
+
+    def begin(self, catalogue_url: str, parameters: dict[str, Any], catalogue_errors: list[str]) -> None:
+        with self._lock:
+            self.state.update(catalogue=catalogue_url, parameters=parameters, catalogue_errors=catalogue_errors)
+            self.state["invocations"].append({"started": _now(), "finished": None})
+            self._save()
+
+    def update_title(self, title_id: str, **fields: Any) -> None:
+        with self._lock:
+            title = self.state["titles"].setdefault(title_id, {"stages": {}, "languages": {}})
+            title.update(fields)
+            self._save()
+
+    def update_stage(self, title_id: str, language: str | None, stage: str, record: dict[str, Any]) -> None:
+        with self._lock:
+            title = self.state["titles"].setdefault(title_id, {"stages": {}, "languages": {}})
+            target = title if language is None else title["languages"].setdefault(language, {"stages": {}})
+            target.setdefault("stages", {})[stage] = record
+            self._save()
+
+    def update_language(self, title_id: str, language: str, **fields: Any) -> None:
+        with self._lock:
+            title = self.state["titles"].setdefault(title_id, {"stages": {}, "languages": {}})
+            title["languages"].setdefault(language, {"stages": {}}).update(fields)
+            self._save()
+
+    def finish(self) -> dict[str, Any]:
+        """Close this invocation's record; returns it."""
+        with self._lock:
+            titles = self.state["titles"].values()
+            record = self.state["invocations"][-1]
+            record.update(
+                finished=_now(),
+                stages_executed=dict(self._executed),
+                stages_skipped=dict(self._skipped),
+                titles_done=sum(t.get("status") == "done" for t in titles),
+                titles_failed=sum(t.get("status") in ("failed", "partial") for t in titles),
+            )
+            self._save()
+            return record

@@ -1,0 +1,140 @@
+"""Prefect tasks: each runs one stage for one title (or title × language) and returns the URL of
+the manifest it wrote. Work runs on the session's runner (Ray or in-process); finished outputs
+found in the run folder are reused instead of recomputed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from prefect import task
+
+from flows.run_folder import RunFolder, stage_key
+from schemas import storage
+from stages.base import Stage, StageJob, StageStats
+from stages.composite import CompositeStage
+from stages.probe import ProbeStage
+from stages.sequential import SequentialRunner
+from stages.shots import ShotsStage
+
+
+class Runner(Protocol):
+    def run(self, job: StageJob) -> StageStats: ...
+    def shutdown(self) -> None: ...
+
+
+@dataclass
+class Session:
+    """What tasks of one flow run share in the driver: the run folder and the runner."""
+
+    run: RunFolder
+    runner: Runner
+
+
+_SESSIONS: dict[str, Session] = {}
+
+
+@contextlib.contextmanager
+def open_session(out_url: str, executor: str = "ray", ray_address: str | None = None) -> Iterator[Session]:
+    """Open the run folder and a runner for the duration of one flow run."""
+    if executor == "ray":
+        from cluster.connect import connect
+        from cluster.ray_runner import RayRunner
+
+        connect(ray_address)
+        runner: Runner = RayRunner()
+    elif executor == "local":
+        runner = SequentialRunner()
+    else:
+        raise ValueError(f"unknown executor {executor!r} (use 'ray' or 'local')")
+    session = Session(RunFolder(out_url), runner)
+    _SESSIONS[session.run.url] = session
+    try:
+        yield session
+    finally:
+        runner.shutdown()
+        _SESSIONS.pop(session.run.url, None)
+
+
+def session_for(run_url: str) -> Session:
+    return _SESSIONS[run_url.rstrip("/")]
+
+
+def _key_of(manifest_url: str) -> str:
+    return manifest_url.rsplit("/", 1)[-1].removesuffix(".parquet")
+
+
+def _execute(
+    run_url: str,
+    stage: type[Stage],
+    title_id: str,
+    inputs: dict[str, Any],
+    *,
+    language: str | None = None,
+    rows: tuple[dict[str, Any], ...] = (),
+    input_url: str | None = None,
+    params: dict[str, Any] | None = None,
+) -> str:
+    """Run ``stage`` unless its keyed output is already complete; returns the manifest URL."""
+    session = session_for(run_url)
+    run, params = session.run, params or {}
+    key = stage_key(stage, params, inputs)
+    url = run.manifest_url(stage.name, title_id, key)
+    record = run.finished(stage.name, title_id, key)
+    executed = record is None
+    if executed:
+        stats = session.runner.run(StageJob(stage, params, url, title_id, rows=rows, input_url=input_url))
+        run.mark_finished(stage.name, title_id, key, stats)
+        record = stats.to_dict()
+    run.count(stage.name, executed)
+    run.update_stage(
+        title_id,
+        language,
+        stage.name,
+        {
+            "key": key,
+            "state": "done",
+            "executed": executed,
+            **{k: record[k] for k in ("rows_in", "rows_out", "dropped", "seconds", "worker")},
+        },
+    )
+    return url
+
+
+@task(name="probe", task_run_name="probe-{title_id}")
+def probe(run_url: str, title_id: str, mode: str, source_url: str) -> str:
+    row = {"title_id": title_id, "mode": mode, "source_url": source_url}
+    return _execute(run_url, ProbeStage, title_id, {"source": storage.stat_token(source_url)}, rows=(row,))
+
+
+@task(name="shots", task_run_name="shots-{title_id}")
+def shots(run_url: str, title_id: str, titles_url: str) -> str:
+    return _execute(run_url, ShotsStage, title_id, {"titles": _key_of(titles_url)}, input_url=titles_url)
+
+
+@task(name="composite", task_run_name="composite-{title_id}-{language}")
+def composite(
+    run_url: str, title_id: str, language: str, titles_url: str, shots_url: str, dub_audio_url: str, options: dict
+) -> str:
+    session = session_for(run_url)
+    output_url = session.run.output_url(title_id, language)
+    inputs = {
+        "titles": _key_of(titles_url),
+        "shots": _key_of(shots_url),
+        "dub_audio": storage.fingerprint(dub_audio_url),
+        "language": language,
+        "options": options,
+        "output": output_url,
+    }
+    row = {
+        "title_id": title_id,
+        "language": language,
+        "titles_url": titles_url,
+        "dub_audio_url": dub_audio_url,
+        "output_url": output_url,
+        "options_json": json.dumps(options, sort_keys=True),
+    }
+    return _execute(run_url, CompositeStage, title_id, inputs, language=language, rows=(row,))

@@ -1,0 +1,329 @@
+"""The catalogue: which titles to dub into which languages, loaded and validated row by row.
+
+A catalogue is a YAML, CSV or Parquet file (any fsspec URL) of rows with ``title_id``,
+``video`` or ``portrait``, ``language`` and ``dub_audio``, plus optional per-row options.
+YAML may also give a title once with a ``dubs: {language: audio}`` mapping. Relative paths are
+resolved against the catalogue's own folder.
+
+Validation never raises for a bad row: it returns the good entries and one ``RowError`` per
+problem, so one bad title never stops the others.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os.path
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import langcodes
+import pyarrow.parquet as pq
+import yaml
+
+from schemas import storage
+
+#: Per-row options a catalogue may set, with their type and default.
+OPTION_DEFAULTS: dict[str, Any] = {
+    "crf": 18,  # H.264 constant rate factor of the output video
+    "preset": "veryfast",  # x264 preset of the output video
+    "audio_tolerance_s": 2.0,  # refuse dub audio whose length differs more from the picture
+}
+_X264_PRESETS = {
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+}
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_CORE_COLUMNS = {"title_id", "video", "portrait", "language", "dub_audio", "options"}
+
+
+class CatalogueError(ValueError):
+    """The catalogue file as a whole cannot be read."""
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    """One valid (title, language) pair to produce."""
+
+    row: int
+    title_id: str
+    language: str  # normalised BCP-47 tag
+    mode: str  # "dub" (source is a video) or "avatar" (source is a portrait)
+    source_url: str
+    dub_audio_url: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_row(self) -> dict[str, Any]:
+        return {
+            "row": self.row,
+            "title_id": self.title_id,
+            "language": self.language,
+            "mode": self.mode,
+            "source_url": self.source_url,
+            "dub_audio_url": self.dub_audio_url,
+            "options_json": json.dumps(self.options, sort_keys=True),
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> CatalogueEntry:
+        return cls(
+            row=row["row"],
+            title_id=row["title_id"],
+            language=row["language"],
+            mode=row["mode"],
+            source_url=row["source_url"],
+            dub_audio_url=row["dub_audio_url"],
+            options=json.loads(row["options_json"]),
+        )
+
+
+@dataclass(frozen=True)
+class RowError:
+    """A problem with one catalogue row (row numbers start at 1)."""
+
+    row: int
+    title_id: str | None
+    language: str | None
+    problem: str
+
+    def __str__(self) -> str:
+        who = self.title_id or "?"
+        if self.language:
+            who += f" [{self.language}]"
+        return f"row {self.row} ({who}): {self.problem}"
+
+
+@dataclass
+class Catalogue:
+    url: str
+    entries: list[CatalogueEntry]
+    errors: list[RowError]
+
+    def by_title(self) -> dict[str, list[CatalogueEntry]]:
+        titles: dict[str, list[CatalogueEntry]] = defaultdict(list)
+        for entry in self.entries:
+            titles[entry.title_id].append(entry)
+        return dict(titles)
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        return [e.to_row() for e in self.entries]
+
+
+def load_catalogue(url: str, check_files: bool = True) -> Catalogue:
+    """Read and validate the catalogue at ``url``."""
+    raw_rows = _read_raw_rows(url)
+    base = url.rsplit("/", 1)[0] if "/" in url else "."
+    return validate_rows(raw_rows, base_url=base, url=url, check_files=check_files)
+
+
+def validate_rows(
+    raw_rows: list[dict[str, Any]], base_url: str, url: str = "<rows>", check_files: bool = True
+) -> Catalogue:
+    """Validate raw catalogue rows; paths relative to ``base_url``."""
+    rows = _expand_dub_mappings(raw_rows)
+    errors: list[RowError] = []
+    candidates: list[CatalogueEntry] = []
+    url_problems: dict[str, str | None] = {}
+
+    for number, raw in enumerate(rows, start=1):
+        entry, problems = _validate_row(number, raw, base_url)
+        if check_files and entry is not None:
+            for file_url in (entry.source_url, entry.dub_audio_url):
+                if file_url not in url_problems:
+                    url_problems[file_url] = _file_problem(file_url)
+                if url_problems[file_url]:
+                    problems.append(url_problems[file_url])
+        if problems:
+            title = raw.get("title_id")
+            language = raw.get("language")
+            for problem in problems:
+                errors.append(
+                    RowError(number, str(title) if title else None, str(language) if language else None, problem)
+                )
+        else:
+            candidates.append(entry)
+
+    # Ambiguities across rows: reject every row involved, since we cannot know which one was meant.
+    pair_counts = Counter((e.title_id, e.language) for e in candidates)
+    sources: dict[str, set[str]] = defaultdict(set)
+    for e in candidates:
+        sources[e.title_id].add(e.source_url)
+    entries = []
+    for e in candidates:
+        if pair_counts[(e.title_id, e.language)] > 1:
+            errors.append(RowError(e.row, e.title_id, e.language, f"duplicate (title_id, language) pair ({e.title_id}, {e.language})"))
+        elif len(sources[e.title_id]) > 1:
+            errors.append(RowError(e.row, e.title_id, e.language, f"title {e.title_id} is given different sources in different rows: {sorted(sources[e.title_id])}"))
+        else:
+            entries.append(e)
+    errors.sort(key=lambda err: err.row)
+    return Catalogue(url=url, entries=entries, errors=errors)
+
+
+def _read_raw_rows(url: str) -> list[dict[str, Any]]:
+    try:
+        data = storage.read_bytes(url)
+    except FileNotFoundError as exc:
+        raise CatalogueError(f"catalogue {url}: no such file") from exc
+    except Exception as exc:  # noqa: BLE001 - any fsspec backend error means "cannot read"
+        raise CatalogueError(f"catalogue {url}: cannot be read ({exc})") from exc
+    suffix = url.lower().rsplit(".", 1)[-1]
+    try:
+        if suffix in ("yaml", "yml"):
+            doc = yaml.safe_load(data.decode("utf-8"))
+            if isinstance(doc, dict):
+                doc = doc.get("titles")
+            if not isinstance(doc, list) or not all(isinstance(r, dict) for r in doc):
+                raise CatalogueError(f"catalogue {url}: expected a list of rows (or a 'titles:' list)")
+            return doc
+        if suffix == "csv":
+            return list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
+        if suffix == "parquet":
+            return pq.read_table(io.BytesIO(data)).to_pylist()
+    except CatalogueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - parse errors of any of the three formats
+        raise CatalogueError(f"catalogue {url}: cannot be parsed as {suffix} ({exc})") from exc
+    raise CatalogueError(f"catalogue {url}: unknown format '.{suffix}' (use .yaml, .csv or .parquet)")
+
+
+def _expand_dub_mappings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """YAML convenience: ``dubs: {fr: a.wav, de: b.wav}`` becomes one row per language."""
+    out = []
+    for raw in rows:
+        dubs = raw.get("dubs")
+        if isinstance(dubs, dict):
+            base = {k: v for k, v in raw.items() if k != "dubs"}
+            out.extend({**base, "language": lang, "dub_audio": audio} for lang, audio in dubs.items())
+        else:
+            out.append(raw)
+    return out
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _resolve(path: str, base_url: str) -> str:
+    if "://" in path or path.startswith("/"):
+        return path
+    if path.startswith("~"):
+        return os.path.expanduser(path)
+    return storage.join(base_url, path)
+
+
+def _validate_row(number: int, raw: dict[str, Any], base_url: str) -> tuple[CatalogueEntry | None, list[str]]:
+    problems: list[str] = []
+    title_id = _text(raw.get("title_id"))
+    if title_id is None:
+        problems.append("missing title_id")
+    elif not _SAFE_ID.match(title_id):
+        problems.append(
+            f"title_id {title_id!r} is not a safe path component "
+            "(letters, digits, '.', '_', '-'; starting with a letter or digit; at most 128)"
+        )
+
+    language = _text(raw.get("language"))
+    if language is None:
+        problems.append("missing language")
+    elif not langcodes.tag_is_valid(language) or langcodes.standardize_tag(language) == "und":
+        problems.append(f"unknown language code {language!r} (expected BCP-47 / ISO 639, e.g. 'fr', 'pt-BR')")
+    else:
+        language = langcodes.standardize_tag(language)
+
+    video, portrait = _text(raw.get("video")), _text(raw.get("portrait"))
+    if video and portrait:
+        problems.append("both 'video' and 'portrait' are given; a row is either a dub (video) or an avatar (portrait)")
+    elif not video and not portrait:
+        problems.append("neither 'video' nor 'portrait' is given")
+
+    dub_audio = _text(raw.get("dub_audio"))
+    if dub_audio is None:
+        problems.append("missing dub_audio")
+
+    options, option_problems = _parse_options(raw)
+    problems.extend(option_problems)
+    if problems:
+        return None, problems
+    source = video or portrait
+    return (
+        CatalogueEntry(
+            row=number,
+            title_id=title_id,
+            language=language,
+            mode="dub" if video else "avatar",
+            source_url=_resolve(source, base_url),
+            dub_audio_url=_resolve(dub_audio, base_url),
+            options=options,
+        ),
+        [],
+    )
+
+
+def _parse_options(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    given: dict[str, Any] = {}
+    problems: list[str] = []
+    nested = raw.get("options")
+    if isinstance(nested, str) and nested.strip():
+        try:
+            nested = json.loads(nested)
+        except json.JSONDecodeError as exc:
+            return {}, [f"options is not valid JSON ({exc.msg})"]
+    if isinstance(nested, dict):
+        given.update(nested)
+    elif nested not in (None, ""):
+        problems.append("options must be a mapping")
+    given.update({k: v for k, v in raw.items() if k not in _CORE_COLUMNS and k != "dubs" and _text(v) is not None})
+
+    options = dict(OPTION_DEFAULTS)
+    for key, value in given.items():
+        if key not in OPTION_DEFAULTS:
+            problems.append(f"unknown option or column {key!r} (known options: {', '.join(OPTION_DEFAULTS)})")
+            continue
+        try:
+            options[key] = _coerce_option(key, value)
+        except ValueError as exc:
+            problems.append(f"option {key}={value!r}: {exc}")
+    return options, problems
+
+
+def _coerce_option(key: str, value: Any) -> Any:
+    if key == "crf":
+        crf = int(value)
+        if not 0 <= crf <= 51:
+            raise ValueError("must be between 0 and 51")
+        return crf
+    if key == "preset":
+        if str(value) not in _X264_PRESETS:
+            raise ValueError(f"must be one of {sorted(_X264_PRESETS)}")
+        return str(value)
+    if key == "audio_tolerance_s":
+        tolerance = float(value)
+        if not tolerance >= 0:
+            raise ValueError("must be a non-negative number of seconds")
+        return tolerance
+    raise ValueError("unknown option")
+
+
+def _file_problem(url: str) -> str | None:
+    """None when ``url`` can be opened and read, else what is wrong with it."""
+    try:
+        if not storage.exists(url):
+            return f"missing file: {url}"
+        with storage.open_url(url, "rb") as f:
+            f.read(1)
+    except FileNotFoundError:
+        return f"missing file: {url}"
+    except IsADirectoryError:
+        return f"not a file: {url}"
+    except PermissionError:
+        return f"unreadable URL (permission denied): {url}"
+    except Exception as exc:  # noqa: BLE001 - unknown protocol, network, backend errors
+        return f"unreadable URL: {url} ({type(exc).__name__}: {exc})"
+    return None
+

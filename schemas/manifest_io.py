@@ -1,0 +1,57 @@
+"""Read and write manifests: Parquet with an explicit schema, checked name and version."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas import storage
+from schemas.manifests import ManifestSchema
+
+
+class ManifestVersionError(ValueError):
+    """A manifest was written by another schema (name or version) than the reader expects."""
+
+
+def to_table(rows: list[dict[str, Any]], schema: ManifestSchema) -> pa.Table:
+    """Rows (dicts) -> Arrow table of exactly ``schema``; unknown or missing keys fail loudly."""
+    names = set(schema.column_names)
+    for i, row in enumerate(rows):
+        extra = set(row) - names
+        if extra:
+            raise ValueError(f"{schema.name} row {i}: unknown columns {sorted(extra)}")
+    return pa.Table.from_pylist(rows, schema=schema.arrow)
+
+
+def write_manifest(rows: list[dict[str, Any]] | pa.Table, schema: ManifestSchema, url: str) -> str:
+    """Write ``rows`` as a ``schema`` manifest to ``url`` atomically; returns ``url``."""
+    table = rows if isinstance(rows, pa.Table) else to_table(rows, schema)
+    if not table.schema.equals(schema.arrow, check_metadata=True):
+        table = table.cast(schema.arrow)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    storage.write_bytes(url, buffer.getvalue())
+    return url
+
+
+def read_manifest(url: str, schema: ManifestSchema) -> pa.Table:
+    """Read a ``schema`` manifest; refuse one of another name or version with a clear message."""
+    with storage.open_url(url, "rb") as f:
+        table = pq.read_table(f)
+    meta = table.schema.metadata or {}
+    name = meta.get(b"dubline.manifest", b"").decode() or "unknown"
+    version = meta.get(b"dubline.schema_version", b"").decode() or "unknown"
+    if name != schema.name or version != str(schema.version):
+        raise ManifestVersionError(
+            f"{url}: is a '{name}' manifest of schema version {version}, but this dubline reads "
+            f"'{schema.name}' version {schema.version}. Write the run to a new output folder "
+            f"(or remove the stale stage output) so the stage is recomputed."
+        )
+    return table.cast(schema.arrow)
+
+
+def read_rows(url: str, schema: ManifestSchema) -> list[dict[str, Any]]:
+    return read_manifest(url, schema).to_pylist()

@@ -1,0 +1,226 @@
+"""Explicit pyarrow schemas of every dubline manifest, each with a name and a version.
+
+A manifest is one Parquet file whose schema metadata names it (``dubline.manifest``) and gives its
+version (``dubline.schema_version``). Readers refuse a file of another name or version instead of
+guessing: bump the version whenever a field changes meaning or type.
+
+Per-frame arrays are stored as list columns of fixed-size lists (one entry per frame) so a track's
+T×K coefficients stay one row and one contiguous buffer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+#: Named expression coefficients, in column order of every ``expression`` array (T×K).
+#: Definitions and units live with the face stage that measures them.
+EXPRESSION_NAMES: tuple[str, ...] = (
+    "jaw_open",
+    "lip_width",
+    "lip_pucker",
+    "upper_lip_raise",
+    "lower_lip_depress",
+    "lip_press",
+    "smile",
+    "brow_raise",
+)
+#: Head pose per frame: rotations in degrees, translation in pixels of the frame, scale.
+POSE_NAMES: tuple[str, ...] = ("yaw", "pitch", "roll", "tx", "ty", "scale")
+BLINK_NAMES: tuple[str, ...] = ("blink_left", "blink_right")
+MESH_POINTS = 478
+
+
+@dataclass(frozen=True)
+class ManifestSchema:
+    """A named, versioned Parquet schema."""
+
+    name: str
+    version: int
+    fields: tuple[pa.Field, ...]
+
+    @property
+    def arrow(self) -> pa.Schema:
+        return pa.schema(
+            list(self.fields),
+            metadata={"dubline.manifest": self.name, "dubline.schema_version": str(self.version)},
+        )
+
+    @property
+    def column_names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+
+def _per_frame(width: int) -> pa.DataType:
+    """T×width float32 array: one fixed-size list per frame."""
+    return pa.list_(pa.list_(pa.float32(), width))
+
+
+CATALOGUE = ManifestSchema(
+    "catalogue",
+    1,
+    (
+        pa.field("row", pa.int32(), nullable=False),
+        pa.field("title_id", pa.string(), nullable=False),
+        pa.field("language", pa.string(), nullable=False),
+        pa.field("mode", pa.string(), nullable=False),  # "dub" (video) or "avatar" (portrait)
+        pa.field("source_url", pa.string(), nullable=False),
+        pa.field("dub_audio_url", pa.string(), nullable=False),
+        pa.field("options_json", pa.string(), nullable=False),
+    ),
+)
+
+TITLES = ManifestSchema(
+    "titles",
+    1,
+    (
+        pa.field("title_id", pa.string(), nullable=False),
+        pa.field("mode", pa.string(), nullable=False),
+        pa.field("source_url", pa.string(), nullable=False),
+        pa.field("content_hash", pa.string(), nullable=False),
+        pa.field("size_bytes", pa.int64(), nullable=False),
+        pa.field("container", pa.string(), nullable=False),
+        pa.field("video_codec", pa.string(), nullable=False),
+        pa.field("pix_fmt", pa.string(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("fps_num", pa.int32(), nullable=False),
+        pa.field("fps_den", pa.int32(), nullable=False),
+        pa.field("fps", pa.float64(), nullable=False),
+        pa.field("frame_count", pa.int64(), nullable=False),
+        pa.field("duration_s", pa.float64(), nullable=False),
+        pa.field("variable_frame_rate", pa.bool_(), nullable=False),
+        pa.field("audio_streams", pa.int32(), nullable=False),
+        pa.field("audio_codec", pa.string()),
+        pa.field("audio_sample_rate", pa.int32()),
+        pa.field("audio_channels", pa.int32()),
+    ),
+)
+
+SHOTS = ManifestSchema(
+    "shots",
+    1,
+    (
+        pa.field("title_id", pa.string(), nullable=False),
+        pa.field("shot_index", pa.int32(), nullable=False),
+        pa.field("start_frame", pa.int64(), nullable=False),
+        pa.field("end_frame", pa.int64(), nullable=False),  # exclusive
+        pa.field("start_s", pa.float64(), nullable=False),
+        pa.field("end_s", pa.float64(), nullable=False),
+    ),
+)
+
+FACE_TRACKS = ManifestSchema(
+    "face_tracks",
+    1,
+    (
+        pa.field("title_id", pa.string(), nullable=False),
+        pa.field("shot_index", pa.int32(), nullable=False),
+        pa.field("track_id", pa.int32(), nullable=False),
+        pa.field("dubbable", pa.bool_(), nullable=False),
+        pa.field("skip_reason", pa.string()),
+        pa.field("frame_index", pa.list_(pa.int64()), nullable=False),
+        pa.field("bbox", _per_frame(4), nullable=False),  # x0, y0, x1, y1 in frame pixels
+        pa.field("landmarks", _per_frame(MESH_POINTS * 3), nullable=False),  # x, y, z per point
+        pa.field("pose", _per_frame(len(POSE_NAMES)), nullable=False),
+        pa.field("expression", _per_frame(len(EXPRESSION_NAMES)), nullable=False),
+        pa.field("blink", _per_frame(len(BLINK_NAMES)), nullable=False),
+        pa.field("identity", pa.list_(pa.float32(), MESH_POINTS * 3), nullable=False),
+        # Linear map expression coefficients -> mesh offsets, K × (478·3), row-major.
+        pa.field("blendshapes", pa.list_(pa.float32()), nullable=False),
+        pa.field("chunk_urls", pa.list_(pa.string()), nullable=False),
+    ),
+)
+
+AUDIO_TRACKS = ManifestSchema(
+    "audio_tracks",
+    1,
+    (
+        pa.field("title_id", pa.string(), nullable=False),
+        pa.field("language", pa.string(), nullable=False),
+        pa.field("audio_url", pa.string(), nullable=False),
+        pa.field("audio_hash", pa.string(), nullable=False),
+        pa.field("sample_rate", pa.int32(), nullable=False),
+        pa.field("duration_s", pa.float64(), nullable=False),
+        pa.field("fps", pa.float64(), nullable=False),
+        pa.field("features", pa.list_(pa.list_(pa.float32())), nullable=False),  # T × n_mels
+        pa.field(
+            "speech_segments",
+            pa.list_(pa.struct([("start_s", pa.float64()), ("end_s", pa.float64())])),
+            nullable=False,
+        ),
+        pa.field("transcript", pa.string()),
+        pa.field(
+            "words",
+            pa.list_(
+                pa.struct(
+                    [
+                        ("word", pa.string()),
+                        ("start_s", pa.float64()),
+                        ("end_s", pa.float64()),
+                        ("probability", pa.float32()),
+                    ]
+                )
+            ),
+        ),
+        pa.field("detected_language", pa.string()),
+        pa.field("language_probability", pa.float32()),
+        pa.field("srt_url", pa.string()),
+        pa.field("vtt_url", pa.string()),
+    ),
+)
+
+DRIVEN_COEFFS = ManifestSchema(
+    "driven_coeffs",
+    1,
+    (
+        pa.field("title_id", pa.string(), nullable=False),
+        pa.field("language", pa.string(), nullable=False),
+        pa.field("shot_index", pa.int32(), nullable=False),
+        pa.field("track_id", pa.int32(), nullable=False),
+        pa.field("frame_index", pa.list_(pa.int64()), nullable=False),
+        pa.field("expression", _per_frame(len(EXPRESSION_NAMES)), nullable=False),
+        pa.field("pose", _per_frame(len(POSE_NAMES)), nullable=False),
+        pa.field("blink", _per_frame(len(BLINK_NAMES)), nullable=False),
+    ),
+)
+
+FRAME_CHUNK = ManifestSchema(
+    "frame_chunk",
+    1,
+    (
+        pa.field("title_id", pa.string(), nullable=False),
+        pa.field("shot_index", pa.int32(), nullable=False),
+        pa.field("track_id", pa.int32(), nullable=False),
+        pa.field("frame_index", pa.int64(), nullable=False),
+        pa.field("image", pa.binary(), nullable=False),  # encoded crop (PNG/JPEG/WebP)
+        pa.field("image_format", pa.string(), nullable=False),
+        pa.field("affine", pa.list_(pa.float32(), 6), nullable=False),  # 2×3 crop -> frame
+    ),
+)
+
+OUTPUTS = ManifestSchema(
+    "outputs",
+    1,
+    (
+        pa.field("title_id", pa.string(), nullable=False),
+        pa.field("language", pa.string(), nullable=False),
+        pa.field("video_url", pa.string(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("fps", pa.float64(), nullable=False),
+        pa.field("frame_count", pa.int64(), nullable=False),
+        pa.field("duration_s", pa.float64(), nullable=False),
+        pa.field("video_codec", pa.string(), nullable=False),
+        pa.field("audio_codec", pa.string(), nullable=False),
+        pa.field("audio_source_s", pa.float64(), nullable=False),  # dub audio length before fitting
+        pa.field("audio_fit", pa.string(), nullable=False),  # "exact", "padded" or "trimmed"
+        pa.field("faces_dubbed", pa.int32(), nullable=False),
+    ),
+)
+
+ALL_SCHEMAS: dict[str, ManifestSchema] = {
+    s.name: s
+    for s in (CATALOGUE, TITLES, SHOTS, FACE_TRACKS, AUDIO_TRACKS, DRIVEN_COEFFS, FRAME_CHUNK, OUTPUTS)
+}

@@ -1,0 +1,148 @@
+"""fsspec URL helpers shared by manifests, stages and the run folder.
+
+Every path in dubline is a URL (a plain local path counts as one). Writes go to a temporary
+sibling and are moved into place, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from typing import IO
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+_HASH_CHUNK = 1 << 20
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once at import: os.umask is process-wide and not thread-safe
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem that serves ``url`` and the path inside it."""
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URL path components with '/', keeping the protocol of ``base``."""
+    out = base.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def is_local(url: str) -> bool:
+    return isinstance(filesystem(url)[0], LocalFileSystem)
+
+
+def local_path(url: str) -> str | None:
+    """The local filesystem path of ``url``, or None when it lives elsewhere."""
+    fs, path = filesystem(url)
+    return path if isinstance(fs, LocalFileSystem) else None
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return fs.exists(path)
+
+
+def size(url: str) -> int:
+    fs, path = filesystem(url)
+    return int(fs.size(path))
+
+
+def open_url(url: str, mode: str = "rb") -> IO:
+    """Open ``url`` for reading (use the atomic writers below to write)."""
+    fs, path = filesystem(url)
+    return fs.open(path, mode)
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    return fs.cat_file(path)
+
+
+def read_text(url: str) -> str:
+    return read_bytes(url).decode("utf-8")
+
+
+def _partial_path(path: str) -> str:
+    head, _, tail = path.rpartition("/")
+    return f"{head}/.{tail}.{uuid.uuid4().hex[:8]}.partial"
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write ``data`` to ``url`` atomically (temporary sibling, then move)."""
+    fs, path = filesystem(url)
+    fs.makedirs(path.rpartition("/")[0], exist_ok=True)
+    tmp = _partial_path(path)
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, path)
+
+
+def write_text(url: str, text: str) -> None:
+    write_bytes(url, text.encode("utf-8"))
+
+
+def upload_file(local_file: str, url: str) -> None:
+    """Move or copy a finished local file to ``url`` atomically."""
+    fs, path = filesystem(url)
+    fs.makedirs(path.rpartition("/")[0], exist_ok=True)
+    if isinstance(fs, LocalFileSystem):
+        os.replace(local_file, path)
+        return
+    tmp = _partial_path(path)
+    fs.put_file(local_file, tmp)
+    fs.mv(tmp, path)
+
+
+@contextlib.contextmanager
+def local_output(url: str, suffix: str) -> Iterator[str]:
+    """A local file path to write into; on success it is moved to ``url`` atomically.
+
+    Local targets get a temporary sibling (same filesystem, so the final move is a rename).
+    """
+    target_dir = local_path(url)
+    directory = os.path.dirname(target_dir) if target_dir else None
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=suffix + ".partial", dir=directory)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
+    try:
+        yield tmp
+        upload_file(tmp, url)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def fingerprint(url: str) -> str:
+    """Content hash (BLAKE2b-128, hex) of the bytes at ``url``, streamed."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open_url(url, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def remove(url: str) -> None:
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def stat_token(url: str) -> str:
+    """A cheap change token for ``url``: size plus whatever version fields its filesystem reports
+    (mtime, ETag, generation). Equal tokens mean "unchanged" without reading the content."""
+    fs, path = filesystem(url)
+    info = fs.info(path)
+    fields = ("size", "mtime", "LastModified", "ETag", "etag", "md5Hash", "generation", "created")
+    return json.dumps({k: str(info[k]) for k in fields if k in info}, sort_keys=True)

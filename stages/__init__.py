@@ -1,0 +1,1 @@
+"""The work itself: one subpackage per stage, plain Python + numpy/torch, runnable without Ray."""

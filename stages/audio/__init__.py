@@ -1,0 +1,1 @@
+"""Dub-audio analysis: decoding, features, speech synthesis for demos and training."""

@@ -1,0 +1,126 @@
+"""The stage contract every dubline stage follows, and the unit of work runners execute.
+
+A stage declares its name, version, resources and batch size; loads models in ``setup()`` (once
+per worker, never in ``__init__``); and maps input rows to output rows in ``process_batch``. It
+knows nothing of Ray or Prefect: ``stages.sequential`` runs it in-process, ``cluster`` on Ray.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from schemas.manifest_io import read_rows, write_manifest
+from schemas.manifests import ManifestSchema
+
+
+class TitleError(Exception):
+    """Bad input for one title. The message names the title and the problem."""
+
+    def __init__(self, title_id: str, problem: str):
+        super().__init__(f"{title_id}: {problem}")
+        self.title_id = title_id
+        self.problem = problem
+
+    def __reduce__(self):  # keep both fields when Ray ships the exception back to the driver
+        return (TitleError, (self.title_id, self.problem))
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one worker of a stage needs. Fractions are allowed (several workers per core/GPU)."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    memory_gb: float = 1.0
+
+
+class Stage(abc.ABC):
+    """A step of the pipeline over manifest rows."""
+
+    name: ClassVar[str]
+    #: Bump when the output for the same input and parameters changes: it is part of the output key.
+    version: ClassVar[str]
+    resources: ClassVar[Resources] = Resources()
+    batch_size: ClassVar[int] = 1
+    input_schema: ClassVar[ManifestSchema | None] = None
+    output_schema: ClassVar[ManifestSchema]
+    #: Parameter names and defaults; a stage is constructed with a subset of these.
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **params: Any):
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise TypeError(f"{self.name}: unknown parameters {sorted(unknown)}")
+        self.params: dict[str, Any] = {**self.defaults, **params}
+        self._dropped: Counter[str] = Counter()
+
+    def setup(self) -> None:
+        """Load models and other per-worker state. Called once per worker before any batch."""
+
+    @abc.abstractmethod
+    def process_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Map input rows to output rows of ``output_schema``."""
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        """Count items this stage left out, by reason (reported in the stage stats)."""
+        self._dropped[reason] += count
+
+    def take_dropped(self) -> dict[str, int]:
+        dropped, self._dropped = dict(self._dropped), Counter()
+        return dropped
+
+
+@dataclass(frozen=True)
+class StageJob:
+    """One stage over one title's rows: inline ``rows`` or an ``input_url`` manifest."""
+
+    stage: type[Stage]
+    params: dict[str, Any]
+    output_url: str
+    title_id: str
+    rows: tuple[dict[str, Any], ...] = ()
+    input_url: str | None = None
+
+
+@dataclass
+class StageStats:
+    stage: str
+    title_id: str
+    rows_in: int
+    rows_out: int
+    seconds: float
+    dropped: dict[str, int] = field(default_factory=dict)
+    worker: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def run_job(stage: Stage, job: StageJob, worker: str = "") -> StageStats:
+    """Run ``job`` on an already set-up ``stage``: read input, process in batches, write output.
+
+    Shared by every runner so that the sequential and Ray runners write identical manifests.
+    """
+    started = time.perf_counter()
+    rows = list(job.rows)
+    if job.input_url is not None:
+        assert stage.input_schema is not None, f"{stage.name} takes no input manifest"
+        rows = read_rows(job.input_url, stage.input_schema)
+    out: list[dict[str, Any]] = []
+    size = max(1, stage.batch_size)
+    for start in range(0, len(rows), size):
+        out.extend(stage.process_batch(rows[start : start + size]))
+    write_manifest(out, stage.output_schema, job.output_url)
+    return StageStats(
+        stage=stage.name,
+        title_id=job.title_id,
+        rows_in=len(rows),
+        rows_out=len(out),
+        seconds=round(time.perf_counter() - started, 4),
+        dropped=stage.take_dropped(),
+        worker=worker,
+    )

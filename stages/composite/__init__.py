@@ -1,0 +1,3 @@
+from stages.composite.stage import CompositeStage
+
+__all__ = ["CompositeStage"]

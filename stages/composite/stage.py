@@ -1,0 +1,158 @@
+"""composite: stream the source picture, re-encode H.264, mux the dub audio.
+
+Frames are decoded, encoded and written one at a time, so memory stays flat in video length.
+Dub audio is fitted to the picture's duration (see ``fit_policy``), never left to drift.
+"""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from typing import Any
+
+import av
+import numpy as np
+
+from schemas import storage
+from schemas.manifest_io import read_rows
+from schemas.manifests import OUTPUTS, TITLES
+from stages.base import Resources, Stage, TitleError
+from stages.media import audio_duration, decode_audio, open_media
+
+AUDIO_RATE = 48_000
+AUDIO_LAYOUT = "stereo"
+AAC_FRAME = 1024
+
+
+def fit_policy(audio_s: float, picture_s: float, fps: float, tolerance_s: float) -> str:
+    """How dub audio of ``audio_s`` seconds is fitted to a picture of ``picture_s`` seconds.
+
+    Within one frame: "exact". Shorter: "padded" with silence at the end. Longer: "trimmed" at the
+    end. A difference above ``tolerance_s`` is refused: it means the wrong audio or a wrong cut.
+    """
+    difference = audio_s - picture_s
+    if abs(difference) > tolerance_s:
+        raise ValueError(
+            f"dub audio is {audio_s:.2f} s but the picture is {picture_s:.2f} s "
+            f"(difference {difference:+.2f} s is above the tolerance of {tolerance_s:.2f} s)"
+        )
+    if abs(difference) < 1.0 / fps:
+        return "exact"
+    return "padded" if difference < 0 else "trimmed"
+
+
+class _AudioFeed:
+    """Dub audio as fixed-size AAC frames, padded with silence past its end."""
+
+    def __init__(self, url: str, title_id: str):
+        self._chunks = decode_audio(url, AUDIO_RATE, AUDIO_LAYOUT)
+        self._buffer = np.zeros((2, 0), dtype=np.float32)
+        self._title_id = title_id
+
+    def take(self, count: int) -> np.ndarray:
+        while self._buffer.shape[1] < count:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                silence = np.zeros((2, count - self._buffer.shape[1]), dtype=np.float32)
+                self._buffer = np.concatenate([self._buffer, silence], axis=1)
+                break
+            if not np.isfinite(chunk).all():
+                raise TitleError(self._title_id, "dub audio decodes to NaN or infinite samples")
+            self._buffer = np.concatenate([self._buffer, chunk], axis=1)
+        out, self._buffer = self._buffer[:, :count], self._buffer[:, count:]
+        return out
+
+
+class CompositeStage(Stage):
+    """One row per (title, language) -> one ``outputs`` row and the encoded video at ``output_url``.
+
+    Input row keys: title_id, language, titles_url, dub_audio_url, output_url, options_json.
+    """
+
+    name = "composite"
+    version = "1"
+    resources = Resources(cpus=1.0, memory_gb=1.0)
+    output_schema = OUTPUTS
+
+    def process_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [self._composite(row) for row in rows]
+
+    def _composite(self, row: dict[str, Any]) -> dict[str, Any]:
+        title_id, options = row["title_id"], json.loads(row["options_json"])
+        (title,) = read_rows(row["titles_url"], TITLES)
+        fps = Fraction(title["fps_num"], title["fps_den"])
+        picture_s = title["frame_count"] / float(fps)
+        try:
+            audio_s = audio_duration(row["dub_audio_url"])
+        except (av.error.FFmpegError, ValueError, OSError) as exc:
+            raise TitleError(title_id, f"dub audio {row['dub_audio_url']} is not readable audio ({exc})") from exc
+        if audio_s <= 0:
+            raise TitleError(title_id, f"dub audio {row['dub_audio_url']} is empty")
+        try:
+            audio_fit = fit_policy(audio_s, picture_s, float(fps), options["audio_tolerance_s"])
+        except ValueError as exc:
+            raise TitleError(title_id, f"[{row['language']}] {exc}") from exc
+
+        try:
+            with storage.local_output(row["output_url"], ".mp4") as local_file:
+                frames, width, height = self._encode(title, row["dub_audio_url"], local_file, options)
+        except (av.error.FFmpegError, OSError) as exc:
+            raise TitleError(title_id, f"[{row['language']}] encoding failed ({exc})") from exc
+        return {
+            "title_id": title_id,
+            "language": row["language"],
+            "video_url": row["output_url"],
+            "width": width,
+            "height": height,
+            "fps": float(fps),
+            "frame_count": frames,
+            "duration_s": frames / float(fps),
+            "video_codec": "h264",
+            "audio_codec": "aac",
+            "audio_source_s": audio_s,
+            "audio_fit": audio_fit,
+            "faces_dubbed": 0,
+        }
+
+    def _encode(self, title: dict[str, Any], audio_url: str, path: str, options: dict[str, Any]) -> tuple[int, int, int]:
+        fps = Fraction(title["fps_num"], title["fps_den"])
+        # yuv420p needs even sides: an odd source gains one replicated row/column.
+        width, height = title["width"] + title["width"] % 2, title["height"] + title["height"] % 2
+        audio = _AudioFeed(audio_url, title["title_id"])
+        audio_written = 0
+        with open_media(title["source_url"]) as source, av.open(path, "w", format="mp4", options={"movflags": "+faststart"}) as out:
+            video_out = out.add_stream("libx264", rate=fps)
+            video_out.width, video_out.height, video_out.pix_fmt = width, height, "yuv420p"
+            video_out.options = {"crf": str(options["crf"]), "preset": options["preset"]}
+            video_out.codec_context.time_base = 1 / fps
+            audio_out = out.add_stream("aac", rate=AUDIO_RATE, layout=AUDIO_LAYOUT)
+
+            def write_audio_until(sample: int, final: bool) -> None:
+                nonlocal audio_written
+                while sample - audio_written >= AAC_FRAME or (final and sample > audio_written):
+                    count = min(AAC_FRAME, sample - audio_written)
+                    frame = av.AudioFrame.from_ndarray(audio.take(count), format="fltp", layout=AUDIO_LAYOUT)
+                    frame.sample_rate, frame.pts = AUDIO_RATE, audio_written
+                    frame.time_base = Fraction(1, AUDIO_RATE)
+                    out.mux(audio_out.encode(frame))
+                    audio_written += count
+
+            frames = 0
+            for frame in source.decode(source.streams.video[0]):
+                picture = self._even_yuv(frame, width, height)
+                picture.pts, picture.time_base = frames, 1 / fps
+                out.mux(video_out.encode(picture))
+                frames += 1
+                write_audio_until(round(frames * AUDIO_RATE / fps), final=False)
+            out.mux(video_out.encode(None))
+            write_audio_until(round(frames * AUDIO_RATE / fps), final=True)
+            out.mux(audio_out.encode(None))
+        return frames, width, height
+
+    @staticmethod
+    def _even_yuv(frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
+        if (frame.width, frame.height) == (width, height):
+            return frame.reformat(format="yuv420p")
+        rgb = frame.to_ndarray(format="rgb24")
+        padded = np.pad(rgb, ((0, height - frame.height), (0, width - frame.width), (0, 0)), mode="edge")
+        return av.VideoFrame.from_ndarray(padded, format="rgb24").reformat(format="yuv420p")

@@ -1,0 +1,3 @@
+from stages.probe.stage import ProbeStage
+
+__all__ = ["ProbeStage"]

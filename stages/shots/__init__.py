@@ -1,0 +1,3 @@
+from stages.shots.stage import ShotsStage
+
+__all__ = ["ShotsStage"]
