@@ -38,7 +38,10 @@ def _print_summary(summary: dict) -> int:
     """Print the run summary; returns the exit code (1 when anything failed)."""
     inv = summary["invocation"]
     click.echo(f"\nrun folder: {summary['out']}")
-    click.echo(f"stages executed: {inv['stages_executed'] or 'none'}; reused: {inv['stages_skipped'] or 'none'}")
+    click.echo(
+        f"stages executed: {inv['stages_executed'] or 'none'}; reused: {inv['stages_skipped'] or 'none'}; "
+        f"failed: {inv['stages_failed'] or 'none'}"
+    )
     failed = bool(summary["catalogue_errors"])
     for title_id, title in summary["titles"].items():
         click.echo(f"  {title_id}: {title['status']}")

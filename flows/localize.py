@@ -138,7 +138,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines = [
         f"# dubline run: {summary['out']}",
         f"titles done: {inv['titles_done']}, failed: {inv['titles_failed']}; "
-        f"stages executed: {inv['stages_executed']}, reused: {inv['stages_skipped']}",
+        f"stages executed: {inv['stages_executed']}, reused: {inv['stages_skipped']}, failed: {inv['stages_failed']}",
         "",
         "| title | status | outputs / error |",
         "|---|---|---|",

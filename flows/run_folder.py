@@ -51,6 +51,7 @@ class RunFolder:
         self.state = self._load_state()
         self._executed: Counter[str] = Counter()
         self._skipped: Counter[str] = Counter()
+        self._failed: Counter[str] = Counter()
 
     # --- stage outputs -------------------------------------------------------------------------
     def manifest_url(self, stage: str, title_id: str, key: str) -> str:
@@ -73,9 +74,11 @@ class RunFolder:
         record = {**stats.to_dict(), "key": key, "finished": _now()}
         storage.write_text(self._marker_url(stage, title_id, key), json.dumps(record, indent=1))
 
-    def count(self, stage: str, executed: bool) -> None:
+    def count(self, stage: str, outcome: str) -> None:
+        """Count one stage job of this invocation as "executed", "skipped" (reused) or "failed"."""
+        counters = {"executed": self._executed, "skipped": self._skipped, "failed": self._failed}
         with self._lock:
-            (self._executed if executed else self._skipped)[stage] += 1
+            counters[outcome][stage] += 1
 
     # --- run.json ------------------------------------------------------------------------------
     @property
@@ -131,6 +134,7 @@ class RunFolder:
                 finished=_now(),
                 stages_executed=dict(self._executed),
                 stages_skipped=dict(self._skipped),
+                stages_failed=dict(self._failed),
                 titles_done=sum(t.get("status") == "done" for t in titles),
                 titles_failed=sum(t.get("status") in ("failed", "partial") for t in titles),
             )

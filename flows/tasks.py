@@ -86,10 +86,14 @@ def _execute(
     record = run.finished(stage.name, title_id, key)
     executed = record is None
     if executed:
-        stats = session.runner.run(StageJob(stage, params, url, title_id, rows=rows, input_url=input_url))
+        try:
+            stats = session.runner.run(StageJob(stage, params, url, title_id, rows=rows, input_url=input_url))
+        except Exception:
+            run.count(stage.name, "failed")
+            raise
         run.mark_finished(stage.name, title_id, key, stats)
         record = stats.to_dict()
-    run.count(stage.name, executed)
+    run.count(stage.name, "executed" if executed else "skipped")
     run.update_stage(
         title_id,
         language,

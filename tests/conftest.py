@@ -1,0 +1,60 @@
+"""Shared fixtures: generated media, a session-scoped local Ray and Prefect test harness."""
+
+from __future__ import annotations
+
+import os
+
+# Quiet, offline, token-less local services; must be set before Ray or Prefect import.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from flows.demo import astronaut, grace_hopper, write_portrait_clip  # noqa: E402
+from stages.audio.espeak import synthesize, write_wav  # noqa: E402
+
+CLIP_FPS = 25
+CLIP_SIZE = 256
+SHOT_SECONDS = 1.2  # two shots: 30 frames each at 25 fps
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory) -> dict[str, Path]:
+    """Generated inputs: a two-shot portrait clip with English audio, and French/German dubs."""
+    folder = tmp_path_factory.mktemp("media")
+    original = synthesize("Hello there, how are you?", voice="en")
+    write_portrait_clip(folder / "two_shots.mp4", [astronaut(), grace_hopper()], SHOT_SECONDS,
+                        fps=CLIP_FPS, audio=original, size=CLIP_SIZE)
+    write_portrait_clip(folder / "one_shot.mp4", [astronaut()], SHOT_SECONDS, fps=CLIP_FPS, size=CLIP_SIZE)
+    write_wav(synthesize("Bonjour, comment allez-vous?", voice="fr"), str(folder / "dub.fr.wav"))
+    write_wav(synthesize("Guten Tag, wie geht es?", voice="de"), str(folder / "dub.de.wav"))
+    return {
+        "two_shots": folder / "two_shots.mp4",
+        "one_shot": folder / "one_shot.mp4",
+        "dub_fr": folder / "dub.fr.wav",
+        "dub_de": folder / "dub.de.wav",
+    }
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A private local Ray with 2 CPUs for the whole session."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """Prefect with a temporary database and API for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield

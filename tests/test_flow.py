@@ -1,0 +1,115 @@
+"""The Prefect flows end to end on a local Ray: outputs, bad rows, resume."""
+
+from __future__ import annotations
+
+import json
+
+import av
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from flows.cli import main
+from flows.localize import localize_catalogue
+from schemas import storage
+from tests.conftest import CLIP_FPS, CLIP_SIZE, SHOT_SECONDS
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("ray_cluster", "prefect_harness")]
+
+
+@pytest.fixture
+def catalogue(media, tmp_path):
+    rows = [
+        {"title_id": "portraits", "video": str(media["two_shots"]),
+         "dubs": {"fr": str(media["dub_fr"]), "de": str(media["dub_de"])}},
+        {"title_id": "still", "video": str(media["one_shot"]), "language": "fr", "dub_audio": str(media["dub_fr"])},
+        {"title_id": "missing_video", "video": str(tmp_path / "nope.mp4"), "language": "fr", "dub_audio": str(media["dub_fr"])},
+        {"title_id": "not_a_video", "video": str(media["dub_fr"]), "language": "fr", "dub_audio": str(media["dub_fr"])},
+    ]
+    path = tmp_path / "catalogue.yaml"
+    path.write_text(yaml.safe_dump(rows))
+    return path
+
+
+def test_catalogue_flow_dubs_titles_and_reports_bad_ones(catalogue, tmp_path):
+    summary = localize_catalogue(catalogue=str(catalogue), out=str(tmp_path / "run"))
+    titles = summary["titles"]
+    assert titles["portraits"]["status"] == "done" and set(titles["portraits"]["outputs"]) == {"fr", "de"}
+    assert titles["still"]["status"] == "done"
+    assert titles["missing_video"]["status"] == "invalid" and "missing file" in titles["missing_video"]["error"]
+    assert titles["not_a_video"]["status"] == "failed" and "no video stream" in titles["not_a_video"]["error"]
+    assert any("missing_video" in e for e in summary["catalogue_errors"])
+
+    for language in ("fr", "de"):
+        with av.open(titles["portraits"]["outputs"][language]) as out:
+            video, audio = out.streams.video[0], out.streams.audio[0]
+            assert (video.width, video.height, video.average_rate) == (CLIP_SIZE, CLIP_SIZE, CLIP_FPS)
+            assert sum(1 for _ in out.decode(video=0)) == round(2 * SHOT_SECONDS * CLIP_FPS)
+            assert float(video.duration * video.time_base) == pytest.approx(2 * SHOT_SECONDS, abs=0.05)
+            assert audio.codec_context.name == "aac"
+            assert float(audio.duration * audio.time_base) == pytest.approx(2 * SHOT_SECONDS, abs=0.05)
+
+    state = json.loads((tmp_path / "run" / "run.json").read_text())
+    stages = state["titles"]["portraits"]["stages"]
+    assert stages["shots"]["rows_out"] == 2 and stages["probe"]["executed"]
+    invocation = state["invocations"][-1]
+    assert invocation["stages_executed"] == {"probe": 2, "shots": 2, "composite": 3}
+    assert invocation["stages_failed"] == {"probe": 1}
+
+
+def test_second_run_recomputes_nothing_and_a_lost_stage_is_redone(catalogue, tmp_path):
+    out = str(tmp_path / "run")
+    first = localize_catalogue(catalogue=str(catalogue), out=out)
+    video = first["titles"]["portraits"]["outputs"]["fr"]
+    before = storage.fingerprint(video)
+
+    second = localize_catalogue(catalogue=str(catalogue), out=out)
+    assert second["invocation"]["stages_executed"] == {}
+    assert second["invocation"]["stages_skipped"] == {"probe": 2, "shots": 2, "composite": 3}
+    assert storage.fingerprint(video) == before
+
+    # A run killed before a stage's marker was written: only that stage runs again.
+    (marker,) = [p for p in (tmp_path / "run" / "manifests" / "composite" / "still").glob("*.done")]
+    marker.unlink()
+    third = localize_catalogue(catalogue=str(catalogue), out=out)
+    assert third["invocation"]["stages_executed"] == {"composite": 1}
+    assert third["titles"]["still"]["status"] == "done"
+
+
+def test_changed_dub_audio_recomputes_only_that_language(media, tmp_path):
+    dub = tmp_path / "dub.wav"
+    dub.write_bytes(media["dub_fr"].read_bytes())
+    catalogue = tmp_path / "catalogue.csv"
+    catalogue.write_text(f"title_id,video,language,dub_audio\nclip,{media['two_shots']},fr,{dub}\nclip,{media['two_shots']},de,{media['dub_de']}\n")
+    out = str(tmp_path / "run")
+    localize_catalogue(catalogue=str(catalogue), out=out)
+    dub.write_bytes(media["dub_de"].read_bytes())
+    again = localize_catalogue(catalogue=str(catalogue), out=out)
+    assert again["invocation"]["stages_executed"] == {"composite": 1}
+
+
+def test_avatar_mode_is_refused_clearly(media, tmp_path):
+    portrait = tmp_path / "portrait.png"
+    portrait.write_bytes(b"png")
+    catalogue = tmp_path / "catalogue.yaml"
+    catalogue.write_text(yaml.safe_dump([{"title_id": "face", "portrait": str(portrait), "language": "en", "dub_audio": str(media["dub_fr"])}]))
+    summary = localize_catalogue(catalogue=str(catalogue), out=str(tmp_path / "run"), executor="local")
+    assert summary["titles"]["face"]["status"] == "failed"
+    assert "avatar mode" in summary["titles"]["face"]["error"]
+
+
+def test_cli_dub_and_status(media, tmp_path):
+    cli = CliRunner()
+    result = cli.invoke(main, ["dub", str(media["two_shots"]), str(media["dub_fr"]), "-o", str(tmp_path / "out.mp4"),
+                               "--language", "fr", "--quiet"])
+    assert result.exit_code == 0, result.output
+    with av.open(str(tmp_path / "out.mp4")) as out:
+        assert out.streams.video[0].frames == round(2 * SHOT_SECONDS * CLIP_FPS) and out.streams.audio
+    status = cli.invoke(main, ["status", str(tmp_path / "out.dubline")])
+    assert status.exit_code == 0 and "two_shots: done" in status.output and "composite done" in status.output
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["dub"], ["avatar"], ["status"], ["demo"]])
+def test_every_command_has_help(command):
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output
