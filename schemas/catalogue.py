@@ -39,6 +39,20 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CORE_COLUMNS = {"title_id", "video", "portrait", "language", "dub_audio", "options"}
 
 
+class _CatalogueYamlLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans (true/false only): YAML 1.1 reads the language code
+    ``no`` (Norwegian) as False, and ``on``/``off``/``yes`` as booleans too."""
+
+
+_CatalogueYamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_CatalogueYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 class CatalogueError(ValueError):
     """The catalogue file as a whole cannot be read."""
 
@@ -114,7 +128,9 @@ class Catalogue:
 def load_catalogue(url: str, check_files: bool = True) -> Catalogue:
     """Read and validate the catalogue at ``url``."""
     raw_rows = _read_raw_rows(url)
-    base = url.rsplit("/", 1)[0] if "/" in url else "."
+    protocol, sep, path = url.partition("://") if "://" in url else ("", "", url)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ("" if sep else ".")
+    base = f"{protocol}{sep}{parent}"  # "memory://cat.yaml" -> "memory://", not "memory:/"
     return validate_rows(raw_rows, base_url=base, url=url, check_files=check_files)
 
 
@@ -127,7 +143,7 @@ def validate_rows(
     candidates: list[CatalogueEntry] = []
     url_problems: dict[str, str | None] = {}
 
-    for number, raw in enumerate(rows, start=1):
+    for number, raw in rows:
         entry, problems = _validate_row(number, raw, base_url)
         if check_files and entry is not None:
             for file_url in (entry.source_url, entry.dub_audio_url):
@@ -172,7 +188,7 @@ def _read_raw_rows(url: str) -> list[dict[str, Any]]:
     suffix = url.lower().rsplit(".", 1)[-1]
     try:
         if suffix in ("yaml", "yml"):
-            doc = yaml.safe_load(data.decode("utf-8"))
+            doc = yaml.load(data.decode("utf-8"), Loader=_CatalogueYamlLoader)  # a SafeLoader
             if isinstance(doc, dict):
                 doc = doc.get("titles")
             if not isinstance(doc, list) or not all(isinstance(r, dict) for r in doc):
@@ -189,16 +205,19 @@ def _read_raw_rows(url: str) -> list[dict[str, Any]]:
     raise CatalogueError(f"catalogue {url}: unknown format '.{suffix}' (use .yaml, .csv or .parquet)")
 
 
-def _expand_dub_mappings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """YAML convenience: ``dubs: {fr: a.wav, de: b.wav}`` becomes one row per language."""
+def _expand_dub_mappings(rows: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """YAML convenience: ``dubs: {fr: a.wav, de: b.wav}`` becomes one row per language.
+
+    Returns (row number in the catalogue file, row) pairs: the rows of one ``dubs`` mapping share
+    the number of the entry they come from, so errors point at the right place in the file."""
     out = []
-    for raw in rows:
+    for number, raw in enumerate(rows, start=1):
         dubs = raw.get("dubs")
         if isinstance(dubs, dict):
             base = {k: v for k, v in raw.items() if k != "dubs"}
-            out.extend({**base, "language": lang, "dub_audio": audio} for lang, audio in dubs.items())
+            out.extend((number, {**base, "language": lang, "dub_audio": audio}) for lang, audio in dubs.items())
         else:
-            out.append(raw)
+            out.append((number, raw))
     return out
 
 

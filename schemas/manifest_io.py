@@ -19,10 +19,14 @@ class ManifestVersionError(ValueError):
 def to_table(rows: list[dict[str, Any]], schema: ManifestSchema) -> pa.Table:
     """Rows (dicts) -> Arrow table of exactly ``schema``; unknown or missing keys fail loudly."""
     names = set(schema.column_names)
+    required = [f.name for f in schema.fields if not f.nullable]
     for i, row in enumerate(rows):
         extra = set(row) - names
         if extra:
             raise ValueError(f"{schema.name} row {i}: unknown columns {sorted(extra)}")
+        missing = [name for name in required if row.get(name) is None]
+        if missing:
+            raise ValueError(f"{schema.name} row {i}: missing values for required columns {missing}")
     return pa.Table.from_pylist(rows, schema=schema.arrow)
 
 

@@ -31,9 +31,10 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 def join(base: str, *parts: str) -> str:
     """Join URL path components with '/', keeping the protocol of ``base``."""
-    out = base.rstrip("/")
+    out = base if base.endswith("://") else base.rstrip("/")
     for part in parts:
-        out = f"{out}/{part.strip('/')}"
+        part = part.strip("/")
+        out = f"{out}{part}" if out.endswith("://") else f"{out}/{part}"
     return out
 
 
