@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -27,7 +28,12 @@ def to_table(rows: list[dict[str, Any]], schema: ManifestSchema) -> pa.Table:
         missing = [name for name in required if row.get(name) is None]
         if missing:
             raise ValueError(f"{schema.name} row {i}: missing values for required columns {missing}")
-    return pa.Table.from_pylist(rows, schema=schema.arrow)
+    return pa.Table.from_pylist([_arrow_ready(row) for row in rows], schema=schema.arrow)
+
+
+def _arrow_ready(row: dict[str, Any]) -> dict[str, Any]:
+    """Per-frame arrays may be given as T×K numpy arrays: Arrow takes them as lists of rows."""
+    return {k: list(v) if isinstance(v, np.ndarray) and v.ndim > 1 else v for k, v in row.items()}
 
 
 def write_manifest(rows: list[dict[str, Any]] | pa.Table, schema: ManifestSchema, url: str) -> str:

@@ -57,6 +57,7 @@ class Stage(abc.ABC):
             raise TypeError(f"{self.name}: unknown parameters {sorted(unknown)}")
         self.params: dict[str, Any] = {**self.defaults, **params}
         self._dropped: Counter[str] = Counter()
+        self._metrics: dict[str, float] = {}
 
     def setup(self) -> None:
         """Load models and other per-worker state. Called once per worker before any batch."""
@@ -72,6 +73,14 @@ class Stage(abc.ABC):
     def take_dropped(self) -> dict[str, int]:
         dropped, self._dropped = dict(self._dropped), Counter()
         return dropped
+
+    def report(self, **metrics: float) -> None:
+        """Record figures of the current job (e.g. jitter, fps) for the stage stats."""
+        self._metrics.update({name: float(value) for name, value in metrics.items()})
+
+    def take_metrics(self) -> dict[str, float]:
+        metrics, self._metrics = self._metrics, {}
+        return metrics
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,7 @@ class StageStats:
     rows_out: int
     seconds: float
     dropped: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
     worker: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,5 +132,6 @@ def run_job(stage: Stage, job: StageJob, worker: str = "") -> StageStats:
         rows_out=len(out),
         seconds=round(time.perf_counter() - started, 4),
         dropped=stage.take_dropped(),
+        metrics=stage.take_metrics(),
         worker=worker,
     )

@@ -1,0 +1,35 @@
+"""One-Euro filtering of landmark tracks: removes jitter at rest, follows fast motion.
+
+Casiez et al., "1€ Filter" (CHI 2012): a low-pass whose cutoff rises with the signal's speed, so
+still faces are smoothed hard and moving mouths are barely delayed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:
+    tau = 1.0 / (2 * np.pi * cutoff)
+    return 1.0 / (1.0 + tau / dt)
+
+
+def one_euro(signal: np.ndarray, fps: float, min_cutoff: float = 3.0, beta: float = 0.02, d_cutoff: float = 1.0) -> np.ndarray:
+    """Filter T×... along time. Units: cutoffs in Hz; ``beta`` per (signal unit / s)."""
+    dt = 1.0 / fps
+    out = np.empty_like(signal, dtype=np.float64)
+    out[0] = signal[0]
+    speed = np.zeros_like(signal[0], dtype=np.float64)
+    for t in range(1, len(signal)):
+        raw_speed = (signal[t] - out[t - 1]) / dt
+        speed += _alpha(d_cutoff, dt) * (raw_speed - speed)
+        alpha = _alpha(min_cutoff + beta * np.abs(speed), dt)
+        out[t] = out[t - 1] + alpha * (signal[t] - out[t - 1])
+    return out
+
+
+def jitter(track: np.ndarray) -> float:
+    """Jitter of a T×N×D landmark track: RMS second difference (px per frame²)."""
+    if len(track) < 3:
+        return 0.0
+    return float(np.sqrt((np.diff(track, n=2, axis=0) ** 2).sum(axis=-1).mean()))

@@ -1,0 +1,181 @@
+"""The faces stage: detect, mesh, track, fit, and cut aligned crops.
+
+Two streaming passes over the video keep memory flat in its length: the first runs detection and
+the mesh on every frame and links faces into tracks per shot; after each track's geometry is
+fitted, the second cuts the aligned crops of the dubbable tracks into frame chunks.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_right
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from schemas.manifest_io import read_rows
+from schemas.manifests import FACE_TRACKS, SHOTS, TITLES
+from stages.base import Resources, Stage, TitleError
+from stages.faces import geometry
+from stages.faces.crops import ChunkWriter, crop_face, crop_transforms
+from stages.faces.landmarks import FaceLandmarker
+from stages.faces.smoothing import jitter, one_euro
+from stages.faces.tracking import TrackLinker
+from stages.media import open_media
+
+
+def decode_rgb(url: str):
+    """Yield (frame index, RGB H×W×3 uint8) for every frame of the first video stream."""
+    with open_media(url) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for index, frame in enumerate(container.decode(stream)):
+            yield index, frame.to_ndarray(format="rgb24")
+
+
+class FaceStage(Stage):
+    """One row per title (title_id, titles_url, shots_url, chunks_url) -> ``face_tracks`` rows."""
+
+    name = "faces"
+    version = "1"
+    resources = Resources(cpus=1.0, memory_gb=2.0)
+    output_schema = FACE_TRACKS
+    defaults = {
+        "min_detection_confidence": 0.5,
+        "max_gap": 5,  # frames a track may miss and still continue (filled by interpolation)
+        "min_track_frames": 8,
+        "min_face_px": 64,  # median face box height below which a track is not dubbed
+        "max_abs_yaw": 50.0,  # degrees; beyond this profile the mouth cannot be re-driven well
+        "smoothing_min_cutoff": 3.0,  # One-Euro filter, Hz
+        "smoothing_beta": 0.02,
+        "crop_size": 512,
+        "chunk_frames": 48,
+        "jpeg_quality": 95,
+    }
+
+    def setup(self) -> None:
+        self._landmarker = FaceLandmarker(self.params["min_detection_confidence"])
+
+    def process_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [track for row in rows for track in self._title(row)]
+
+    def _title(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        (title,) = read_rows(row["titles_url"], TITLES)
+        shots = read_rows(row["shots_url"], SHOTS)
+        started = time.perf_counter()
+        try:
+            linkers, frames, faces = self._link(title, shots)
+        except Exception as exc:  # noqa: BLE001 - decoder failures are this title's problem
+            raise TitleError(row["title_id"], f"face analysis failed while decoding ({exc})") from exc
+        analysed = [
+            self._analyse(title, shot_index, track)
+            for shot_index, linker in enumerate(linkers)
+            for track in linker.tracks
+        ]
+        for track_id, track in enumerate(analysed):
+            track["track_id"] = track_id
+        analysis_s = time.perf_counter() - started
+        self._write_crops(title, analysed, row["chunks_url"])
+        dubbable = [t for t in analysed if t["dubbable"]]
+        weights = [len(t["frame_index"]) for t in analysed] or [1]
+        self.report(
+            frames=frames,
+            faces_detected=faces,
+            tracks=len(analysed),
+            tracks_dubbable=len(dubbable),
+            analysis_fps=frames / max(analysis_s, 1e-9),
+            crops_s=time.perf_counter() - started - analysis_s,
+            jitter_raw_px=np.average([t.pop("_jitter_raw") for t in analysed] or [0], weights=weights),
+            jitter_smoothed_px=np.average([t.pop("_jitter_smoothed") for t in analysed] or [0], weights=weights),
+            reprojection_px=np.average([t.pop("_reprojection") for t in analysed] or [0], weights=weights),
+        )
+        return [{k: v for k, v in t.items() if not k.startswith("_")} for t in analysed]
+
+    def _link(self, title: dict[str, Any], shots: list[dict[str, Any]]) -> tuple[list[TrackLinker], int, int]:
+        """Pass 1: faces of every frame, linked per shot."""
+        starts = [s["start_frame"] for s in shots]
+        linkers = [TrackLinker(self.params["max_gap"]) for _ in shots]
+        frames = faces = 0
+        for index, rgb in decode_rgb(title["source_url"]):
+            frames += 1
+            shot = max(0, bisect_right(starts, index) - 1)
+            boxes, meshes = [], []
+            for box in self._landmarker.detect(rgb):
+                mesh = self._landmarker.mesh(rgb, box)
+                if mesh is not None:
+                    boxes.append(box[:4])
+                    meshes.append(mesh)
+            faces += len(boxes)
+            linkers[shot].add(index, np.asarray(boxes).reshape(-1, 4), meshes)
+        return linkers, frames, faces
+
+    def _analyse(self, title: dict[str, Any], shot_index: int, track) -> dict[str, Any]:
+        """Smoothing, pose, coefficients and blendshape map of one track."""
+        p = self.params
+        frames, boxes, raw, filled = track.dense()
+        smoothed = one_euro(raw, title["fps"], p["smoothing_min_cutoff"], p["smoothing_beta"])
+        fit = geometry.fit_pose(smoothed)
+        pose = fit.pose_rows()
+        expression = geometry.expression_coefficients(fit.canonical)
+        blink = geometry.blink(fit.canonical)
+        coefficients = np.hstack([expression, blink])
+        identity, blendshapes = geometry.fit_blendshapes(fit.canonical, coefficients)
+        rebuilt = geometry.to_image(
+            geometry.reconstruct(identity, blendshapes, coefficients), fit.rotation, fit.scale, fit.translation
+        )
+        reason = None
+        if len(frames) < p["min_track_frames"]:
+            reason = f"track too short ({len(frames)} frames < {p['min_track_frames']})"
+        elif np.median(boxes[:, 3] - boxes[:, 1]) < p["min_face_px"]:
+            reason = f"face too small (median height {np.median(boxes[:, 3] - boxes[:, 1]):.0f} px < {p['min_face_px']})"
+        elif np.median(np.abs(pose[:, 0])) > p["max_abs_yaw"]:
+            reason = f"extreme profile (median |yaw| {np.median(np.abs(pose[:, 0])):.0f}° > {p['max_abs_yaw']:.0f}°)"
+        if reason:
+            self.drop(reason.split(" (")[0])
+        if filled:
+            self.drop("frames interpolated in tracks", filled)
+        return {
+            "title_id": title["title_id"],
+            "shot_index": shot_index,
+            "dubbable": reason is None,
+            "skip_reason": reason,
+            "frame_index": frames.tolist(),
+            "bbox": boxes.astype(np.float32),
+            "landmarks": smoothed.reshape(len(frames), -1).astype(np.float32),
+            "pose": pose.astype(np.float32),
+            "expression": expression,
+            "blink": blink,
+            "identity": identity,
+            "blendshapes": blendshapes.ravel(),
+            "chunk_urls": [],
+            "_smoothed": smoothed,
+            "_jitter_raw": jitter(raw[..., :2]),
+            "_jitter_smoothed": jitter(smoothed[..., :2]),
+            "_reprojection": float(np.linalg.norm(rebuilt[..., :2] - smoothed[..., :2], axis=-1).mean()),
+        }
+
+    def _write_crops(self, title: dict[str, Any], tracks: list[dict[str, Any]], chunks_url: str) -> None:
+        """Pass 2: aligned crops of the dubbable tracks, streamed into frame chunks."""
+        size = self.params["crop_size"]
+        due: dict[int, list[tuple[ChunkWriter, np.ndarray]]] = defaultdict(list)
+        writers = []
+        for track in tracks:
+            smoothed = track.pop("_smoothed")
+            if not track["dubbable"]:
+                continue
+            writer = ChunkWriter(chunks_url, title["title_id"], track["shot_index"], track["track_id"],
+                                 self.params["chunk_frames"], self.params["jpeg_quality"])
+            writers.append((track, writer))
+            for frame, to_crop in zip(track["frame_index"], crop_transforms(smoothed, title["fps"], size)):
+                due[frame].append((writer, to_crop))
+        if due:
+            last = max(due)
+            for index, rgb in decode_rgb(title["source_url"]):
+                for writer, to_crop in due.pop(index, ()):
+                    writer.add(index, crop_face(rgb, to_crop, size), to_crop)
+                if index >= last:
+                    break
+        for track, writer in writers:
+            writer.flush()
+            track["chunk_urls"] = writer.urls

@@ -1,0 +1,77 @@
+"""Link per-frame face detections into tracks within one shot.
+
+Detections are matched to open tracks by box overlap (Hungarian assignment on 1 − IoU). A track
+survives up to ``max_gap`` frames without a match (occlusion, a missed detection); the missing
+frames are filled by linear interpolation afterwards. Tracks never cross a shot boundary because
+the caller links each shot separately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+
+@dataclass
+class Track:
+    frames: list[int] = field(default_factory=list)
+    boxes: list[np.ndarray] = field(default_factory=list)  # 4 (x0, y0, x1, y1)
+    landmarks: list[np.ndarray] = field(default_factory=list)  # 478×3
+
+    @property
+    def last_frame(self) -> int:
+        return self.frames[-1]
+
+    def dense(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Every frame from first to last: (frame idx T, boxes T×4, landmarks T×478×3, frames filled)."""
+        frames = np.arange(self.frames[0], self.frames[-1] + 1)
+        known = np.asarray(self.frames)
+        boxes = _interpolate(frames, known, np.stack(self.boxes))
+        landmarks = _interpolate(frames, known, np.stack(self.landmarks))
+        return frames, boxes, landmarks, len(frames) - len(known)
+
+
+def _interpolate(frames: np.ndarray, known: np.ndarray, values: np.ndarray) -> np.ndarray:
+    flat = values.reshape(len(values), -1)
+    out = np.empty((len(frames), flat.shape[1]))
+    for column in range(flat.shape[1]):
+        out[:, column] = np.interp(frames, known, flat[:, column])
+    return out.reshape((len(frames), *values.shape[1:]))
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of boxes a N×4 and b M×4 -> N×M."""
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
+
+
+class TrackLinker:
+    """Online linking of one shot's detections, frame by frame."""
+
+    def __init__(self, max_gap: int = 5, min_iou: float = 0.3):
+        self.max_gap = max_gap
+        self.min_iou = min_iou
+        self.tracks: list[Track] = []
+
+    def add(self, frame: int, boxes: np.ndarray, landmarks: list[np.ndarray]) -> None:
+        """Faces of one frame: boxes N×4 with their 478×3 landmarks."""
+        open_tracks = [t for t in self.tracks if frame - t.last_frame <= self.max_gap + 1]
+        unmatched = set(range(len(boxes)))
+        if open_tracks and len(boxes):
+            overlap = iou(np.stack([t.boxes[-1] for t in open_tracks]), boxes)
+            rows, cols = linear_sum_assignment(-overlap)
+            for r, c in zip(rows, cols):
+                if overlap[r, c] >= self.min_iou:
+                    open_tracks[r].frames.append(frame)
+                    open_tracks[r].boxes.append(boxes[c])
+                    open_tracks[r].landmarks.append(landmarks[c])
+                    unmatched.discard(c)
+        for c in sorted(unmatched):
+            self.tracks.append(Track([frame], [boxes[c]], [landmarks[c]]))
