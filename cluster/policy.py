@@ -16,6 +16,7 @@ DEFAULT_POLICY = StagePolicy()
 POLICIES: dict[str, StagePolicy] = {
     "probe": StagePolicy(max_workers=4),
     "shots": StagePolicy(max_workers=4),
+    "faces": StagePolicy(max_workers=2),
     "composite": StagePolicy(max_workers=4),
 }
 

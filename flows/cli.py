@@ -145,7 +145,7 @@ def avatar(portrait: str, audio: str, output: str, language: str, run_dir: str |
 @click.argument("out")
 def status(out: str) -> None:
     """Print the per-title, per-stage state of the run folder OUT."""
-    from flows.run_folder import RunFolder
+    from flows.run_folder import RunFolder, in_pipeline_order
     from schemas import storage
 
     run = RunFolder(out)
@@ -156,16 +156,30 @@ def status(out: str) -> None:
     click.echo(f"run folder: {run.url}\ncatalogue: {state.get('catalogue')}\nlast run: {last.get('started')} -> {last.get('finished') or 'not finished'}")
     for title_id, title in sorted(state["titles"].items()):
         click.echo(f"{title_id}: {title.get('status')}" + (f"  ({title['error']})" if title.get("error") else ""))
-        for stage, record in title.get("stages", {}).items():
+        for stage, record in in_pipeline_order(title.get("stages", {})):
             click.echo(f"  {stage:<10} {record['state']:<6} {record['seconds']:8.2f} s  rows {record['rows_in']}->{record['rows_out']}")
         for language, lang in sorted(title.get("languages", {}).items()):
             click.echo(f"  [{language}] {lang.get('status')}" + (f"  ({lang['error']})" if lang.get("error") else ""))
-            for stage, record in lang.get("stages", {}).items():
+            for stage, record in in_pipeline_order(lang.get("stages", {})):
                 click.echo(f"    {stage:<8} {record['state']:<6} {record['seconds']:8.2f} s")
             if lang.get("output"):
                 click.echo(f"    output: {lang['output']}")
     for error in state.get("catalogue_errors", []):
         click.echo(f"catalogue {error}")
+
+
+@main.command()
+@click.argument("run_folder")
+@click.option("--title", "title_id", required=True, help="Title to draw.")
+@click.option("--frames", default=6, show_default=True, help="Number of evenly spaced frames.")
+def inspect(run_folder: str, title_id: str, frames: int) -> None:
+    """Draw face meshes, head-pose axes and track ids on sampled frames of a title of RUN_FOLDER."""
+    from flows.inspect import inspect_title
+
+    try:
+        click.echo(inspect_title(run_folder, title_id, frames))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()

@@ -33,7 +33,7 @@ def _describe(exc: BaseException, title_id: str) -> str:
 
 @flow(name="localize_title", flow_run_name="{title_id}", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def localize_title(run_url: str, title_id: str, entries: list[dict[str, Any]]) -> dict[str, str]:
-    """All languages of one title: probe and shots once, then one composite per language.
+    """All languages of one title: probe, shots and faces once, then one composite per language.
 
     Returns ``{language: output video URL}`` for the languages that succeeded; raises when none did.
     """
@@ -46,6 +46,7 @@ def localize_title(run_url: str, title_id: str, entries: list[dict[str, Any]]) -
         )
     titles_url = tasks.probe(run_url, title_id, first.mode, first.source_url)
     shots_url = tasks.shots(run_url, title_id, titles_url)
+    tasks.faces(run_url, title_id, titles_url, shots_url)
 
     futures = {}
     for row in entries:

@@ -26,6 +26,13 @@ from schemas import storage
 from stages.base import Stage, StageStats
 
 RUN_STATE_VERSION = 1
+#: Stages in pipeline order, for people reading a run's state.
+PIPELINE_ORDER = ("probe", "shots", "faces", "audio", "coeffs", "render", "enhance", "composite")
+
+
+def in_pipeline_order(stages: dict[str, Any]) -> list[tuple[str, Any]]:
+    rank = {name: i for i, name in enumerate(PIPELINE_ORDER)}
+    return sorted(stages.items(), key=lambda item: rank.get(item[0], len(rank)))
 
 
 def stage_key(stage: type[Stage], params: dict[str, Any], inputs: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from flows.run_folder import RunFolder, stage_key
 from schemas import storage
 from stages.base import Stage, StageJob, StageStats
 from stages.composite import CompositeStage
+from stages.faces import FaceStage
 from stages.probe import ProbeStage
 from stages.sequential import SequentialRunner
 from stages.shots import ShotsStage
@@ -77,12 +78,19 @@ def _execute(
     rows: tuple[dict[str, Any], ...] = (),
     input_url: str | None = None,
     params: dict[str, Any] | None = None,
+    with_chunks: bool = False,
 ) -> str:
-    """Run ``stage`` unless its keyed output is already complete; returns the manifest URL."""
+    """Run ``stage`` unless its keyed output is already complete; returns the manifest URL.
+
+    ``with_chunks``: the stage writes frame chunks too; each row gets a ``chunks_url`` folder
+    beside the manifest, so chunks share the output's key.
+    """
     session = session_for(run_url)
     run, params = session.run, params or {}
     key = stage_key(stage, params, inputs)
     url = run.manifest_url(stage.name, title_id, key)
+    if with_chunks:
+        rows = tuple({**row, "chunks_url": url.removesuffix(".parquet") + ".chunks"} for row in rows)
     record = run.finished(stage.name, title_id, key)
     executed = record is None
     if executed:
@@ -102,7 +110,7 @@ def _execute(
             "key": key,
             "state": "done",
             "executed": executed,
-            **{k: record[k] for k in ("rows_in", "rows_out", "dropped", "seconds", "worker")},
+            **{k: record.get(k) for k in ("rows_in", "rows_out", "dropped", "metrics", "seconds", "worker")},
         },
     )
     return url
@@ -117,6 +125,13 @@ def probe(run_url: str, title_id: str, mode: str, source_url: str) -> str:
 @task(name="shots", task_run_name="shots-{title_id}")
 def shots(run_url: str, title_id: str, titles_url: str) -> str:
     return _execute(run_url, ShotsStage, title_id, {"titles": _key_of(titles_url)}, input_url=titles_url)
+
+
+@task(name="faces", task_run_name="faces-{title_id}")
+def faces(run_url: str, title_id: str, titles_url: str, shots_url: str) -> str:
+    row = {"title_id": title_id, "titles_url": titles_url, "shots_url": shots_url}
+    inputs = {"titles": _key_of(titles_url), "shots": _key_of(shots_url)}
+    return _execute(run_url, FaceStage, title_id, inputs, rows=(row,), with_chunks=True)
 
 
 @task(name="composite", task_run_name="composite-{title_id}-{language}")

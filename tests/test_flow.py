@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import av
+import cv2
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -52,8 +53,14 @@ def test_catalogue_flow_dubs_titles_and_reports_bad_ones(catalogue, tmp_path):
     state = json.loads((tmp_path / "run" / "run.json").read_text())
     stages = state["titles"]["portraits"]["stages"]
     assert stages["shots"]["rows_out"] == 2 and stages["probe"]["executed"]
+    assert stages["faces"]["rows_out"] == 2 and stages["faces"]["metrics"]["tracks"] == 2
+    sheet = CliRunner().invoke(main, ["inspect", str(tmp_path / "run"), "--title", "portraits", "--frames", "3"])
+    assert sheet.exit_code == 0, sheet.output
+    png = cv2.imread(sheet.output.strip())
+    assert png.shape == (360, 3 * 360, 3) and png.std() > 10  # three drawn frames, not a blank sheet
+
     invocation = state["invocations"][-1]
-    assert invocation["stages_executed"] == {"probe": 2, "shots": 2, "composite": 3}
+    assert invocation["stages_executed"] == {"probe": 2, "shots": 2, "faces": 2, "composite": 3}
     assert invocation["stages_failed"] == {"probe": 1}
 
 
@@ -65,7 +72,7 @@ def test_second_run_recomputes_nothing_and_a_lost_stage_is_redone(catalogue, tmp
 
     second = localize_catalogue(catalogue=str(catalogue), out=out)
     assert second["invocation"]["stages_executed"] == {}
-    assert second["invocation"]["stages_skipped"] == {"probe": 2, "shots": 2, "composite": 3}
+    assert second["invocation"]["stages_skipped"] == {"probe": 2, "shots": 2, "faces": 2, "composite": 3}
     assert storage.fingerprint(video) == before
 
     # A run killed before a stage's marker was written: only that stage runs again.
@@ -109,7 +116,7 @@ def test_cli_dub_and_status(media, tmp_path):
     assert status.exit_code == 0 and "two_shots: done" in status.output and "composite done" in status.output
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["dub"], ["avatar"], ["status"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["dub"], ["avatar"], ["status"], ["inspect"], ["demo"]])
 def test_every_command_has_help(command):
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output

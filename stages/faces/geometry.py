@@ -188,3 +188,16 @@ def fit_blendshapes(canonical: np.ndarray, coefficients: np.ndarray, ridge: floa
 def reconstruct(identity: np.ndarray, blendshapes: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
     """Canonical mesh T×478×3 from the identity, the blendshape map and T×K coefficients."""
     return (identity[None] + coefficients @ blendshapes).reshape(len(coefficients), -1, 3)
+
+
+def rotation_from_pose(pose: np.ndarray) -> np.ndarray:
+    """T×3×3 canonical -> image rotation from pose rows T×6 (inverse of ``PoseFit.pose_rows``)."""
+    head = Rotation.from_euler("YXZ", np.stack([-pose[:, 0], pose[:, 1], -pose[:, 2]], axis=1), degrees=True).as_matrix()
+    return np.einsum("tij,jk->tik", head, _FLIP)
+
+
+def project(identity: np.ndarray, blendshapes: np.ndarray, coefficients: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """Image landmarks T×478×2 (px) of a track's face with new coefficients T×K and pose T×6."""
+    canonical = reconstruct(identity, blendshapes.reshape(coefficients.shape[1], -1), coefficients)
+    rotated = np.einsum("tnj,tij->tni", canonical, rotation_from_pose(pose))
+    return pose[:, None, 5:6] * rotated[..., :2] + pose[:, None, 3:5]

@@ -6,8 +6,13 @@ own square crop, so any number of faces per frame works and small faces are upsa
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
+
+# MediaPipe's C++ side logs model-loading chatter at INFO/WARNING for every graph it builds.
+os.environ.setdefault("GLOG_minloglevel", "2")
 
 MESH_INPUT = 256  # side of the square crop the mesh network sees (px)
 CROP_MARGIN = 1.8  # crop side / detected box side: the mesh's own detector needs context

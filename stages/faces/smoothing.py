@@ -33,3 +33,12 @@ def jitter(track: np.ndarray) -> float:
     if len(track) < 3:
         return 0.0
     return float(np.sqrt((np.diff(track, n=2, axis=0) ** 2).sum(axis=-1).mean()))
+
+
+def lag_frames(raw: np.ndarray, smoothed: np.ndarray, max_lag: int = 3) -> int:
+    """Delay (frames) of ``smoothed`` behind ``raw`` for 1-D signals: the lag of peak correlation."""
+    raw, smoothed = raw - raw.mean(), smoothed - smoothed.mean()
+    if len(raw) <= 2 * max_lag or not raw.any():
+        return 0
+    scores = [np.dot(raw[: len(raw) - lag], smoothed[lag:]) for lag in range(max_lag + 1)]
+    return int(np.argmax(scores))

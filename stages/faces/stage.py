@@ -20,7 +20,7 @@ from stages.base import Resources, Stage, TitleError
 from stages.faces import geometry
 from stages.faces.crops import ChunkWriter, crop_face, crop_transforms
 from stages.faces.landmarks import FaceLandmarker
-from stages.faces.smoothing import jitter, one_euro
+from stages.faces.smoothing import jitter, lag_frames, one_euro
 from stages.faces.tracking import TrackLinker
 from stages.media import open_media
 
@@ -89,6 +89,7 @@ class FaceStage(Stage):
             jitter_raw_px=np.average([t.pop("_jitter_raw") for t in analysed] or [0], weights=weights),
             jitter_smoothed_px=np.average([t.pop("_jitter_smoothed") for t in analysed] or [0], weights=weights),
             reprojection_px=np.average([t.pop("_reprojection") for t in analysed] or [0], weights=weights),
+            smoothing_lag_frames=max([t.pop("_lag") for t in analysed] or [0]),
         )
         return [{k: v for k, v in t.items() if not k.startswith("_")} for t in analysed]
 
@@ -152,8 +153,13 @@ class FaceStage(Stage):
             "_smoothed": smoothed,
             "_jitter_raw": jitter(raw[..., :2]),
             "_jitter_smoothed": jitter(smoothed[..., :2]),
+            "_lag": lag_frames(*(self._mouth_gap(x) for x in (raw, smoothed))),
             "_reprojection": float(np.linalg.norm(rebuilt[..., :2] - smoothed[..., :2], axis=-1).mean()),
         }
+
+    @staticmethod
+    def _mouth_gap(landmarks: np.ndarray) -> np.ndarray:
+        return landmarks[:, geometry.LOWER_LIP_INNER, 1] - landmarks[:, geometry.UPPER_LIP_INNER, 1]
 
     def _write_crops(self, title: dict[str, Any], tracks: list[dict[str, Any]], chunks_url: str) -> None:
         """Pass 2: aligned crops of the dubbable tracks, streamed into frame chunks."""
