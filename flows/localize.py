@@ -66,6 +66,7 @@ def localize_title(run_url: str, title_id: str, entries: list[dict[str, Any]]) -
             run.update_language(title_id, language, status="failed", error=errors[language])
     status = "done" if not errors else ("partial" if outputs else "failed")
     run.update_title(title_id, status=status, error="; ".join(errors.values()) or None)
+    run.log(f"title {title_id}: {status}" + (f" ({'; '.join(errors.values())})" if errors else ""))
     if not outputs:
         raise TitleError(title_id, "no language could be produced: " + "; ".join(errors.values()))
     return outputs
@@ -81,6 +82,7 @@ def _title(run_url: str, title_id: str, entries: list[dict[str, Any]]) -> None:
         message = _describe(exc, title_id)
         if run.state["titles"].get(title_id, {}).get("status") not in ("failed", "partial"):
             run.update_title(title_id, status="failed", error=message)
+            run.log(f"title {title_id}: failed ({message})")
         get_run_logger().error(message)
 
 

@@ -7,6 +7,7 @@ Layout under the output URL::
     manifests/<stage>/<title_id>/<key>.parquet stage output, keyed by a content hash
     manifests/<stage>/<title_id>/<key>.done    completion marker (stage stats), written last
     outputs/<title_id>/<title_id>.<lang>.mp4   the dubbed videos
+    logs/<started>.log                         what one invocation did, line by line
 
 A stage output's key hashes the stage name and version, its parameters and the keys or content
 hashes of its inputs. A marker exists only once its manifest is fully written, so resuming after a
@@ -59,6 +60,8 @@ class RunFolder:
         self._executed: Counter[str] = Counter()
         self._skipped: Counter[str] = Counter()
         self._failed: Counter[str] = Counter()
+        self._log_lines: list[str] = []
+        self._log_url: str | None = None
 
     # --- stage outputs -------------------------------------------------------------------------
     def manifest_url(self, stage: str, title_id: str, key: str) -> str:
@@ -108,10 +111,23 @@ class RunFolder:
         storage.write_text(self.state_url, json.dumps(self.state, indent=1, sort_keys=True))
 
     def begin(self, catalogue_url: str, parameters: dict[str, Any], catalogue_errors: list[str]) -> None:
+        started = _now()
         with self._lock:
             self.state.update(catalogue=catalogue_url, parameters=parameters, catalogue_errors=catalogue_errors)
-            self.state["invocations"].append({"started": _now(), "finished": None})
+            self.state["invocations"].append({"started": started, "finished": None})
+            self._log_url = storage.join(self.url, "logs", started.replace(":", "") + ".log")
+            self.state["invocations"][-1]["log"] = self._log_url
             self._save()
+        self.log(f"run of {catalogue_url} into {self.url}")
+        for error in catalogue_errors:
+            self.log(f"catalogue {error}")
+
+    def log(self, message: str) -> None:
+        """Append a line to this invocation's log (rewritten whole, so it survives a crash)."""
+        with self._lock:
+            self._log_lines.append(f"{_now()} {message}")
+            if self._log_url:
+                storage.write_text(self._log_url, "\n".join(self._log_lines) + "\n")
 
     def update_title(self, title_id: str, **fields: Any) -> None:
         with self._lock:
@@ -146,4 +162,5 @@ class RunFolder:
                 titles_failed=sum(t.get("status") in ("failed", "partial") for t in titles),
             )
             self._save()
-            return record
+        self.log(f"finished: executed {record['stages_executed']}, reused {record['stages_skipped']}, failed {record['stages_failed']}")
+        return record

@@ -96,12 +96,17 @@ def _execute(
     if executed:
         try:
             stats = session.runner.run(StageJob(stage, params, url, title_id, rows=rows, input_url=input_url))
-        except Exception:
+        except Exception as exc:
             run.count(stage.name, "failed")
+            run.log(f"{stage.name} {title_id}{f' [{language}]' if language else ''} failed: {exc}")
             raise
         run.mark_finished(stage.name, title_id, key, stats)
         record = stats.to_dict()
     run.count(stage.name, "executed" if executed else "skipped")
+    run.log(
+        f"{stage.name} {title_id}{f' [{language}]' if language else ''} "
+        + (f"done in {record['seconds']:.2f} s on {record['worker']}" if executed else f"reused {key}")
+    )
     run.update_stage(
         title_id,
         language,

@@ -140,3 +140,29 @@ def test_jaw_moves_with_speech_on_a_real_clip(runner, tmp_path):
     talking_var = np.var(np.asarray(talking[0]["expression"])[:, 0])
     still_var = np.var(np.asarray(still[0]["expression"])[:, 0])
     assert talking_var > 20 * still_var
+
+
+def test_small_off_centre_face_is_found_and_tracked(runner, tmp_path):
+    frames = []
+    for i in range(12):
+        frame = np.full((480, 640, 3), 90, np.uint8)
+        frame[30 : 30 + 150, 440 + i : 440 + i + 150] = cv2.resize(astronaut(), (150, 150))  # ~28 px face
+        frames.append(frame)
+    write_clip(tmp_path / "small.mp4", frames, FPS)
+    tracks, _, _ = analyse(runner, tmp_path / "run", tmp_path / "small.mp4")
+    (track,) = tracks
+    assert track["frame_index"] == list(range(12))
+    assert not track["dubbable"] and track["skip_reason"].startswith("face too small")
+    assert np.asarray(track["bbox"])[:, 0].min() > 440
+
+
+def test_a_short_occlusion_does_not_break_the_track(runner, tmp_path):
+    image = cv2.resize(astronaut(), (384, 384))
+    frames = [image.copy() for _ in range(20)]
+    for i in (8, 9, 10):
+        frames[i][60:260, 100:300] = 0  # a hand over the face for three frames
+    write_clip(tmp_path / "occluded.mp4", frames, FPS)
+    tracks, _, stats = analyse(runner, tmp_path / "run", tmp_path / "occluded.mp4")
+    (track,) = tracks
+    assert track["frame_index"] == list(range(20))
+    assert stats.dropped["frames interpolated in tracks"] == 3

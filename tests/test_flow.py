@@ -120,3 +120,18 @@ def test_cli_dub_and_status(media, tmp_path):
 def test_every_command_has_help(command):
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_any_fsspec_url_works_for_catalogue_media_and_run_folder(media):
+    """memory:// lives in this process only, so the stages run in-process here."""
+    for name in ("two_shots", "dub_fr"):
+        storage.write_bytes(f"memory://inputs/{media[name].name}", media[name].read_bytes())
+    storage.write_text("memory://inputs/catalogue.yaml", yaml.safe_dump(
+        [{"title_id": "clip", "video": "two_shots.mp4", "language": "fr", "dub_audio": "dub.fr.wav"}]))
+    summary = localize_catalogue(catalogue="memory://inputs/catalogue.yaml", out="memory://run", executor="local")
+    assert summary["titles"]["clip"]["status"] == "done"
+    output = summary["titles"]["clip"]["outputs"]["fr"]
+    assert output == "memory://run/outputs/clip/clip.fr.mp4"
+    with storage.open_url(output) as f, av.open(f) as container:
+        assert sum(1 for _ in container.decode(video=0)) == round(2 * SHOT_SECONDS * CLIP_FPS)
+    assert storage.exists("memory://run/run.json")

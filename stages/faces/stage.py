@@ -21,7 +21,7 @@ from stages.faces import geometry
 from stages.faces.crops import ChunkWriter, crop_face, crop_transforms
 from stages.faces.landmarks import FaceLandmarker
 from stages.faces.smoothing import jitter, lag_frames, one_euro
-from stages.faces.tracking import TrackLinker
+from stages.faces.tracking import TrackLinker, distinct, mesh_box
 from stages.media import open_media
 
 
@@ -43,6 +43,8 @@ class FaceStage(Stage):
     output_schema = FACE_TRACKS
     defaults = {
         "min_detection_confidence": 0.5,
+        "discover_every": 5,  # frames between tiled detections that find small faces
+        "discover_grid": 2,
         "max_gap": 5,  # frames a track may miss and still continue (filled by interpolation)
         "min_track_frames": 8,
         "min_face_px": 64,  # median face box height below which a track is not dubbed
@@ -100,16 +102,26 @@ class FaceStage(Stage):
         frames = faces = 0
         for index, rgb in decode_rgb(title["source_url"]):
             frames += 1
-            shot = max(0, bisect_right(starts, index) - 1)
-            boxes, meshes = [], []
-            for box in self._landmarker.detect(rgb):
-                mesh = self._landmarker.mesh(rgb, box)
-                if mesh is not None:
-                    boxes.append(box[:4])
-                    meshes.append(mesh)
+            linker = linkers[max(0, bisect_right(starts, index) - 1)]
+            boxes, meshes = self._faces_in_frame(rgb, index, linker)
             faces += len(boxes)
-            linkers[shot].add(index, np.asarray(boxes).reshape(-1, 4), meshes)
+            linker.add(index, boxes, meshes)
         return linkers, frames, faces
+
+    def _faces_in_frame(self, rgb: np.ndarray, index: int, linker: TrackLinker) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Meshes of the faces in one frame, with their boxes (N×4, from the mesh's extent).
+
+        Candidates: tracked faces where they were in the previous frame, the detector's faces,
+        and every few frames faces found on tiles (small faces). The mesh confirms each one.
+        """
+        candidates = [linker.expected_boxes(index), self._landmarker.detect(rgb)[:, :4]]
+        if index % self.params["discover_every"] == 0:
+            candidates.append(self._landmarker.detect_tiled(rgb, self.params["discover_grid"])[:, :4])
+        candidates = np.concatenate(candidates)
+        meshes = [m for m in (self._landmarker.mesh(rgb, candidates[i]) for i in distinct(candidates)) if m is not None]
+        boxes = np.array([mesh_box(m) for m in meshes]).reshape(-1, 4)
+        kept = distinct(boxes)  # two candidates may have found the same face
+        return boxes[kept], [meshes[i] for i in kept]
 
     def _analyse(self, title: dict[str, Any], shot_index: int, track) -> dict[str, Any]:
         """Smoothing, pose, coefficients and blendshape map of one track."""

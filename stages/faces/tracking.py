@@ -52,6 +52,22 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
 
 
+def mesh_box(landmarks: np.ndarray) -> np.ndarray:
+    """Box (x0, y0, x1, y1) around a 478×3 mesh: the face oval's extent."""
+    x0, y0 = landmarks[:, :2].min(axis=0)
+    x1, y1 = landmarks[:, :2].max(axis=0)
+    return np.array([x0, y0, x1, y1])
+
+
+def distinct(boxes: np.ndarray, max_iou: float = 0.3) -> list[int]:
+    """Greedy non-maximum suppression that prefers earlier boxes: indices of the boxes kept."""
+    kept: list[int] = []
+    for i in range(len(boxes)):
+        if not kept or iou(boxes[i : i + 1, :4], boxes[kept, :4]).max() <= max_iou:
+            kept.append(i)
+    return kept
+
+
 class TrackLinker:
     """Online linking of one shot's detections, frame by frame."""
 
@@ -59,6 +75,10 @@ class TrackLinker:
         self.max_gap = max_gap
         self.min_iou = min_iou
         self.tracks: list[Track] = []
+
+    def expected_boxes(self, frame: int) -> np.ndarray:
+        """Boxes of the tracks seen in the previous frame: where to look for them again."""
+        return np.array([t.boxes[-1] for t in self.tracks if t.last_frame == frame - 1]).reshape(-1, 4)
 
     def add(self, frame: int, boxes: np.ndarray, landmarks: list[np.ndarray]) -> None:
         """Faces of one frame: boxes N×4 with their 478×3 landmarks."""
