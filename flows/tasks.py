@@ -15,6 +15,8 @@ from prefect import task
 from flows.run_folder import RunFolder, stage_key
 from schemas import storage
 from stages.base import Stage, StageJob, StageStats
+from stages.audio.stage import AudioStage
+from stages.coeffs.stage import CoeffsStage
 from stages.composite import CompositeStage
 from stages.faces import FaceStage
 from stages.probe import ProbeStage
@@ -137,6 +139,34 @@ def faces(run_url: str, title_id: str, titles_url: str, shots_url: str) -> str:
     row = {"title_id": title_id, "titles_url": titles_url, "shots_url": shots_url}
     inputs = {"titles": _key_of(titles_url), "shots": _key_of(shots_url)}
     return _execute(run_url, FaceStage, title_id, inputs, rows=(row,), with_chunks=True)
+
+
+@task(name="audio", task_run_name="audio-{title_id}-{language}")
+def audio(run_url: str, title_id: str, language: str, titles_url: str, dub_audio_url: str, options: dict,
+          whisper_model: str | None) -> str:
+    run = session_for(run_url).run
+    row = {
+        "title_id": title_id,
+        "language": language,
+        "dub_audio_url": dub_audio_url,
+        "titles_url": titles_url,
+        "options_json": json.dumps(options, sort_keys=True),
+        "subtitles_url": run.output_url(title_id, language).removesuffix(".mp4"),
+    }
+    inputs = {"titles": _key_of(titles_url), "dub_audio": storage.fingerprint(dub_audio_url), "language": language,
+              "tolerance": options["audio_tolerance_s"], "subtitles": row["subtitles_url"]}
+    return _execute(run_url, AudioStage, title_id, inputs, language=language, rows=(row,),
+                    params={"whisper_model": whisper_model})
+
+
+@task(name="coeffs", task_run_name="coeffs-{title_id}-{language}")
+def coeffs(run_url: str, title_id: str, language: str, titles_url: str, faces_url: str, audio_url: str,
+           options: dict) -> str:
+    row = {"title_id": title_id, "language": language, "titles_url": titles_url, "faces_url": faces_url,
+           "audio_url": audio_url, "options_json": json.dumps(options, sort_keys=True)}
+    inputs = {"titles": _key_of(titles_url), "faces": _key_of(faces_url), "audio": _key_of(audio_url),
+              "expression_scale": options["expression_scale"]}
+    return _execute(run_url, CoeffsStage, title_id, inputs, language=language, rows=(row,))
 
 
 @task(name="composite", task_run_name="composite-{title_id}-{language}")

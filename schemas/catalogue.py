@@ -31,6 +31,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "crf": 18,  # H.264 constant rate factor of the output video
     "preset": "veryfast",  # x264 preset of the output video
     "audio_tolerance_s": 2.0,  # refuse dub audio whose length differs more from the picture
+    "expression_scale": 1.0,  # multiplies the driven mouth motion (SadTalker's expression scale)
 }
 _X264_PRESETS = {
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
@@ -321,6 +322,11 @@ def _coerce_option(key: str, value: Any) -> Any:
         if str(value) not in _X264_PRESETS:
             raise ValueError(f"must be one of {sorted(_X264_PRESETS)}")
         return str(value)
+    if key == "expression_scale":
+        scale = float(value)
+        if not 0.0 <= scale <= 3.0:
+            raise ValueError("must be between 0 and 3")
+        return scale
     if key == "audio_tolerance_s":
         tolerance = float(value)
         if not tolerance >= 0:

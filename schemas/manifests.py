@@ -142,9 +142,10 @@ AUDIO_TRACKS = ManifestSchema(
         pa.field("audio_url", pa.string(), nullable=False),
         pa.field("audio_hash", pa.string(), nullable=False),
         pa.field("sample_rate", pa.int32(), nullable=False),
-        pa.field("duration_s", pa.float64(), nullable=False),
+        pa.field("duration_s", pa.float64(), nullable=False),  # of the dub audio as delivered
+        pa.field("audio_fit", pa.string(), nullable=False),  # "exact", "padded" or "trimmed"
         pa.field("fps", pa.float64(), nullable=False),
-        pa.field("features", pa.list_(pa.list_(pa.float32())), nullable=False),  # T × n_mels
+        pa.field("features", pa.list_(pa.list_(pa.float32())), nullable=False),  # T × n_mels, fitted
         pa.field(
             "speech_segments",
             pa.list_(pa.struct([("start_s", pa.float64()), ("end_s", pa.float64())])),
@@ -166,6 +167,7 @@ AUDIO_TRACKS = ManifestSchema(
         ),
         pa.field("detected_language", pa.string()),
         pa.field("language_probability", pa.float32()),
+        pa.field("language_matches", pa.bool_()),
         pa.field("srt_url", pa.string()),
         pa.field("vtt_url", pa.string()),
     ),

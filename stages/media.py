@@ -57,3 +57,9 @@ def decode_audio(url: str, sample_rate: int, layout: str = "stereo") -> Iterator
                 yield out.to_ndarray()
     for out in resampler.resample(None):
         yield out.to_ndarray()
+
+
+def read_audio(url: str, sample_rate: int) -> np.ndarray:
+    """The first audio stream of ``url`` as one mono float32 array at ``sample_rate``."""
+    chunks = [chunk[0] for chunk in decode_audio(url, sample_rate, layout="mono")]
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)

@@ -107,7 +107,7 @@ def _sample_rows() -> dict[str, list[dict[str, Any]]]:
             {
                 "title_id": "ep01", "language": "fr", "audio_url": "/data/ep01.fr.wav",
                 "audio_hash": "5d41402abc4b2a76b9719d911017c592", "sample_rate": 16_000,
-                "duration_s": 1439.5, "fps": 30000 / 1001,
+                "duration_s": 1439.5, "audio_fit": "padded", "fps": 30000 / 1001,
                 "features": _frames(80),
                 "speech_segments": [{"start_s": 0.5, "end_s": 2.25}, {"start_s": 3.0, "end_s": 4.75}],
                 "transcript": "Bonjour à tous.",
@@ -116,15 +116,15 @@ def _sample_rows() -> dict[str, list[dict[str, Any]]]:
                     {"word": "à", "start_s": 0.95, "end_s": 1.0, "probability": 0.5},
                     {"word": "tous.", "start_s": 1.05, "end_s": 1.5, "probability": 0.625},
                 ],
-                "detected_language": "fr", "language_probability": 0.96875,
+                "detected_language": "fr", "language_probability": 0.96875, "language_matches": True,
                 "srt_url": "/run/ep01.fr.srt", "vtt_url": "/run/ep01.fr.vtt",
             },
             {
                 "title_id": "ep01", "language": "de", "audio_url": "/data/ep01.de.wav",
                 "audio_hash": "7d793037a0760186574b0282f2f435e7", "sample_rate": 16_000,
-                "duration_s": 1439.5, "fps": 30000 / 1001, "features": _frames(80, 3),
+                "duration_s": 1439.5, "audio_fit": "exact", "fps": 30000 / 1001, "features": _frames(80, 3),
                 "speech_segments": [], "transcript": None, "words": None, "detected_language": None,
-                "language_probability": None, "srt_url": None, "vtt_url": None,
+                "language_probability": None, "language_matches": None, "srt_url": None, "vtt_url": None,
             },
         ],
         "driven_coeffs": [

@@ -16,7 +16,7 @@ from schemas.manifest_io import read_rows
 from schemas.manifests import OUTPUTS, SHOTS, TITLES
 from stages.base import StageJob, TitleError
 from stages.composite import CompositeStage
-from stages.composite.stage import fit_policy
+from stages.audio.fit import fit_policy
 from stages.probe import ProbeStage
 from stages.sequential import SequentialRunner
 from stages.shots import ShotsStage

@@ -17,28 +17,12 @@ from schemas import storage
 from schemas.manifest_io import read_rows
 from schemas.manifests import OUTPUTS, TITLES
 from stages.base import Resources, Stage, TitleError
+from stages.audio.fit import fit_policy
 from stages.media import audio_duration, decode_audio, open_media
 
 AUDIO_RATE = 48_000
 AUDIO_LAYOUT = "stereo"
 AAC_FRAME = 1024
-
-
-def fit_policy(audio_s: float, picture_s: float, fps: float, tolerance_s: float) -> str:
-    """How dub audio of ``audio_s`` seconds is fitted to a picture of ``picture_s`` seconds.
-
-    Within one frame: "exact". Shorter: "padded" with silence at the end. Longer: "trimmed" at the
-    end. A difference above ``tolerance_s`` is refused: it means the wrong audio or a wrong cut.
-    """
-    difference = audio_s - picture_s
-    if abs(difference) > tolerance_s:
-        raise ValueError(
-            f"dub audio is {audio_s:.2f} s but the picture is {picture_s:.2f} s "
-            f"(difference {difference:+.2f} s is above the tolerance of {tolerance_s:.2f} s)"
-        )
-    if abs(difference) < 1.0 / fps:
-        return "exact"
-    return "padded" if difference < 0 else "trimmed"
 
 
 class _AudioFeed:

@@ -1,0 +1,112 @@
+"""audio: analyse one dub track of one title on the title's frame clock.
+
+Decodes any format FFmpeg reads (any rate, any channel layout) to 16 kHz mono, applies the
+dub-length policy (``stages.audio.fit``), computes log-mel features per video frame, finds speech
+with Silero VAD, and — when a Whisper model is configured — transcribes with word times, writes
+SRT and WebVTT subtitles beside the output video, and checks the spoken language against the
+catalogue's (a mismatch is reported, never fatal).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import av
+import numpy as np
+
+from schemas import storage
+from schemas.manifest_io import read_rows
+from schemas.manifests import AUDIO_TRACKS, TITLES
+from stages.audio.features import SAMPLE_RATE, log_mel_frames
+from stages.audio.fit import fit_policy, fit_samples
+from stages.audio.subtitles import to_srt, to_vtt
+from stages.audio.transcribe import Transcriber, language_matches, speech_segments
+from stages.base import Resources, Stage, TitleError
+from stages.media import read_audio
+
+
+class AudioStage(Stage):
+    """One row per (title, language) -> one ``audio_tracks`` row (+ subtitles).
+
+    Input row keys: title_id, language, dub_audio_url, titles_url, options_json, subtitles_url
+    (URL prefix; ".srt" and ".vtt" are appended).
+    """
+
+    name = "audio"
+    version = "1"
+    resources = Resources(cpus=1.0, memory_gb=2.0)
+    output_schema = AUDIO_TRACKS
+    defaults = {"whisper_model": None}  # a model name or a local CTranslate2 model folder
+
+    def setup(self) -> None:
+        model = self.params["whisper_model"]
+        self._transcriber = Transcriber(model) if model else None
+
+    def process_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [self._analyse(row) for row in rows]
+
+    def _analyse(self, row: dict[str, Any]) -> dict[str, Any]:
+        title_id, language = row["title_id"], row["language"]
+        options = json.loads(row["options_json"])
+        (title,) = read_rows(row["titles_url"], TITLES)
+        samples = self._decode(title_id, language, row["dub_audio_url"])
+        audio_s = len(samples) / SAMPLE_RATE
+        try:
+            audio_fit = fit_policy(audio_s, title["duration_s"], title["fps"], options["audio_tolerance_s"])
+        except ValueError as exc:
+            raise TitleError(title_id, f"[{language}] {exc}") from exc
+        fitted = fit_samples(samples, title["frame_count"], title["fps"], SAMPLE_RATE)
+        out = {
+            "title_id": title_id,
+            "language": language,
+            "audio_url": row["dub_audio_url"],
+            "audio_hash": storage.fingerprint(row["dub_audio_url"]),
+            "sample_rate": SAMPLE_RATE,
+            "duration_s": audio_s,
+            "audio_fit": audio_fit,
+            "fps": title["fps"],
+            "features": log_mel_frames(fitted, title["fps"], title["frame_count"]),
+            "speech_segments": [{"start_s": a, "end_s": b} for a, b in speech_segments(fitted)],
+        }
+        if self._transcriber is None:
+            self.drop("no Whisper model configured (no subtitles)")
+        elif self._transcriber.english_only and not language_matches(language, "en"):
+            # An English-only model would write English gibberish for this dub: better none.
+            self.drop("Whisper model is English-only (no subtitles for other languages)")
+        else:
+            out.update(self._transcribe(fitted, language, row["subtitles_url"]))
+        return out
+
+    def _decode(self, title_id: str, language: str, url: str) -> np.ndarray:
+        try:
+            samples = read_audio(url, SAMPLE_RATE)
+        except (av.error.FFmpegError, ValueError, OSError) as exc:
+            raise TitleError(title_id, f"[{language}] dub audio {url} is not readable audio ({exc})") from exc
+        if len(samples) == 0:
+            raise TitleError(title_id, f"[{language}] dub audio {url} is empty")
+        if not np.isfinite(samples).all():
+            raise TitleError(title_id, f"[{language}] dub audio {url} decodes to NaN or infinite samples")
+        if np.abs(samples).max() < 1e-4:
+            self.drop("silent dub audio")  # legal (a mute title), but worth a line in the report
+        return samples
+
+    def _transcribe(self, samples: np.ndarray, language: str, subtitles_url: str) -> dict[str, Any]:
+        transcript = self._transcriber.transcribe(samples, language=None)
+        storage.write_text(subtitles_url + ".srt", to_srt(transcript.segments))
+        storage.write_text(subtitles_url + ".vtt", to_vtt(transcript.segments))
+        matches = language_matches(language, transcript.language)
+        if not matches:
+            self.drop("dub language differs from the catalogue")
+        return {
+            "transcript": transcript.text,
+            "words": [
+                {"word": w.word, "start_s": w.start_s, "end_s": w.end_s, "probability": w.probability}
+                for w in transcript.words
+            ],
+            "detected_language": transcript.language,
+            "language_probability": transcript.language_probability,
+            "language_matches": matches,
+            "srt_url": subtitles_url + ".srt",
+            "vtt_url": subtitles_url + ".vtt",
+        }

@@ -1,0 +1,1 @@
+"""coeffs: driven motion coefficients per (shot, track, language) from the dub audio."""

@@ -1,0 +1,1 @@
+"""Training data for the audio->mouth network (ExpNet's role in SadTalker's method)."""

@@ -1,0 +1,126 @@
+"""The audio stage on dub tracks in many formats and layouts, bad audio, VAD and subtitles."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import av
+import librosa
+import numpy as np
+import pytest
+
+from schemas.catalogue import OPTION_DEFAULTS
+from schemas.manifest_io import read_rows
+from schemas.manifests import AUDIO_TRACKS
+from stages.audio.espeak import synthesize
+from stages.audio.stage import AudioStage
+from stages.audio.subtitles import parse_srt
+from stages.base import StageJob, TitleError
+from stages.probe import ProbeStage
+from stages.sequential import SequentialRunner
+from tests.conftest import CLIP_FPS, SHOT_SECONDS
+
+FRAMES = round(2 * SHOT_SECONDS * CLIP_FPS)
+
+
+@pytest.fixture(scope="module")
+def titles_url(media, tmp_path_factory):
+    url = str(tmp_path_factory.mktemp("titles") / "titles.parquet")
+    SequentialRunner().run(StageJob(ProbeStage, {}, url, "t", rows=({"title_id": "t", "mode": "dub", "source_url": str(media["two_shots"])},)))
+    return url
+
+
+@pytest.fixture(scope="module")
+def speech():
+    """English speech with silence around it, at 48 kHz: (samples, rate)."""
+    spoken = synthesize("Good morning everyone. Today we talk about the weather.", voice="en", rate_wpm=200)
+    samples = librosa.resample(spoken.samples, orig_sr=spoken.sample_rate, target_sr=48000)
+    return np.concatenate([np.zeros(12000, np.float32), samples[: int(48000 * 1.9)]]), 48000
+
+
+def encode(path, samples, rate, codec, layout, container=None):
+    """Write mono ``samples`` with ``codec`` in ``layout`` (copied to every channel)."""
+    channels = av.AudioLayout(layout).nb_channels
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate, layout=layout)
+        fmt = stream.codec_context.codec.audio_formats[0].name if stream.codec_context.codec.audio_formats else "fltp"
+        planar = np.repeat(samples[None, :], channels, axis=0).astype(np.float32)
+        frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout=layout)
+        frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
+        resampler = av.AudioResampler(format=fmt, layout=layout, rate=rate)
+        for converted in resampler.resample(frame) + resampler.resample(None):
+            out.mux(stream.encode(converted))
+        out.mux(stream.encode(None))
+
+
+def analyse(titles_url, audio_path, tmp_path, **params):
+    out = str(tmp_path / "audio.parquet")
+    row = {"title_id": "t", "language": "en", "dub_audio_url": str(audio_path), "titles_url": titles_url,
+           "options_json": json.dumps(OPTION_DEFAULTS), "subtitles_url": str(tmp_path / "t.en")}
+    stats = SequentialRunner().run(StageJob(AudioStage, params, out, "t", rows=(row,)))
+    return read_rows(out, AUDIO_TRACKS)[0], stats
+
+
+@pytest.mark.parametrize(
+    "name, codec, layout, container",
+    [
+        ("dub.wav", "pcm_s16le", "mono", None),
+        ("dub.flac", "flac", "stereo", None),
+        ("dub.mp3", "libmp3lame", "stereo", None),
+        ("dub.m4a", "aac", "5.1", "mp4"),
+        ("dub.opus", "libopus", "stereo", "ogg"),
+    ],
+)
+def test_any_format_and_layout_gives_features_on_the_frame_clock(titles_url, speech, tmp_path, name, codec, layout, container):
+    samples, rate = speech
+    encode(tmp_path / name, samples, rate, codec, layout, container)
+    track, _ = analyse(titles_url, tmp_path / name, tmp_path)
+    features = np.asarray(track["features"])
+    assert features.shape == (FRAMES, 80) and np.isfinite(features).all()
+    assert track["fps"] == CLIP_FPS and track["audio_fit"] in ("exact", "padded", "trimmed")
+    loud = features.mean(axis=1)
+    assert loud[: int(0.2 * CLIP_FPS)].mean() < loud[int(0.5 * CLIP_FPS) :].mean() - 20, "leading silence is quiet"
+    (first, *_) = track["speech_segments"]
+    assert 0.15 <= first["start_s"] <= 0.45
+
+
+@pytest.mark.parametrize(
+    "make, problem",
+    [
+        (lambda p: p.write_bytes(b""), "not readable audio"),
+        (lambda p: p.write_bytes(b"RIFF\x00\x00garbage" * 20), "not readable audio"),
+        (lambda p: encode(p, np.full(48000, np.nan, np.float32), 48000, "pcm_f32le", "mono"), "NaN"),
+        (lambda p: encode(p, np.zeros(48000 * 9, np.float32), 48000, "pcm_s16le", "mono"), "above the tolerance"),
+    ],
+)
+def test_bad_dub_audio_is_a_clear_title_error(titles_url, tmp_path, make, problem):
+    path = tmp_path / "bad.wav"
+    make(path)
+    with pytest.raises(TitleError, match=problem) as info:
+        analyse(titles_url, path, tmp_path)
+    assert str(info.value).startswith("t: [en]")
+
+
+def test_video_without_audio_is_refused_as_dub(titles_url, media, tmp_path):
+    with pytest.raises(TitleError, match="no audio stream"):
+        analyse(titles_url, media["one_shot"], tmp_path)
+
+
+def test_silent_dub_is_accepted_and_counted(titles_url, tmp_path):
+    encode(tmp_path / "silent.wav", np.zeros(int(48000 * 2.4), np.float32), 48000, "pcm_s16le", "mono")
+    track, stats = analyse(titles_url, tmp_path / "silent.wav", tmp_path)
+    assert track["speech_segments"] == [] and stats.dropped["silent dub audio"] == 1
+
+
+def test_whisper_writes_subtitles_and_checks_the_language(titles_url, speech, tmp_path):
+    samples, rate = speech
+    encode(tmp_path / "dub.wav", samples, rate, "pcm_s16le", "mono")
+    track, _ = analyse(titles_url, tmp_path / "dub.wav", tmp_path, whisper_model="tiny.en-packaged")
+    assert "morning" in track["transcript"].lower()
+    assert track["detected_language"] == "en" and track["language_matches"]
+    cues = parse_srt((tmp_path / "t.en.srt").read_text())
+    assert cues and all(a.end_s <= b.start_s + 1e-6 for a, b in zip(cues, cues[1:]))
+    assert (tmp_path / "t.en.vtt").read_text().startswith("WEBVTT")
+    times = [w["start_s"] for w in track["words"]]
+    assert times == sorted(times) and times[-1] <= FRAMES / CLIP_FPS
