@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import librosa
 import numpy as np
 import pytest
 
@@ -83,7 +84,8 @@ def test_every_language_yields_speech_bilabials_and_rest(augmented: list[Example
     assert len(augmented) == sum(len(DEFAULT_VOICES[language]) for language in LANGUAGES)
     for example in augmented:
         assert len(example.bilabial_frames) >= 1, example.source
-        assert example.silent[:5].all() and example.silent[-5:].all(), example.source  # padding
+        # At least 0.2 s of padding, sped up by at most 1.2: 4 frames at 24 fps.
+        assert example.silent[:4].all() and example.silent[-3:].all(), example.source
         assert (~example.silent).sum() > example.fps, example.source  # over a second of speech
 
 
@@ -144,8 +146,10 @@ def test_augment_audio_changes_sound_but_keeps_timing() -> None:
     np.testing.assert_array_equal(again, first)
 
 
-def test_augmented_examples_are_time_scaled_clean_ones(augmented: list[Example], clean: list[Example]) -> None:
-    ratios = []
+def test_augmented_examples_are_time_scaled_clean_ones(
+    augmented: list[Example], clean: list[Example]
+) -> None:
+    ratios, contrasts = [], []
     for aug, ref in zip(augmented, clean):
         assert (aug.source, aug.fps) == (ref.source, ref.fps)
         ratio = len(aug.targets) / len(ref.targets)
@@ -156,8 +160,9 @@ def test_augmented_examples_are_time_scaled_clean_ones(augmented: list[Example],
         assert np.corrcoef(warped, aug.targets[:, 0])[0, 1] > 0.9, aug.source
         # And the (noisy, reverberant) audio is loud where the targets say speech, quiet in pauses.
         inner = aug.silent[1:-1] & aug.silent[:-2] & aug.silent[2:]
-        loud, quiet = _energy(aug)[~aug.silent].mean(), _energy(aug)[1:-1][inner].mean()
-        assert loud - quiet > 5, aug.source
+        contrasts.append(_energy(aug)[~aug.silent].mean() - _energy(aug)[1:-1][inner].mean())
+        assert contrasts[-1] > 3, aug.source  # dB; 10 dB SNR plus reverb in pauses is the worst case
+    assert np.median(contrasts) > 10
     assert min(ratios) < 0.95 and max(ratios) > 1.05  # some sped up (fewer frames), some slowed
 
 
@@ -185,6 +190,16 @@ def test_every_voice_sounds_different() -> None:
         voices = [*DEFAULT_VOICES[language], HELD_OUT_VOICES[language]]
         sounds = {synthesize(SENTENCES[language][0], voice).samples.tobytes() for voice in voices}
         assert len(sounds) == len(voices), language
+
+
+def test_every_voice_is_reproducible_after_other_work() -> None:
+    # espeak's "breath" variants change with process state (here: numba compiling librosa code).
+    voices = [(lang, v) for lang in LANGUAGES for v in (*DEFAULT_VOICES[lang], HELD_OUT_VOICES[lang])]
+    before = [synthesize(SENTENCES[lang][1], voice).samples for lang, voice in voices]
+    librosa.effects.time_stretch(np.random.default_rng(0).standard_normal(20_000), rate=1.1)
+    after = [synthesize(SENTENCES[lang][1], voice).samples for lang, voice in voices]
+    for (_, voice), a, b in zip(voices, before, after):
+        np.testing.assert_array_equal(a, b, err_msg=voice)
 
 
 def test_librivox_clips_give_english_examples() -> None:

@@ -74,6 +74,9 @@ _ESPEAK_SINGLE = {
     "o": "open_rounded", "O": "open_rounded",
     "y": "front_rounded", "Y": "front_rounded", "2": "front_rounded", "9": "front_rounded",
     "@": "mid", "3": "mid", "V": "mid", "0": "open_rounded",
+    ";": "close_spread",  # Russian palatalisation: the tongue (and lips) of an "i"
+    "H": "velar",  # Hindi breathy h
+    "X": "velar",  # Mandarin velar fricative
 }
 
 
@@ -114,7 +117,9 @@ def target_curve(
     for viseme, start, end in segments:
         if viseme == "bilabial":
             centre = int((start + end) / 2 * rate)
-            half = max(1, int((end - start) * rate / 4))
+            # Shut for half the segment, and never for less than one video frame: espeak's p/b/m
+            # are often shorter than a frame, and a closure between frames would never be seen.
+            half = max(int((end - start) * rate / 4), int(np.ceil(rate / fps / 2)))
             smooth[max(0, centre - half) : centre + half + 1, 0] = 0.0
     edges = np.round(np.arange(frames + 1) / fps * rate).astype(int)
     return np.stack([smooth[a : max(a + 1, b)].mean(axis=0) for a, b in zip(edges[:-1], edges[1:])]).astype(np.float32)
