@@ -2,8 +2,10 @@
 
 On the source footage the model's prediction from the original audio is compared with the mouth
 the faces stage measured on the speaker's track, and each mouth coefficient gets an affine
-correction ``measured ≈ gain · predicted + offset``. A weak fit (low r) is not trusted: the
-coefficient then stays uncorrected, and the report says so.
+correction ``gain · predicted + offset`` that gives the prediction the speaker's own mean and
+spread. (A least-squares slope would shrink by r and flatten the mouth when the fit is loose.)
+A weak relation (r below ``min_r``) is not trusted: that coefficient stays uncorrected, and the
+report says so.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class Calibration:
 
 def fit_calibration(predicted: np.ndarray, measured: np.ndarray, min_r: float = 0.3,
                     gain_range: tuple[float, float] = (0.25, 4.0)) -> Calibration:
-    """Per-coefficient least-squares affine fit of measured (T×4) on predicted (T×4)."""
+    """Per-coefficient affine map of predicted (T×4) onto the measured (T×4) mean and spread."""
     n = predicted.shape[1]
     gain, offset, r = np.ones(n), np.zeros(n), np.zeros(n)
     trusted = np.zeros(n, dtype=bool)
@@ -57,6 +59,6 @@ def fit_calibration(predicted: np.ndarray, measured: np.ndarray, min_r: float = 
             continue
         r[k] = np.corrcoef(p, m)[0, 1]
         if r[k] >= min_r:
-            slope = np.clip(r[k] * m.std() / p.std(), *gain_range)
+            slope = np.clip(m.std() / p.std(), *gain_range)
             gain[k], offset[k], trusted[k] = slope, m.mean() - slope * p.mean(), True
     return Calibration(gain, offset, r, trusted)

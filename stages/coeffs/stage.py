@@ -41,7 +41,7 @@ class CoeffsStage(Stage):
     """
 
     name = "coeffs"
-    version = "1"
+    version = "2"
     resources = Resources(cpus=1.0, gpus=0.25, memory_gb=1.0)
     output_schema = DRIVEN_COEFFS
     defaults = {"weights": str(WEIGHTS), "min_calibration_r": 0.3}
