@@ -100,12 +100,14 @@ def run(catalogue: str, out: str, **options) -> None:
 
 
 def _single_title(mode: str, source: str, audio: str, output: str, language: str, run_dir: str | None,
-                  options: dict) -> None:
+                  row_options: dict, options: dict) -> None:
     output_path = Path(output).resolve()
     run_folder = Path(run_dir) if run_dir else output_path.with_name(output_path.stem + ".dubline")
     run_folder.mkdir(parents=True, exist_ok=True)
     title_id = re.sub(r"[^A-Za-z0-9._-]", "_", Path(source).stem).lstrip("._-") or "title"
-    row = {"title_id": title_id, mode: str(Path(source).resolve()), "language": language, "dub_audio": str(Path(audio).resolve())}
+    row = {"title_id": title_id, mode: str(Path(source).resolve()), "language": language,
+           "dub_audio": str(Path(audio).resolve()),
+           "options": {k: v for k, v in row_options.items() if v is not None}}
     catalogue = run_folder / "catalogue.yaml"
     catalogue.write_text(json.dumps([row], indent=1))  # JSON is valid YAML
     summary = _run_flow(str(catalogue), str(run_folder), options)
@@ -119,6 +121,7 @@ def _single_title(mode: str, source: str, audio: str, output: str, language: str
 
 _single_options = [
     click.option("-o", "--output", required=True, help="Output video file (.mp4)."),
+    click.option("--expression-scale", type=float, default=None, help="Scale of the driven mouth motion (default 1.0)."),
     click.option("--language", default="en", show_default=True, help="BCP-47 code of the dub audio's language."),
     click.option("--run-dir", default=None, help="Run folder (default: OUTPUT's name + '.dubline' beside it)."),
 ]
@@ -134,18 +137,38 @@ def _with_single_options(func):
 @click.argument("video")
 @click.argument("audio")
 @_with_single_options
-def dub(video: str, audio: str, output: str, language: str, run_dir: str | None, **options) -> None:
+def dub(video: str, audio: str, output: str, language: str, run_dir: str | None, expression_scale: float | None,
+        **options) -> None:
     """Dub VIDEO with the speech in AUDIO: same picture, mouths re-driven by the new audio."""
-    _single_title("video", video, audio, output, language, run_dir, options)
+    _single_title("video", video, audio, output, language, run_dir, {"expression_scale": expression_scale}, options)
+
+
+def _angles(text: str | None) -> list[float] | None:
+    return [float(a) for a in text.split(",")] if text else None
 
 
 @main.command()
 @click.argument("portrait")
 @click.argument("audio")
+@click.option("--still", is_flag=True, help="Keep the portrait's head pose (no generated head motion).")
+@click.option("--pose-style", type=int, default=None, help="Seed of the generated head-motion style (default 0).")
+@click.option("--ref-pose", default=None, help="Video whose head motion is replayed instead of generated.")
+@click.option("--ref-blink", default=None, help="Video whose blinks are replayed instead of generated.")
+@click.option("--yaw", default=None, help="Yaw angles (degrees) visited in order, e.g. 0,20,-20,0.")
+@click.option("--pitch", default=None, help="Pitch angles (degrees) visited in order.")
+@click.option("--roll", default=None, help="Roll angles (degrees) visited in order.")
 @_with_single_options
-def avatar(portrait: str, audio: str, output: str, language: str, run_dir: str | None, **options) -> None:
-    """Make a talking video of PORTRAIT speaking AUDIO."""
-    _single_title("portrait", portrait, audio, output, language, run_dir, options)
+def avatar(portrait: str, audio: str, output: str, language: str, run_dir: str | None, expression_scale: float | None,
+           still: bool, pose_style: int | None, ref_pose: str | None, ref_blink: str | None, yaw: str | None,
+           pitch: str | None, roll: str | None, **options) -> None:
+    """Make a talking video of PORTRAIT speaking AUDIO (head motion and blinks from the audio)."""
+    row_options = {
+        "expression_scale": expression_scale, "still": still or None, "pose_style": pose_style,
+        "ref_pose": str(Path(ref_pose).resolve()) if ref_pose else None,
+        "ref_blink": str(Path(ref_blink).resolve()) if ref_blink else None,
+        "yaw": _angles(yaw), "pitch": _angles(pitch), "roll": _angles(roll),
+    }
+    _single_title("portrait", portrait, audio, output, language, run_dir, row_options, options)
 
 
 @main.command()

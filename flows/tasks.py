@@ -164,8 +164,10 @@ def coeffs(run_url: str, title_id: str, language: str, titles_url: str, faces_ur
            options: dict) -> str:
     row = {"title_id": title_id, "language": language, "titles_url": titles_url, "faces_url": faces_url,
            "audio_url": audio_url, "options_json": json.dumps(options, sort_keys=True)}
+    driving = ("expression_scale", "pose_style", "still", "yaw", "pitch", "roll")
     inputs = {"titles": _key_of(titles_url), "faces": _key_of(faces_url), "audio": _key_of(audio_url),
-              "expression_scale": options["expression_scale"]}
+              **{k: options[k] for k in driving},
+              **{k: storage.fingerprint(options[k]) for k in ("ref_pose", "ref_blink") if options[k]}}
     return _execute(run_url, CoeffsStage, title_id, inputs, language=language, rows=(row,))
 
 

@@ -32,7 +32,16 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "preset": "veryfast",  # x264 preset of the output video
     "audio_tolerance_s": 2.0,  # refuse dub audio whose length differs more from the picture
     "expression_scale": 1.0,  # multiplies the driven mouth motion (SadTalker's expression scale)
+    # Avatar mode (portrait input), as SadTalker has them:
+    "pose_style": 0,  # seed of the generated head-motion style
+    "still": False,  # keep the portrait's head pose (no generated motion)
+    "ref_pose": None,  # video whose head motion is replayed instead of generated
+    "ref_blink": None,  # video whose blinks are replayed instead of generated
+    "yaw": None,  # degrees visited in order over the clip, e.g. [0, 15, -15, 0]
+    "pitch": None,
+    "roll": None,
 }
+_URL_OPTIONS = ("ref_pose", "ref_blink")
 _X264_PRESETS = {
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
 }
@@ -147,7 +156,8 @@ def validate_rows(
     for number, raw in rows:
         entry, problems = _validate_row(number, raw, base_url)
         if check_files and entry is not None:
-            for file_url in (entry.source_url, entry.dub_audio_url):
+            references = [entry.options[k] for k in _URL_OPTIONS if entry.options.get(k)]
+            for file_url in (entry.source_url, entry.dub_audio_url, *references):
                 if file_url not in url_problems:
                     url_problems[file_url] = _file_problem(file_url)
                 if url_problems[file_url]:
@@ -270,6 +280,9 @@ def _validate_row(number: int, raw: dict[str, Any], base_url: str) -> tuple[Cata
     problems.extend(option_problems)
     if problems:
         return None, problems
+    for key in _URL_OPTIONS:
+        if options.get(key):
+            options[key] = _resolve(options[key], base_url)
     source = video or portrait
     return (
         CatalogueEntry(
@@ -327,6 +340,27 @@ def _coerce_option(key: str, value: Any) -> Any:
         if not 0.0 <= scale <= 3.0:
             raise ValueError("must be between 0 and 3")
         return scale
+    if key == "pose_style":
+        style = int(value)
+        if style < 0:
+            raise ValueError("must be a non-negative integer")
+        return style
+    if key == "still":
+        if isinstance(value, bool):
+            return value
+        if str(value).strip().lower() in ("true", "1", "yes"):
+            return True
+        if str(value).strip().lower() in ("false", "0", "no"):
+            return False
+        raise ValueError("must be true or false")
+    if key in ("yaw", "pitch", "roll"):
+        angles = value if isinstance(value, list) else str(value).split(",")
+        angles = [float(a) for a in angles]
+        if not angles or any(abs(a) > 90 for a in angles):
+            raise ValueError("must be a list of angles in degrees within ±90")
+        return angles
+    if key in _URL_OPTIONS:
+        return str(value)
     if key == "audio_tolerance_s":
         tolerance = float(value)
         if not tolerance >= 0:

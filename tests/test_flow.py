@@ -11,6 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from flows.cli import main
+from flows.demo import astronaut
 from flows.localize import localize_catalogue
 from schemas import storage
 from tests.conftest import CLIP_FPS, CLIP_SIZE, SHOT_SECONDS
@@ -95,14 +96,16 @@ def test_changed_dub_audio_recomputes_only_that_language(media, tmp_path):
     assert again["invocation"]["stages_executed"] == {"audio": 1, "coeffs": 1, "composite": 1}
 
 
-def test_avatar_mode_is_refused_clearly(media, tmp_path):
+def test_avatar_mode_drives_coefficients_then_stops_clearly_before_rendering(media, tmp_path):
     portrait = tmp_path / "portrait.png"
-    portrait.write_bytes(b"png")
-    catalogue = tmp_path / "catalogue.yaml"
-    catalogue.write_text(yaml.safe_dump([{"title_id": "face", "portrait": str(portrait), "language": "en", "dub_audio": str(media["dub_fr"])}]))
-    summary = localize_catalogue(catalogue=str(catalogue), out=str(tmp_path / "run"), executor="local")
-    assert summary["titles"]["face"]["status"] == "failed"
-    assert "avatar mode" in summary["titles"]["face"]["error"]
+    cv2.imwrite(str(portrait), cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR))
+    result = CliRunner().invoke(main, ["avatar", str(portrait), str(media["dub_fr"]), "-o", str(tmp_path / "face.mp4"),
+                                       "--language", "fr", "--pose-style", "2", "--executor", "local", "--quiet"])
+    assert result.exit_code == 1
+    assert "avatar mode (portrait input) needs the render stage" in result.output
+    state = json.loads((tmp_path / "face.dubline" / "run.json").read_text())
+    stages = state["titles"]["portrait"]["languages"]["fr"]["stages"]
+    assert stages["coeffs"]["state"] == "done" and stages["coeffs"]["metrics"]["pose_style"] == 2
 
 
 def test_cli_dub_and_status(media, tmp_path):

@@ -52,11 +52,15 @@ class AudioStage(Stage):
         (title,) = read_rows(row["titles_url"], TITLES)
         samples = self._decode(title_id, language, row["dub_audio_url"])
         audio_s = len(samples) / SAMPLE_RATE
-        try:
-            audio_fit = fit_policy(audio_s, title["duration_s"], title["fps"], options["audio_tolerance_s"])
-        except ValueError as exc:
-            raise TitleError(title_id, f"[{language}] {exc}") from exc
-        fitted = fit_samples(samples, title["frame_count"], title["fps"], SAMPLE_RATE)
+        if title["mode"] == "avatar":  # a portrait has no length of its own: the audio sets it
+            frames, audio_fit = max(1, round(audio_s * title["fps"])), "exact"
+        else:
+            frames = title["frame_count"]
+            try:
+                audio_fit = fit_policy(audio_s, title["duration_s"], title["fps"], options["audio_tolerance_s"])
+            except ValueError as exc:
+                raise TitleError(title_id, f"[{language}] {exc}") from exc
+        fitted = fit_samples(samples, frames, title["fps"], SAMPLE_RATE)
         out = {
             "title_id": title_id,
             "language": language,
@@ -66,7 +70,7 @@ class AudioStage(Stage):
             "duration_s": audio_s,
             "audio_fit": audio_fit,
             "fps": title["fps"],
-            "features": log_mel_frames(fitted, title["fps"], title["frame_count"]),
+            "features": log_mel_frames(fitted, title["fps"], frames),
             "speech_segments": [{"start_s": a, "end_s": b} for a, b in speech_segments(fitted)],
         }
         if self._transcriber is None:

@@ -64,6 +64,11 @@ class CompositeStage(Stage):
     def _composite(self, row: dict[str, Any]) -> dict[str, Any]:
         title_id, options = row["title_id"], json.loads(row["options_json"])
         (title,) = read_rows(row["titles_url"], TITLES)
+        if title["mode"] == "avatar":
+            raise TitleError(
+                title_id, "avatar mode (portrait input) needs the render stage, which this version of dubline "
+                "does not have yet; the driven coefficients are in the run folder"
+            )
         fps = Fraction(title["fps_num"], title["fps_den"])
         picture_s = title["frame_count"] / float(fps)
         try:

@@ -138,7 +138,7 @@ class FaceStage(Stage):
             geometry.reconstruct(identity, blendshapes, coefficients), fit.rotation, fit.scale, fit.translation
         )
         reason = None
-        if len(frames) < p["min_track_frames"]:
+        if len(frames) < p["min_track_frames"] and title["mode"] != "avatar":  # a portrait is one frame
             reason = f"track too short ({len(frames)} frames < {p['min_track_frames']})"
         elif np.median(boxes[:, 3] - boxes[:, 1]) < p["min_face_px"]:
             reason = f"face too small (median height {np.median(boxes[:, 3] - boxes[:, 1]):.0f} px < {p['min_face_px']})"

@@ -17,7 +17,7 @@ class ProbeStage(Stage):
     """Catalogue rows (title_id, mode, source_url) -> ``titles`` rows.
 
     Frame count and frame-rate regularity come from demuxing packets (no decoding); the first
-    frame is decoded to prove the stream is readable.
+    frame is decoded to prove the stream is readable. A portrait image reads as one frame.
     """
 
     name = "probe"
@@ -38,6 +38,8 @@ class ProbeStage(Stage):
             size_bytes = storage.size(url)
             with open_media(url) as container:
                 facts = self._stream_facts(title_id, container)
+            with open_media(url) as container:  # anew: image pipes cannot seek back after demuxing
+                self._decode_first_frame(title_id, container)
         except TitleError:
             raise
         except FileNotFoundError as exc:
@@ -77,11 +79,6 @@ class ProbeStage(Stage):
         pts = [p.pts for p in container.demux(video) if p.size > 0 and p.pts is not None]
         if not pts:
             raise TitleError(title_id, "video stream has no frames")
-        container.seek(0, stream=video)
-        try:
-            next(container.decode(video))
-        except (StopIteration, av.error.FFmpegError) as exc:
-            raise TitleError(title_id, f"video stream cannot be decoded ({exc or 'no frame'})") from exc
 
         frame_count = len(pts)
         return {
@@ -98,6 +95,13 @@ class ProbeStage(Stage):
             "variable_frame_rate": self._is_variable_rate(pts),
             **audio_facts,
         }
+
+    @staticmethod
+    def _decode_first_frame(title_id: str, container: av.container.InputContainer) -> None:
+        try:
+            next(container.decode(video=0))
+        except (StopIteration, av.error.FFmpegError) as exc:
+            raise TitleError(title_id, f"video stream cannot be decoded ({exc or 'no frame'})") from exc
 
     def _is_variable_rate(self, pts: list[int]) -> bool:
         if len(pts) < 3:

@@ -1,0 +1,37 @@
+"""Head motion and blinks of a reference video (SadTalker's --ref_pose / --ref_blink)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stages.faces import geometry
+from stages.faces.landmarks import FaceLandmarker
+from stages.faces.smoothing import one_euro
+from stages.faces.stage import decode_rgb
+from stages.media import open_media, stream_rate
+
+
+def reference_motion(url: str, landmarker: FaceLandmarker, fps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pose T×6 and blink T×2 of the largest face of ``url``, resampled to ``fps``.
+
+    Frames where no face is found take the nearest measured frame's values.
+    """
+    with open_media(url) as container:
+        source_fps = float(stream_rate(container.streams.video[0]))
+    found, meshes = [], []
+    for index, rgb in decode_rgb(url):
+        boxes = landmarker.detect(rgb)
+        if len(boxes):
+            largest = boxes[np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))]
+            mesh = landmarker.mesh(rgb, largest)
+            if mesh is not None:
+                found.append(index)
+                meshes.append(mesh)
+    if not meshes:
+        raise ValueError(f"no face found in the reference video {url}")
+    fit = geometry.fit_pose(one_euro(np.stack(meshes), source_fps))
+    pose, blink = fit.pose_rows(), geometry.blink(fit.canonical)
+    times = np.asarray(found) / source_fps
+    wanted = np.arange(int((found[-1] + 1) / source_fps * fps)) / fps
+    nearest = np.clip(np.searchsorted(times, wanted), 0, len(times) - 1)
+    return pose[nearest].astype(np.float32), blink[nearest].astype(np.float32)
