@@ -17,6 +17,7 @@ POLICIES: dict[str, StagePolicy] = {
     "probe": StagePolicy(max_workers=4),
     "shots": StagePolicy(max_workers=4),
     "faces": StagePolicy(max_workers=2),
+    "render": StagePolicy(max_workers=2),
     "composite": StagePolicy(max_workers=4),
 }
 

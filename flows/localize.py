@@ -34,12 +34,14 @@ def _describe(exc: BaseException, title_id: str) -> str:
 @task(name="language", task_run_name="language-{title_id}-{language}")
 def _language(run_url: str, title_id: str, language: str, titles_url: str, shots_url: str, faces_url: str,
               entry: dict[str, Any], whisper_model: str | None) -> str:
-    """One dub of a title: audio analysis, driven coefficients, composite. Returns the video URL."""
+    """One dub of a title: audio analysis, driven coefficients, rendering, composite.
+    Returns the video URL."""
     options = CatalogueEntry.from_row(entry).options
     dub = entry["dub_audio_url"]
     audio_url = tasks.audio(run_url, title_id, language, titles_url, dub, options, whisper_model)
-    tasks.coeffs(run_url, title_id, language, titles_url, faces_url, audio_url, options)
-    tasks.composite(run_url, title_id, language, titles_url, shots_url, dub, options)
+    coeffs_url = tasks.coeffs(run_url, title_id, language, titles_url, faces_url, audio_url, options)
+    render_url = tasks.render(run_url, title_id, language, faces_url, coeffs_url) if entry["mode"] == "dub" else None
+    tasks.composite(run_url, title_id, language, titles_url, shots_url, dub, options, render_url)
     return tasks.session_for(run_url).run.output_url(title_id, language)
 
 

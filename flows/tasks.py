@@ -20,6 +20,7 @@ from stages.coeffs.stage import CoeffsStage
 from stages.composite import CompositeStage
 from stages.faces import FaceStage
 from stages.probe import ProbeStage
+from stages.render import RenderStage
 from stages.sequential import SequentialRunner
 from stages.shots import ShotsStage
 
@@ -171,9 +172,17 @@ def coeffs(run_url: str, title_id: str, language: str, titles_url: str, faces_ur
     return _execute(run_url, CoeffsStage, title_id, inputs, language=language, rows=(row,))
 
 
+@task(name="render", task_run_name="render-{title_id}-{language}")
+def render(run_url: str, title_id: str, language: str, faces_url: str, coeffs_url: str) -> str:
+    row = {"title_id": title_id, "language": language, "faces_url": faces_url, "coeffs_url": coeffs_url}
+    inputs = {"faces": _key_of(faces_url), "coeffs": _key_of(coeffs_url)}
+    return _execute(run_url, RenderStage, title_id, inputs, language=language, rows=(row,), with_chunks=True)
+
+
 @task(name="composite", task_run_name="composite-{title_id}-{language}")
 def composite(
-    run_url: str, title_id: str, language: str, titles_url: str, shots_url: str, dub_audio_url: str, options: dict
+    run_url: str, title_id: str, language: str, titles_url: str, shots_url: str, dub_audio_url: str, options: dict,
+    render_url: str | None = None,
 ) -> str:
     session = session_for(run_url)
     output_url = session.run.output_url(title_id, language)
@@ -184,6 +193,7 @@ def composite(
         "language": language,
         "options": options,
         "output": output_url,
+        "render": _key_of(render_url) if render_url else None,
     }
     row = {
         "title_id": title_id,
@@ -192,5 +202,6 @@ def composite(
         "dub_audio_url": dub_audio_url,
         "output_url": output_url,
         "options_json": json.dumps(options, sort_keys=True),
+        "render_url": render_url,
     }
     return _execute(run_url, CompositeStage, title_id, inputs, language=language, rows=(row,))

@@ -208,7 +208,7 @@ def _read_raw_rows(url: str) -> list[dict[str, Any]]:
         if suffix == "csv":
             return list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
         if suffix == "parquet":
-            return pq.read_table(io.BytesIO(data)).to_pylist()
+            return pq.read_table(io.BytesIO(data), use_threads=False).to_pylist()  # see manifest_io
     except CatalogueError:
         raise
     except Exception as exc:  # noqa: BLE001 - parse errors of any of the three formats

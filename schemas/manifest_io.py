@@ -50,7 +50,9 @@ def write_manifest(rows: list[dict[str, Any]] | pa.Table, schema: ManifestSchema
 def read_manifest(url: str, schema: ManifestSchema) -> pa.Table:
     """Read a ``schema`` manifest; refuse one of another name or version with a clear message."""
     with storage.open_url(url, "rb") as f:
-        table = pq.read_table(f)
+        # Threaded decoding from a file object makes pyarrow 25 abort the interpreter at exit
+        # ("terminate called without an active exception") about half the time.
+        table = pq.read_table(f, use_threads=False)
     meta = table.schema.metadata or {}
     name = meta.get(b"dubline.manifest", b"").decode() or "unknown"
     version = meta.get(b"dubline.schema_version", b"").decode() or "unknown"

@@ -202,6 +202,20 @@ FRAME_CHUNK = ManifestSchema(
     ),
 )
 
+RENDERED_TRACKS = ManifestSchema(
+    "rendered_tracks",
+    1,
+    (
+        pa.field("title_id", pa.string(), nullable=False),
+        pa.field("language", pa.string(), nullable=False),
+        pa.field("shot_index", pa.int32(), nullable=False),
+        pa.field("track_id", pa.int32(), nullable=False),
+        pa.field("frame_index", pa.list_(pa.int64()), nullable=False),
+        # frame chunks of RGBA crops (alpha: where to paste) with their affine back into the frame
+        pa.field("chunk_urls", pa.list_(pa.string()), nullable=False),
+    ),
+)
+
 OUTPUTS = ManifestSchema(
     "outputs",
     1,
@@ -218,11 +232,11 @@ OUTPUTS = ManifestSchema(
         pa.field("audio_codec", pa.string(), nullable=False),
         pa.field("audio_source_s", pa.float64(), nullable=False),  # dub audio length before fitting
         pa.field("audio_fit", pa.string(), nullable=False),  # "exact", "padded" or "trimmed"
-        pa.field("faces_dubbed", pa.int32(), nullable=False),
+        pa.field("faces_dubbed", pa.int32(), nullable=False),  # face crops pasted (faces × frames)
     ),
 )
 
 ALL_SCHEMAS: dict[str, ManifestSchema] = {
     s.name: s
-    for s in (CATALOGUE, TITLES, SHOTS, FACE_TRACKS, AUDIO_TRACKS, DRIVEN_COEFFS, FRAME_CHUNK, OUTPUTS)
+    for s in (CATALOGUE, TITLES, SHOTS, FACE_TRACKS, AUDIO_TRACKS, DRIVEN_COEFFS, FRAME_CHUNK, RENDERED_TRACKS, OUTPUTS)
 }

@@ -136,6 +136,13 @@ def _sample_rows() -> dict[str, list[dict[str, Any]]]:
                 "blink": _frames(len(BLINK_NAMES)),
             }
         ],
+        "rendered_tracks": [
+            {
+                "title_id": "ep01", "language": "fr", "shot_index": 3, "track_id": 0,
+                "frame_index": [120, 121, 122],
+                "chunk_urls": ["/run/manifests/render/ep01/k.chunks/track0000_0000.parquet"],
+            },
+        ],
         "frame_chunk": [
             {
                 "title_id": "ep01", "shot_index": 3, "track_id": 0, "frame_index": 120 + i,

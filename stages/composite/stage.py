@@ -18,6 +18,7 @@ from schemas.manifest_io import read_rows
 from schemas.manifests import OUTPUTS, TITLES
 from stages.base import Resources, Stage, TitleError
 from stages.audio.fit import fit_policy
+from stages.composite.paste import paste, rendered_crops
 from stages.media import audio_duration, decode_audio, open_media
 
 AUDIO_RATE = 48_000
@@ -50,11 +51,12 @@ class _AudioFeed:
 class CompositeStage(Stage):
     """One row per (title, language) -> one ``outputs`` row and the encoded video at ``output_url``.
 
-    Input row keys: title_id, language, titles_url, dub_audio_url, output_url, options_json.
+    Input row keys: title_id, language, titles_url, dub_audio_url, output_url, options_json, and
+    render_url (the ``rendered_tracks`` manifest; None: the picture passes through unchanged).
     """
 
     name = "composite"
-    version = "1"
+    version = "2"
     resources = Resources(cpus=1.0, memory_gb=1.0)
     output_schema = OUTPUTS
 
@@ -84,7 +86,8 @@ class CompositeStage(Stage):
 
         try:
             with storage.local_output(row["output_url"], ".mp4") as local_file:
-                frames, width, height = self._encode(title, row["dub_audio_url"], local_file, options)
+                frames, width, height, faces = self._encode(title, row["dub_audio_url"], local_file, options,
+                                                            row.get("render_url"))
         except (av.error.FFmpegError, OSError) as exc:
             raise TitleError(title_id, f"[{row['language']}] encoding failed ({exc})") from exc
         return {
@@ -100,10 +103,11 @@ class CompositeStage(Stage):
             "audio_codec": "aac",
             "audio_source_s": audio_s,
             "audio_fit": audio_fit,
-            "faces_dubbed": 0,
+            "faces_dubbed": faces,
         }
 
-    def _encode(self, title: dict[str, Any], audio_url: str, path: str, options: dict[str, Any]) -> tuple[int, int, int]:
+    def _encode(self, title: dict[str, Any], audio_url: str, path: str, options: dict[str, Any],
+                render_url: str | None) -> tuple[int, int, int, int]:
         fps = Fraction(title["fps_num"], title["fps_den"])
         # yuv420p needs even sides: an odd source gains one replicated row/column.
         width, height = title["width"] + title["width"] % 2, title["height"] + title["height"] % 2
@@ -126,8 +130,17 @@ class CompositeStage(Stage):
                     out.mux(audio_out.encode(frame))
                     audio_written += count
 
-            frames = 0
+            frames = pasted = 0
+            crops = rendered_crops(render_url)
+            pending = next(crops, None)
             for frame in source.decode(source.streams.video[0]):
+                if pending is not None and pending[0] == frames:
+                    rgb = frame.to_ndarray(format="rgb24")
+                    while pending is not None and pending[0] == frames:
+                        paste(rgb, pending[1], pending[2])
+                        pasted += 1
+                        pending = next(crops, None)
+                    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
                 picture = self._even_yuv(frame, width, height)
                 picture.pts, picture.time_base = frames, 1 / fps
                 out.mux(video_out.encode(picture))
@@ -136,7 +149,7 @@ class CompositeStage(Stage):
             out.mux(video_out.encode(None))
             write_audio_until(round(frames * AUDIO_RATE / fps), final=True)
             out.mux(audio_out.encode(None))
-        return frames, width, height
+        return frames, width, height, pasted
 
     @staticmethod
     def _even_yuv(frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:

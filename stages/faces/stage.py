@@ -38,7 +38,7 @@ class FaceStage(Stage):
     """One row per title (title_id, titles_url, shots_url, chunks_url) -> ``face_tracks`` rows."""
 
     name = "faces"
-    version = "1"
+    version = "2"
     resources = Resources(cpus=1.0, memory_gb=2.0)
     output_schema = FACE_TRACKS
     defaults = {

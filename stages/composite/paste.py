@@ -1,0 +1,45 @@
+"""Paste rendered face crops back into full frames."""
+
+from __future__ import annotations
+
+import heapq
+import io
+from collections.abc import Iterator
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from schemas.manifest_io import read_rows
+from schemas.manifests import FRAME_CHUNK, RENDERED_TRACKS
+
+
+def paste(frame: np.ndarray, rgba: np.ndarray, to_frame: np.ndarray) -> None:
+    """Blend an RGBA crop into an RGB frame (in place) through its 2×3 crop->frame affine.
+
+    Pixels where the warped alpha is 0 are not written, so they stay bit-identical.
+    """
+    height, width = frame.shape[:2]
+    warped = cv2.warpAffine(rgba, to_frame, (width, height), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
+    region = warped[..., 3] > 0
+    alpha = warped[region, 3:4].astype(np.float32) / 255.0
+    frame[region] = np.round(frame[region] * (1.0 - alpha) + warped[region, :3] * alpha).astype(np.uint8)
+
+
+def rendered_crops(render_url: str | None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(frame index, RGBA crop, crop->frame affine) of every rendered face, in frame order.
+
+    Reads one chunk per track at a time, so memory stays flat in the title's length.
+    """
+    if render_url is None:
+        return iter(())
+    streams = [_track_crops(t["chunk_urls"]) for t in read_rows(render_url, RENDERED_TRACKS)]
+    return heapq.merge(*streams, key=lambda item: item[0])
+
+
+def _track_crops(chunk_urls: list[str]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    for url in chunk_urls:
+        for row in read_rows(url, FRAME_CHUNK):
+            rgba = np.asarray(Image.open(io.BytesIO(row["image"])).convert("RGBA"))
+            yield row["frame_index"], rgba, np.asarray(row["affine"], dtype=np.float64).reshape(2, 3)

@@ -1,0 +1,191 @@
+"""render: re-drive each dubbed face's lower face in its aligned crops (SadTalker's renderer role).
+
+Per frame, the target landmarks are the measured ones plus the change the track's blendshape map
+predicts between the measured and the driven coefficients, applied below the nose only. The
+source crop is warped onto them on the mesh triangulation; where the new mouth opens wider than
+the source's, the opening is filled from the track's own frame with the most similar open mouth.
+Output crops carry an alpha mask (feathered) saying where composite pastes them back.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from schemas.manifest_io import read_rows, write_manifest
+from schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS, FRAME_CHUNK, RENDERED_TRACKS
+from stages.base import Resources, Stage
+from stages.faces.geometry import NOSE_TIP, project
+from stages.render.warp import INNER_LIPS, backward_grid, mouth_grid, sample
+
+_BANK_SIZE = 12  # open-mouth frames of the track kept in memory as mouth-interior donors
+_FEATHER = 9  # px of soft edge around the pasted region (crop pixels)
+
+
+def lower_face_weights(identity: np.ndarray) -> np.ndarray:
+    """478 weights: 0 at and above the nose tip, rising to 1 a third of an eye distance below."""
+    y = identity.reshape(-1, 3)[:, 1]
+    return np.clip((y[NOSE_TIP] - y) / 0.33, 0.0, 1.0)
+
+
+def opening_area(landmarks: np.ndarray) -> float:
+    ring = landmarks[list(INNER_LIPS)]
+    return float(cv2.contourArea(ring.astype(np.float32)))
+
+
+def _decode(image: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
+
+
+def _to_crop(affine: list[float]) -> np.ndarray:
+    return cv2.invertAffineTransform(np.asarray(affine, dtype=np.float64).reshape(2, 3))
+
+
+def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+class RenderStage(Stage):
+    """One row per (title, language) -> ``rendered_tracks`` rows + RGBA frame chunks.
+
+    Input row keys: title_id, language, faces_url, coeffs_url, chunks_url.
+    """
+
+    name = "render"
+    version = "1"
+    resources = Resources(cpus=1.0, gpus=0.5, memory_gb=2.0)
+    output_schema = RENDERED_TRACKS
+    defaults = {"webp_quality": 92}
+
+    def setup(self) -> None:
+        self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def process_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [out for row in rows for out in self._render_title(row)]
+
+    def _render_title(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        tracks = {t["track_id"]: t for t in read_rows(row["faces_url"], FACE_TRACKS)}
+        outputs, flicker_in, flicker_out = [], [], []
+        for driven in read_rows(row["coeffs_url"], DRIVEN_COEFFS):
+            track = tracks[driven["track_id"]]
+            urls, figures = self._render_track(track, driven, f"{row['chunks_url']}/track{track['track_id']:04d}")
+            flicker_in.append(figures[0])
+            flicker_out.append(figures[1])
+            outputs.append({k: driven[k] for k in ("title_id", "language", "shot_index", "track_id", "frame_index")}
+                           | {"chunk_urls": urls})
+        if outputs:
+            self.report(tracks_rendered=len(outputs), flicker_source=float(np.mean(flicker_in)),
+                        flicker_output=float(np.mean(flicker_out)))
+        return outputs
+
+    def _render_track(self, track: dict[str, Any], driven: dict[str, Any], prefix: str) -> tuple[list[str], tuple[float, float]]:
+        frames = len(track["frame_index"])
+        identity = np.asarray(track["identity"])
+        blendshapes = np.asarray(track["blendshapes"])
+        pose = np.asarray(track["pose"], dtype=np.float64)
+        source_coeffs = np.hstack([np.asarray(track["expression"]), np.asarray(track["blink"])])
+        target_coeffs = np.hstack([np.asarray(driven["expression"]), np.asarray(driven["blink"])])
+        # The map's own error cancels in the difference: only the change of expression moves points.
+        delta = project(identity, blendshapes, target_coeffs, pose) - project(identity, blendshapes, source_coeffs, pose)
+        delta *= lower_face_weights(identity)[None, :, None]
+        measured = np.asarray(track["landmarks"]).reshape(frames, -1, 3)[..., :2]
+        target_jaw = target_coeffs[:, 0]
+        bank = self._mouth_bank(track, measured)
+
+        urls, history_in, history_out = [], [], []
+        position = 0
+        for chunk_url in track["chunk_urls"]:
+            chunk = read_rows(chunk_url, FRAME_CHUNK)
+            crops, grids, mouth_grids, mouth_masks, donors, alphas = [], [], [], [], [], []
+            for row in chunk:
+                i = position
+                position += 1
+                to_crop = _to_crop(row["affine"])
+                source = _apply(to_crop, measured[i])
+                target = source + delta[i] @ to_crop[:, :2].T
+                crop = _decode(row["image"])
+                size = crop.shape[0]
+                crops.append(crop)
+                grids.append(backward_grid(source, target, size))
+                donor = None
+                if bank and opening_area(target) > 1.15 * opening_area(source) + 4.0:
+                    donor = min(bank, key=lambda b: abs(b[0] - target_jaw[i]))
+                    grid, mask = mouth_grid(donor[2], target, size)
+                    mouth_grids.append(grid)
+                    mouth_masks.append(cv2.GaussianBlur(mask, (0, 0), 1.5))
+                    donors.append(donor[1])
+                else:
+                    mouth_grids.append(None)
+                    mouth_masks.append(None)
+                    donors.append(None)
+                alphas.append(self._alpha(source, target, size))
+            rendered = self._warp_batch(crops, grids)
+            for k, donor in enumerate(donors):
+                if donor is not None:
+                    interior = self._warp_batch([donor], [mouth_grids[k]])[0]
+                    m = mouth_masks[k][..., None]
+                    rendered[k] = (rendered[k] * (1 - m) + interior * m).astype(np.uint8)
+            out_rows = []
+            for row, image, alpha, crop in zip(chunk, rendered, alphas, crops):
+                rgba = np.dstack([image, (alpha * 255).astype(np.uint8)])
+                ok, webp = cv2.imencode(".webp", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA),
+                                        [cv2.IMWRITE_WEBP_QUALITY, self.params["webp_quality"]])
+                assert ok, "WebP encoding failed"
+                out_rows.append({**row, "image": webp.tobytes(), "image_format": "webp"})
+                history_in.append(_lower_face(crop, alpha))
+                history_out.append(_lower_face(image, alpha))
+            url = f"{prefix}_{len(urls):04d}.parquet"
+            write_manifest(out_rows, FRAME_CHUNK, url)
+            urls.append(url)
+        return urls, (_flicker(history_in), _flicker(history_out))
+
+    def _mouth_bank(self, track: dict[str, Any], measured: np.ndarray) -> list[tuple[float, np.ndarray, np.ndarray]]:
+        """Up to _BANK_SIZE frames spread over the track's open-mouth range: (jaw_open, crop, crop landmarks)."""
+        jaw = np.asarray(track["expression"])[:, 0]
+        if len(jaw) == 0 or jaw.max() < 0.05:
+            return []  # this person never opens the mouth on screen: nothing real to borrow
+        wanted = sorted({int(i) for i in np.argsort(jaw)[-max(1, len(jaw) // 2):][:: max(1, len(jaw) // (2 * _BANK_SIZE))]})
+        bank, position = [], 0
+        for chunk_url in track["chunk_urls"]:
+            chunk = read_rows(chunk_url, FRAME_CHUNK)
+            for row in chunk:
+                if position in wanted:
+                    to_crop = _to_crop(row["affine"])
+                    bank.append((float(jaw[position]), _decode(row["image"]), _apply(to_crop, measured[position])))
+                position += 1
+        return bank
+
+    def _warp_batch(self, crops: list[np.ndarray], grids: list[np.ndarray]) -> np.ndarray:
+        images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().to(self._device)
+        warped = sample(images, np.stack(grids))
+        return warped.permute(0, 2, 3, 1).round().clamp(0, 255).byte().cpu().numpy()
+
+    @staticmethod
+    def _alpha(source: np.ndarray, target: np.ndarray, size: int) -> np.ndarray:
+        """Where the crop changed: the hull of moved landmarks (both shapes), feathered."""
+        moved = np.linalg.norm(target - source, axis=1) > 0.05
+        mask = np.zeros((size, size), np.float32)
+        if moved.any():
+            points = np.vstack([source[moved], target[moved]]).astype(np.int32)
+            cv2.fillConvexPoly(mask, cv2.convexHull(points), 1.0)
+            mask = cv2.GaussianBlur(cv2.erode(mask, np.ones((3, 3), np.uint8)), (0, 0), _FEATHER / 2)
+        return mask
+
+
+def _lower_face(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    return image.astype(np.float32) * (alpha[..., None] > 0.5)
+
+
+def _flicker(frames: list[np.ndarray]) -> float:
+    """Mean |I_t − (I_t−1 + I_t+1)/2| over the pasted region: temporal noise, in grey levels."""
+    if len(frames) < 3:
+        return 0.0
+    stack = np.stack(frames)
+    second = np.abs(stack[1:-1] - (stack[:-2] + stack[2:]) / 2)
+    support = (stack[1:-1] > 0).any(axis=-1)
+    return float(second.mean(axis=-1)[support].mean()) if support.any() else 0.0
