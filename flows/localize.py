@@ -40,7 +40,7 @@ def _language(run_url: str, title_id: str, language: str, titles_url: str, shots
     dub = entry["dub_audio_url"]
     audio_url = tasks.audio(run_url, title_id, language, titles_url, dub, options, whisper_model)
     coeffs_url = tasks.coeffs(run_url, title_id, language, titles_url, faces_url, audio_url, options)
-    render_url = tasks.render(run_url, title_id, language, faces_url, coeffs_url) if entry["mode"] == "dub" else None
+    render_url = tasks.render(run_url, title_id, language, faces_url, coeffs_url)
     tasks.composite(run_url, title_id, language, titles_url, shots_url, dub, options, render_url)
     return tasks.session_for(run_url).run.output_url(title_id, language)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from fractions import Fraction
+from collections.abc import Iterator
 from typing import Any
 
 import av
@@ -56,7 +57,7 @@ class CompositeStage(Stage):
     """
 
     name = "composite"
-    version = "2"
+    version = "3"
     resources = Resources(cpus=1.0, memory_gb=1.0)
     output_schema = OUTPUTS
 
@@ -66,28 +67,27 @@ class CompositeStage(Stage):
     def _composite(self, row: dict[str, Any]) -> dict[str, Any]:
         title_id, options = row["title_id"], json.loads(row["options_json"])
         (title,) = read_rows(row["titles_url"], TITLES)
-        if title["mode"] == "avatar":
-            raise TitleError(
-                title_id, "avatar mode (portrait input) needs the render stage, which this version of dubline "
-                "does not have yet; the driven coefficients are in the run folder"
-            )
         fps = Fraction(title["fps_num"], title["fps_den"])
-        picture_s = title["frame_count"] / float(fps)
         try:
             audio_s = audio_duration(row["dub_audio_url"])
         except (av.error.FFmpegError, ValueError, OSError) as exc:
             raise TitleError(title_id, f"dub audio {row['dub_audio_url']} is not readable audio ({exc})") from exc
         if audio_s <= 0:
             raise TitleError(title_id, f"dub audio {row['dub_audio_url']} is empty")
-        try:
-            audio_fit = fit_policy(audio_s, picture_s, float(fps), options["audio_tolerance_s"])
-        except ValueError as exc:
-            raise TitleError(title_id, f"[{row['language']}] {exc}") from exc
+        if title["mode"] == "avatar":  # the portrait lasts as long as its audio
+            audio_fit = "exact"
+        else:
+            try:
+                audio_fit = fit_policy(audio_s, title["duration_s"], float(fps), options["audio_tolerance_s"])
+            except ValueError as exc:
+                raise TitleError(title_id, f"[{row['language']}] {exc}") from exc
 
         try:
             with storage.local_output(row["output_url"], ".mp4") as local_file:
+                pictures = (_portrait(title["source_url"], max(1, round(audio_s * fps)))
+                            if title["mode"] == "avatar" else _decoded(title["source_url"]))
                 frames, width, height, faces = self._encode(title, row["dub_audio_url"], local_file, options,
-                                                            row.get("render_url"))
+                                                            pictures, row.get("render_url"))
         except (av.error.FFmpegError, OSError) as exc:
             raise TitleError(title_id, f"[{row['language']}] encoding failed ({exc})") from exc
         return {
@@ -107,13 +107,13 @@ class CompositeStage(Stage):
         }
 
     def _encode(self, title: dict[str, Any], audio_url: str, path: str, options: dict[str, Any],
-                render_url: str | None) -> tuple[int, int, int, int]:
+                pictures: Iterator[av.VideoFrame], render_url: str | None) -> tuple[int, int, int, int]:
         fps = Fraction(title["fps_num"], title["fps_den"])
         # yuv420p needs even sides: an odd source gains one replicated row/column.
         width, height = title["width"] + title["width"] % 2, title["height"] + title["height"] % 2
         audio = _AudioFeed(audio_url, title["title_id"])
         audio_written = 0
-        with open_media(title["source_url"]) as source, av.open(path, "w", format="mp4", options={"movflags": "+faststart"}) as out:
+        with av.open(path, "w", format="mp4", options={"movflags": "+faststart"}) as out:
             video_out = out.add_stream("libx264", rate=fps)
             video_out.width, video_out.height, video_out.pix_fmt = width, height, "yuv420p"
             video_out.options = {"crf": str(options["crf"]), "preset": options["preset"]}
@@ -133,7 +133,7 @@ class CompositeStage(Stage):
             frames = pasted = 0
             crops = rendered_crops(render_url)
             pending = next(crops, None)
-            for frame in source.decode(source.streams.video[0]):
+            for frame in pictures:
                 if pending is not None and pending[0] == frames:
                     rgb = frame.to_ndarray(format="rgb24")
                     while pending is not None and pending[0] == frames:
@@ -158,3 +158,16 @@ class CompositeStage(Stage):
         rgb = frame.to_ndarray(format="rgb24")
         padded = np.pad(rgb, ((0, height - frame.height), (0, width - frame.width), (0, 0)), mode="edge")
         return av.VideoFrame.from_ndarray(padded, format="rgb24").reformat(format="yuv420p")
+
+
+def _decoded(url: str) -> Iterator[av.VideoFrame]:
+    with open_media(url) as source:
+        yield from source.decode(source.streams.video[0])
+
+
+def _portrait(url: str, frames: int) -> Iterator[av.VideoFrame]:
+    """The portrait as a still picture ``frames`` long (the rendered face is pasted onto it)."""
+    with open_media(url) as source:
+        still = next(source.decode(video=0)).to_ndarray(format="rgb24")
+    for _ in range(frames):
+        yield av.VideoFrame.from_ndarray(still, format="rgb24")

@@ -25,6 +25,7 @@ from stages.render.warp import INNER_LIPS, backward_grid, mouth_grid, sample
 
 _BANK_SIZE = 12  # open-mouth frames of the track kept in memory as mouth-interior donors
 _FEATHER = 9  # px of soft edge around the pasted region (crop pixels)
+_AVATAR_CHUNK = 48  # frames per rendered chunk of an avatar
 
 
 def lower_face_weights(identity: np.ndarray) -> np.ndarray:
@@ -84,65 +85,94 @@ class RenderStage(Stage):
         return outputs
 
     def _render_track(self, track: dict[str, Any], driven: dict[str, Any], prefix: str) -> tuple[list[str], tuple[float, float]]:
-        frames = len(track["frame_index"])
+        """Render one track's crops for the driven coefficients; returns chunk URLs and flicker figures.
+
+        Dub: output frame i warps source frame i, below the nose only. Avatar (one source frame,
+        a portrait): every output frame warps that frame, the whole face following the driven pose.
+        """
         identity = np.asarray(track["identity"])
         blendshapes = np.asarray(track["blendshapes"])
-        pose = np.asarray(track["pose"], dtype=np.float64)
+        avatar = len(track["frame_index"]) == 1 and len(driven["frame_index"]) > 1
+        frames = len(driven["frame_index"])
+        source_at = (lambda i: 0) if avatar else (lambda i: i)
         source_coeffs = np.hstack([np.asarray(track["expression"]), np.asarray(track["blink"])])
+        source_pose = np.asarray(track["pose"], dtype=np.float64)
         target_coeffs = np.hstack([np.asarray(driven["expression"]), np.asarray(driven["blink"])])
-        # The map's own error cancels in the difference: only the change of expression moves points.
-        delta = project(identity, blendshapes, target_coeffs, pose) - project(identity, blendshapes, source_coeffs, pose)
-        delta *= lower_face_weights(identity)[None, :, None]
-        measured = np.asarray(track["landmarks"]).reshape(frames, -1, 3)[..., :2]
-        target_jaw = target_coeffs[:, 0]
+        target_pose = np.asarray(driven["pose"], dtype=np.float64)
+        sources = [source_at(i) for i in range(frames)]
+        # The map's own error cancels in the difference: only the change of expression (and, for
+        # an avatar, of pose) moves points.
+        delta = project(identity, blendshapes, target_coeffs, target_pose) - project(
+            identity, blendshapes, source_coeffs[sources], source_pose[sources])
+        if not avatar:
+            delta *= lower_face_weights(identity)[None, :, None]
+        measured = np.asarray(track["landmarks"]).reshape(len(track["frame_index"]), -1, 3)[..., :2]
+        source_rows = [r for url in track["chunk_urls"] for r in read_rows(url, FRAME_CHUNK)] if avatar else None
         bank = self._mouth_bank(track, measured)
 
         urls, history_in, history_out = [], [], []
+        chunks = (
+            [source_rows[:1] * min(_AVATAR_CHUNK, frames - start) for start in range(0, frames, _AVATAR_CHUNK)]
+            if avatar else (read_rows(url, FRAME_CHUNK) for url in track["chunk_urls"])
+        )
         position = 0
-        for chunk_url in track["chunk_urls"]:
-            chunk = read_rows(chunk_url, FRAME_CHUNK)
-            crops, grids, mouth_grids, mouth_masks, donors, alphas = [], [], [], [], [], []
+        for chunk in chunks:
+            crops, grids, interiors, alphas, indices = [], [], [], [], []
             for row in chunk:
                 i = position
                 position += 1
                 to_crop = _to_crop(row["affine"])
-                source = _apply(to_crop, measured[i])
+                source = _apply(to_crop, measured[source_at(i)])
                 target = source + delta[i] @ to_crop[:, :2].T
                 crop = _decode(row["image"])
-                size = crop.shape[0]
                 crops.append(crop)
-                grids.append(backward_grid(source, target, size))
-                donor = None
-                if bank and opening_area(target) > 1.15 * opening_area(source) + 4.0:
-                    donor = min(bank, key=lambda b: abs(b[0] - target_jaw[i]))
-                    grid, mask = mouth_grid(donor[2], target, size)
-                    mouth_grids.append(grid)
-                    mouth_masks.append(cv2.GaussianBlur(mask, (0, 0), 1.5))
-                    donors.append(donor[1])
-                else:
-                    mouth_grids.append(None)
-                    mouth_masks.append(None)
-                    donors.append(None)
-                alphas.append(self._alpha(source, target, size))
+                grids.append(backward_grid(source, target, crop.shape[0]))
+                interiors.append(self._interior(bank, source, target, target_coeffs[i, 0], crop))
+                alphas.append(self._alpha(source, target, crop.shape[0]))
+                indices.append(driven["frame_index"][i] if avatar else row["frame_index"])
             rendered = self._warp_batch(crops, grids)
-            for k, donor in enumerate(donors):
-                if donor is not None:
-                    interior = self._warp_batch([donor], [mouth_grids[k]])[0]
-                    m = mouth_masks[k][..., None]
-                    rendered[k] = (rendered[k] * (1 - m) + interior * m).astype(np.uint8)
+            for k, interior in enumerate(interiors):
+                if interior is not None:
+                    image, mask = interior
+                    rendered[k] = (rendered[k] * (1 - mask[..., None]) + image * mask[..., None]).astype(np.uint8)
             out_rows = []
-            for row, image, alpha, crop in zip(chunk, rendered, alphas, crops):
+            for row, image, alpha, crop, index in zip(chunk, rendered, alphas, crops, indices):
                 rgba = np.dstack([image, (alpha * 255).astype(np.uint8)])
                 ok, webp = cv2.imencode(".webp", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA),
                                         [cv2.IMWRITE_WEBP_QUALITY, self.params["webp_quality"]])
                 assert ok, "WebP encoding failed"
-                out_rows.append({**row, "image": webp.tobytes(), "image_format": "webp"})
+                out_rows.append({**row, "frame_index": index, "image": webp.tobytes(), "image_format": "webp"})
                 history_in.append(_lower_face(crop, alpha))
                 history_out.append(_lower_face(image, alpha))
             url = f"{prefix}_{len(urls):04d}.parquet"
             write_manifest(out_rows, FRAME_CHUNK, url)
             urls.append(url)
         return urls, (_flicker(history_in), _flicker(history_out))
+
+    def _interior(self, bank, source: np.ndarray, target: np.ndarray, target_jaw: float,
+                  crop: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Fill for a mouth that opens wider than in the source frame: (image, soft mask) or None.
+
+        From the bank frame whose mouth is open most like the target's; without a bank (a
+        portrait with closed lips) a synthetic interior: a dark cavity with a hint of upper teeth.
+        """
+        if opening_area(target) <= 1.15 * opening_area(source) + 4.0:
+            return None
+        size = crop.shape[0]
+        if bank:
+            jaw, donor, donor_landmarks = min(bank, key=lambda b: abs(b[0] - target_jaw))
+            grid, mask = mouth_grid(donor_landmarks, target, size)
+            image = self._warp_batch([donor], [grid])[0].astype(np.float32)
+        else:
+            mask = np.zeros((size, size), np.float32)
+            ring = target[list(INNER_LIPS)]
+            cv2.fillPoly(mask, [np.round(ring).astype(np.int32)], 1.0)
+            top, bottom = ring[:, 1].min(), ring[:, 1].max()
+            lips = crop[cv2.dilate(mask, np.ones((9, 9), np.uint8)) > mask].reshape(-1, 3).mean(axis=0)
+            rows = np.clip((np.arange(size) - top) / max(bottom - top, 1.0), 0.0, 1.0)[:, None, None]
+            teeth = np.array([205.0, 198.0, 188.0]) * (rows < 0.25)
+            image = np.broadcast_to(np.where(rows < 0.25, teeth, lips * 0.28 * (1.2 - rows)), (size, size, 3))
+        return image, cv2.GaussianBlur(mask, (0, 0), 1.5)
 
     def _mouth_bank(self, track: dict[str, Any], measured: np.ndarray) -> list[tuple[float, np.ndarray, np.ndarray]]:
         """Up to _BANK_SIZE frames spread over the track's open-mouth range: (jaw_open, crop, crop landmarks)."""
