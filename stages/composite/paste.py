@@ -17,14 +17,22 @@ from schemas.manifests import FRAME_CHUNK, RENDERED_TRACKS
 def paste(frame: np.ndarray, rgba: np.ndarray, to_frame: np.ndarray) -> None:
     """Blend an RGBA crop into an RGB frame (in place) through its 2×3 crop->frame affine.
 
-    Pixels where the warped alpha is 0 are not written, so they stay bit-identical.
+    Colour is matched on the feathered seam: the pasted pixels are shifted by the mean
+    difference between frame and crop where alpha is partial, so a mouth borrowed from another
+    frame carries no lighting step at its edge. Pixels where the warped alpha is 0 are not
+    written, so they stay bit-identical.
     """
     height, width = frame.shape[:2]
     warped = cv2.warpAffine(rgba, to_frame, (width, height), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
     region = warped[..., 3] > 0
     alpha = warped[region, 3:4].astype(np.float32) / 255.0
-    frame[region] = np.round(frame[region] * (1.0 - alpha) + warped[region, :3] * alpha).astype(np.uint8)
+    pixels = warped[region, :3].astype(np.float32)
+    original = frame[region].astype(np.float32)
+    seam = ((alpha > 0.05) & (alpha < 0.95))[:, 0]
+    if seam.sum() > 20:
+        pixels += (original[seam] - pixels[seam]).mean(axis=0)
+    frame[region] = np.round(np.clip(original * (1.0 - alpha) + pixels * alpha, 0, 255)).astype(np.uint8)
 
 
 def rendered_crops(render_url: str | None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:

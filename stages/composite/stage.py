@@ -57,7 +57,7 @@ class CompositeStage(Stage):
     """
 
     name = "composite"
-    version = "3"
+    version = "4"
     resources = Resources(cpus=1.0, memory_gb=1.0)
     output_schema = OUTPUTS
 
