@@ -18,6 +18,7 @@ POLICIES: dict[str, StagePolicy] = {
     "shots": StagePolicy(max_workers=4),
     "faces": StagePolicy(max_workers=2),
     "render": StagePolicy(max_workers=2),
+    "enhance": StagePolicy(max_workers=1),
     "composite": StagePolicy(max_workers=4),
 }
 

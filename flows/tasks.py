@@ -18,6 +18,7 @@ from stages.base import Stage, StageJob, StageStats
 from stages.audio.stage import AudioStage
 from stages.coeffs.stage import CoeffsStage
 from stages.composite import CompositeStage
+from stages.enhance import EnhanceStage
 from stages.faces import FaceStage
 from stages.probe import ProbeStage
 from stages.render import RenderStage
@@ -177,6 +178,16 @@ def render(run_url: str, title_id: str, language: str, faces_url: str, coeffs_ur
     row = {"title_id": title_id, "language": language, "faces_url": faces_url, "coeffs_url": coeffs_url}
     inputs = {"faces": _key_of(faces_url), "coeffs": _key_of(coeffs_url)}
     return _execute(run_url, RenderStage, title_id, inputs, language=language, rows=(row,), with_chunks=True)
+
+
+@task(name="enhance", task_run_name="enhance-{title_id}-{language}")
+def enhance(run_url: str, title_id: str, language: str, render_url: str, faces_url: str,
+            enhancer_weights: str | None) -> str:
+    row = {"title_id": title_id, "language": language, "render_url": render_url, "faces_url": faces_url}
+    inputs = {"render": _key_of(render_url), "faces": _key_of(faces_url),
+              "weights": storage.fingerprint(enhancer_weights) if enhancer_weights else None}
+    return _execute(run_url, EnhanceStage, title_id, inputs, language=language, rows=(row,), with_chunks=True,
+                    params={"weights": enhancer_weights})
 
 
 @task(name="composite", task_run_name="composite-{title_id}-{language}")

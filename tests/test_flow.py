@@ -68,7 +68,7 @@ def test_catalogue_flow_dubs_titles_and_reports_bad_ones(catalogue, tmp_path):
     assert png.shape == (360, 3 * 360, 3) and png.std() > 10  # three drawn frames, not a blank sheet
 
     invocation = state["invocations"][-1]
-    assert invocation["stages_executed"] == {"probe": 2, "shots": 2, "faces": 2, "audio": 3, "coeffs": 3, "render": 3, "composite": 3}
+    assert invocation["stages_executed"] == {"probe": 2, "shots": 2, "faces": 2, "audio": 3, "coeffs": 3, "render": 3, "enhance": 3, "composite": 3}
     assert invocation["stages_failed"] == {"probe": 1}
 
 
@@ -80,7 +80,7 @@ def test_second_run_recomputes_nothing_and_a_lost_stage_is_redone(catalogue, tmp
 
     second = localize_catalogue(catalogue=str(catalogue), out=out)
     assert second["invocation"]["stages_executed"] == {}
-    assert second["invocation"]["stages_skipped"] == {"probe": 2, "shots": 2, "faces": 2, "audio": 3, "coeffs": 3, "render": 3, "composite": 3}
+    assert second["invocation"]["stages_skipped"] == {"probe": 2, "shots": 2, "faces": 2, "audio": 3, "coeffs": 3, "render": 3, "enhance": 3, "composite": 3}
     assert storage.fingerprint(video) == before
 
     # A run killed before a stage's marker was written: only that stage runs again.
@@ -100,7 +100,7 @@ def test_changed_dub_audio_recomputes_only_that_language(media, tmp_path):
     localize_catalogue(catalogue=str(catalogue), out=out)
     dub.write_bytes(media["dub_de"].read_bytes())
     again = localize_catalogue(catalogue=str(catalogue), out=out)
-    assert again["invocation"]["stages_executed"] == {"audio": 1, "coeffs": 1, "render": 1, "composite": 1}
+    assert again["invocation"]["stages_executed"] == {"audio": 1, "coeffs": 1, "render": 1, "enhance": 1, "composite": 1}
 
 
 def test_avatar_mode_makes_a_talking_video_whose_mouth_follows_the_speech(tmp_path):
