@@ -163,16 +163,18 @@ def _angles(text: str | None) -> list[float] | None:
 @click.option("--yaw", default=None, help="Yaw angles (degrees) visited in order, e.g. 0,20,-20,0.")
 @click.option("--pitch", default=None, help="Pitch angles (degrees) visited in order.")
 @click.option("--roll", default=None, help="Roll angles (degrees) visited in order.")
+@click.option("--framing", type=click.Choice(["full", "crop", "resize"]), default=None,
+              help="Output picture: the full portrait (default), a crop around the face, or resized to 512 px.")
 @_with_single_options
 def avatar(portrait: str, audio: str, output: str, language: str, run_dir: str | None, expression_scale: float | None,
            still: bool, pose_style: int | None, ref_pose: str | None, ref_blink: str | None, yaw: str | None,
-           pitch: str | None, roll: str | None, **options) -> None:
+           pitch: str | None, roll: str | None, framing: str | None, **options) -> None:
     """Make a talking video of PORTRAIT speaking AUDIO (head motion and blinks from the audio)."""
     row_options = {
         "expression_scale": expression_scale, "still": still or None, "pose_style": pose_style,
         "ref_pose": str(Path(ref_pose).resolve()) if ref_pose else None,
         "ref_blink": str(Path(ref_blink).resolve()) if ref_blink else None,
-        "yaw": _angles(yaw), "pitch": _angles(pitch), "roll": _angles(roll),
+        "yaw": _angles(yaw), "pitch": _angles(pitch), "roll": _angles(roll), "avatar_framing": framing,
     }
     _single_title("portrait", portrait, audio, output, language, run_dir, row_options, options)
 

@@ -193,7 +193,7 @@ def enhance(run_url: str, title_id: str, language: str, render_url: str, faces_u
 @task(name="composite", task_run_name="composite-{title_id}-{language}")
 def composite(
     run_url: str, title_id: str, language: str, titles_url: str, shots_url: str, dub_audio_url: str, options: dict,
-    render_url: str | None = None,
+    render_url: str | None = None, faces_url: str | None = None,
 ) -> str:
     session = session_for(run_url)
     output_url = session.run.output_url(title_id, language)
@@ -205,6 +205,7 @@ def composite(
         "options": options,
         "output": output_url,
         "render": _key_of(render_url) if render_url else None,
+        "faces": _key_of(faces_url) if faces_url else None,
     }
     row = {
         "title_id": title_id,
@@ -214,5 +215,6 @@ def composite(
         "output_url": output_url,
         "options_json": json.dumps(options, sort_keys=True),
         "render_url": render_url,
+        "faces_url": faces_url,
     }
     return _execute(run_url, CompositeStage, title_id, inputs, language=language, rows=(row,))

@@ -40,6 +40,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "yaw": None,  # degrees visited in order over the clip, e.g. [0, 15, -15, 0]
     "pitch": None,
     "roll": None,
+    "avatar_framing": "full",  # output picture: "full" portrait, "crop" around the face, "resize" to 512 px
 }
 _URL_OPTIONS = ("ref_pose", "ref_blink")
 _X264_PRESETS = {
@@ -360,6 +361,10 @@ def _coerce_option(key: str, value: Any) -> Any:
             raise ValueError("must be a list of angles in degrees within ±90")
         return angles
     if key in _URL_OPTIONS:
+        return str(value)
+    if key == "avatar_framing":
+        if str(value) not in ("full", "crop", "resize"):
+            raise ValueError("must be one of 'full', 'crop', 'resize'")
         return str(value)
     if key == "audio_tolerance_s":
         tolerance = float(value)

@@ -105,3 +105,19 @@ def test_paste_leaves_everything_outside_the_mask_bit_identical():
     inside[warped_alpha > 0] = True
     assert np.array_equal(frame[~inside], original[~inside])
     assert (frame[inside] != original[inside]).any()
+
+
+def test_avatar_framings(analysed):
+    from stages.composite.stage import _avatar_framing
+
+    _, _, urls, track = analysed
+    title = {"title_id": "t", "width": 640, "height": 896}
+    assert _avatar_framing(title, "full", None) is None
+    resize, width, height = _avatar_framing(title, "resize", None)
+    assert (width, height) == (366, 512) and resize(np.zeros((896, 640, 3), np.uint8)).shape == (512, 366, 3)
+    crop, width, height = _avatar_framing(title, "crop", urls["faces"])
+    marked = np.zeros((896, 640, 3), np.uint8)
+    x0, y0, x1, y1 = (int(v) for v in track["bbox"][0])
+    marked[(y0 + y1) // 2, (x0 + x1) // 2] = 255  # the face centre lands in the crop's centre
+    ys, xs = np.nonzero(crop(marked)[..., 0])
+    assert (width, height) == (512, 512) and abs(ys.mean() - 256) < 4 and abs(xs.mean() - 256) < 4

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 from fractions import Fraction
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import av
+import cv2
 import numpy as np
 
 from schemas import storage
 from schemas.manifest_io import read_rows
-from schemas.manifests import OUTPUTS, TITLES
+from schemas.manifests import FACE_TRACKS, OUTPUTS, TITLES
 from stages.base import Resources, Stage, TitleError
 from stages.audio.fit import fit_policy
 from stages.composite.paste import paste, rendered_crops
@@ -53,7 +54,8 @@ class CompositeStage(Stage):
     """One row per (title, language) -> one ``outputs`` row and the encoded video at ``output_url``.
 
     Input row keys: title_id, language, titles_url, dub_audio_url, output_url, options_json, and
-    render_url (the ``rendered_tracks`` manifest; None: the picture passes through unchanged).
+    render_url (the ``rendered_tracks`` manifest; None: the picture passes through unchanged) and,
+    for an avatar, faces_url (its framing needs the face's box).
     """
 
     name = "composite"
@@ -84,10 +86,12 @@ class CompositeStage(Stage):
 
         try:
             with storage.local_output(row["output_url"], ".mp4") as local_file:
+                avatar = title["mode"] == "avatar"
                 pictures = (_portrait(title["source_url"], max(1, round(audio_s * fps)))
-                            if title["mode"] == "avatar" else _decoded(title["source_url"]))
+                            if avatar else _decoded(title["source_url"]))
+                framing = _avatar_framing(title, options.get("avatar_framing", "full"), row.get("faces_url")) if avatar else None
                 frames, width, height, faces = self._encode(title, row["dub_audio_url"], local_file, options,
-                                                            pictures, row.get("render_url"))
+                                                            pictures, row.get("render_url"), framing)
         except (av.error.FFmpegError, OSError) as exc:
             raise TitleError(title_id, f"[{row['language']}] encoding failed ({exc})") from exc
         return {
@@ -107,10 +111,12 @@ class CompositeStage(Stage):
         }
 
     def _encode(self, title: dict[str, Any], audio_url: str, path: str, options: dict[str, Any],
-                pictures: Iterator[av.VideoFrame], render_url: str | None) -> tuple[int, int, int, int]:
+                pictures: Iterator[av.VideoFrame], render_url: str | None,
+                framing: tuple[Callable[[np.ndarray], np.ndarray], int, int] | None = None) -> tuple[int, int, int, int]:
         fps = Fraction(title["fps_num"], title["fps_den"])
         # yuv420p needs even sides: an odd source gains one replicated row/column.
-        width, height = title["width"] + title["width"] % 2, title["height"] + title["height"] % 2
+        width, height = (framing[1], framing[2]) if framing else (title["width"], title["height"])
+        width, height = width + width % 2, height + height % 2
         audio = _AudioFeed(audio_url, title["title_id"])
         audio_written = 0
         with av.open(path, "w", format="mp4", options={"movflags": "+faststart"}) as out:
@@ -141,6 +147,8 @@ class CompositeStage(Stage):
                         pasted += 1
                         pending = next(crops, None)
                     frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                if framing:
+                    frame = av.VideoFrame.from_ndarray(framing[0](frame.to_ndarray(format="rgb24")), format="rgb24")
                 picture = self._even_yuv(frame, width, height)
                 picture.pts, picture.time_base = frames, 1 / fps
                 out.mux(video_out.encode(picture))
@@ -171,3 +179,23 @@ def _portrait(url: str, frames: int) -> Iterator[av.VideoFrame]:
         still = next(source.decode(video=0)).to_ndarray(format="rgb24")
     for _ in range(frames):
         yield av.VideoFrame.from_ndarray(still, format="rgb24")
+
+
+def _avatar_framing(title: dict[str, Any], framing: str, faces_url: str | None):
+    """SadTalker's output framings of an avatar: (frame -> picture, width, height), or None for
+    "full" (the whole portrait). "crop": a square around the face (1.8× its box), 512 px.
+    "resize": the whole portrait, 512 px on its longer side."""
+    if framing == "full":
+        return None
+    if framing == "resize":
+        scale = 512 / max(title["width"], title["height"])
+        size = (round(title["width"] * scale), round(title["height"] * scale))
+        return (lambda rgb: cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)), *size
+    tracks = read_rows(faces_url, FACE_TRACKS) if faces_url else []
+    if not tracks:
+        raise TitleError(title["title_id"], "avatar_framing 'crop' needs a face in the portrait")
+    x0, y0, x1, y1 = max(tracks, key=lambda t: len(t["frame_index"]))["bbox"][0]
+    side = 1.8 * max(x1 - x0, y1 - y0)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    to_crop = np.array([[512 / side, 0, 256 - cx * 512 / side], [0, 512 / side, 256 - cy * 512 / side]])
+    return (lambda rgb: cv2.warpAffine(rgb, to_crop, (512, 512), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)), 512, 512
