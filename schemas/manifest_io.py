@@ -66,4 +66,33 @@ def read_manifest(url: str, schema: ManifestSchema) -> pa.Table:
 
 
 def read_rows(url: str, schema: ManifestSchema) -> list[dict[str, Any]]:
-    return read_manifest(url, schema).to_pylist()
+    """Rows as dicts. Float-valued list columns (per-frame arrays: landmarks, coefficients, …)
+    come as numpy arrays straight from Arrow: as Python lists they would cost ~10× the memory."""
+    table = read_manifest(url, schema)
+    arrays = [f.name for f in schema.fields if _is_float_list(f.type)]
+    rows = table.drop_columns(arrays).to_pylist() if arrays else table.to_pylist()
+    for name in arrays:
+        for row, value in zip(rows, table.column(name)):
+            row[name] = _numpy(value)
+    return [{f.name: row[f.name] for f in schema.fields} for row in rows]
+
+
+def _is_float_list(type_: pa.DataType) -> bool:
+    while pa.types.is_list(type_) or pa.types.is_fixed_size_list(type_):
+        type_ = type_.value_type
+        if pa.types.is_floating(type_):
+            return True
+    return False
+
+
+def _numpy(value: pa.Scalar) -> np.ndarray | None:
+    """A list scalar -> 1-D array, or T×K for a list of fixed-size lists."""
+    if not value.is_valid:
+        return None
+    values = value.values
+    if pa.types.is_fixed_size_list(values.type):
+        return values.flatten().to_numpy(zero_copy_only=False).reshape(-1, values.type.list_size)
+    if pa.types.is_list(values.type):  # rows of equal length (e.g. T×80 features)
+        flat = values.flatten().to_numpy(zero_copy_only=False)
+        return flat.reshape(len(values), -1) if len(values) else flat.reshape(0, 0)
+    return values.to_numpy(zero_copy_only=False)
