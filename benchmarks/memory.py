@@ -89,12 +89,14 @@ def run_all_stages(video: Path, audio: Path, work: Path) -> dict:
         StageJob(RenderStage, {}, u["render"], "m", rows=({"title_id": "m", "language": "en", "faces_url": u["faces"], "coeffs_url": u["coeffs"], "chunks_url": str(work / "render")},)),
         StageJob(CompositeStage, {}, u["outputs"], "m", rows=({"title_id": "m", "language": "en", "titles_url": u["titles"], "dub_audio_url": str(audio), "output_url": str(work / "out.mp4"), "options_json": options, "render_url": u["render"]},)),
     ]
-    runner, seconds = SequentialRunner(), {}
+    runner, seconds, peak_after = SequentialRunner(), {}, {}
     for job in jobs:
         started = time.perf_counter()
         runner.run(job)
         seconds[job.stage.name] = round(time.perf_counter() - started, 1)
-    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": seconds}
+        peak_after[job.stage.name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": seconds,
+            "peak_mb_after": peak_after}
 
 
 def main() -> None:
@@ -114,7 +116,8 @@ def main() -> None:
         child = subprocess.run([sys.executable, __file__, "--run", str(video), str(audio), str(work)],
                                capture_output=True, text=True, check=True)
         results[minutes] = json.loads(child.stdout.strip().splitlines()[-1])
-        print(f"{minutes:g} min 720p: peak RSS {results[minutes]['peak_rss_mb']:.0f} MB, stage seconds {results[minutes]['seconds']}", flush=True)
+        print(f"{minutes:g} min 720p: peak RSS {results[minutes]['peak_rss_mb']:.0f} MB, stage seconds "
+              f"{results[minutes]['seconds']}, peak MB after each stage {results[minutes]['peak_mb_after']}", flush=True)
     if len(results) >= 2:
         short, long = min(results), max(results)
         print(f"peak memory ratio {long:g} min / {short:g} min = {results[long]['peak_rss_mb'] / results[short]['peak_rss_mb']:.2f}")

@@ -202,15 +202,16 @@ def fit_blendshapes(canonical: np.ndarray, coefficients: np.ndarray, prior_frame
     jaw opens, while a track that really moves learns its own: the prior weighs as much as
     ``prior_frames`` frames of typical speech motion.
     """
-    targets = canonical.reshape(len(canonical), -1).astype(np.float64)
+    targets = canonical.reshape(len(canonical), -1)
     centred = coefficients.astype(np.float64) - coefficients.mean(axis=0)
-    prior = generic_blendshapes(canonical.mean(axis=0), coefficients.shape[1])
+    mean_target = targets.mean(axis=0, dtype=np.float64)
+    prior = generic_blendshapes(mean_target.reshape(-1, 3), coefficients.shape[1])
     penalty = np.diag(prior_frames * _TYPICAL_VARIANCE[: coefficients.shape[1]])
     # Solve for B on centred coefficients (shrunk towards the prior), then the intercept exactly.
+    # Centring the coefficients alone suffices: centred.T @ targets equals centred.T @ (targets − mean).
     gram = centred.T @ centred + penalty
-    centred_targets = targets - targets.mean(axis=0)
-    blendshapes = np.linalg.solve(gram, centred.T @ centred_targets + penalty @ prior)
-    identity = targets.mean(axis=0) - coefficients.mean(axis=0) @ blendshapes
+    blendshapes = np.linalg.solve(gram, centred.T @ targets + penalty @ prior)
+    identity = mean_target - coefficients.mean(axis=0) @ blendshapes
     return identity.astype(np.float32), blendshapes.astype(np.float32)
 
 

@@ -134,9 +134,9 @@ class FaceStage(Stage):
         blink = geometry.blink(fit.canonical)
         coefficients = np.hstack([expression, blink])
         identity, blendshapes = geometry.fit_blendshapes(fit.canonical, coefficients)
-        rebuilt = geometry.to_image(
-            geometry.reconstruct(identity, blendshapes, coefficients), fit.rotation, fit.scale, fit.translation
-        )
+        sample = slice(None, None, max(1, len(frames) // 200))  # the figure needs no more frames than this
+        rebuilt = geometry.to_image(geometry.reconstruct(identity, blendshapes, coefficients[sample]),
+                                    fit.rotation[sample], fit.scale[sample], fit.translation[sample])
         reason = None
         if len(frames) < p["min_track_frames"] and title["mode"] != "avatar":  # a portrait is one frame
             reason = f"track too short ({len(frames)} frames < {p['min_track_frames']})"
@@ -166,7 +166,7 @@ class FaceStage(Stage):
             "_jitter_raw": jitter(raw[..., :2]),
             "_jitter_smoothed": jitter(smoothed[..., :2]),
             "_lag": lag_frames(*(self._mouth_gap(x) for x in (raw, smoothed))),
-            "_reprojection": float(np.linalg.norm(rebuilt[..., :2] - smoothed[..., :2], axis=-1).mean()),
+            "_reprojection": float(np.linalg.norm(rebuilt[..., :2] - smoothed[sample, :, :2], axis=-1).mean()),
         }
 
     @staticmethod

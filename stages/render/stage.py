@@ -110,7 +110,7 @@ class RenderStage(Stage):
         source_rows = [r for url in track["chunk_urls"] for r in read_rows(url, FRAME_CHUNK)] if avatar else None
         bank = self._mouth_bank(track, measured)
 
-        urls, history_in, history_out = [], [], []
+        urls, flicker_in, flicker_out = [], FlickerMeter(), FlickerMeter()
         chunks = (
             [source_rows[:1] * min(_AVATAR_CHUNK, frames - start) for start in range(0, frames, _AVATAR_CHUNK)]
             if avatar else (read_rows(url, FRAME_CHUNK) for url in track["chunk_urls"])
@@ -148,12 +148,12 @@ class RenderStage(Stage):
                 to_frame[:, 2] += to_frame[:, :2] @ [x0, y0]
                 out_rows.append({**row, "frame_index": index, "image": webp.tobytes(), "image_format": "webp",
                                  "affine": to_frame.astype(np.float32).ravel().tolist()})
-                history_in.append(_lower_face(crop, alpha))
-                history_out.append(_lower_face(image, alpha))
+                flicker_in.add(_lower_face(crop, alpha))
+                flicker_out.add(_lower_face(image, alpha))
             url = f"{prefix}_{len(urls):04d}.parquet"
             write_manifest(out_rows, FRAME_CHUNK, url)
             urls.append(url)
-        return urls, (_flicker(history_in), _flicker(history_out))
+        return urls, (flicker_in.value, flicker_out.value)
 
     def _interior(self, bank, source: np.ndarray, target: np.ndarray, target_jaw: float,
                   crop: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -218,11 +218,27 @@ def _lower_face(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return image[::4, ::4].astype(np.float32) * (alpha[::4, ::4, None] > 0.5)
 
 
-def _flicker(frames: list[np.ndarray]) -> float:
-    """Mean |I_t − (I_t−1 + I_t+1)/2| over the pasted region: temporal noise, in grey levels."""
-    if len(frames) < 3:
-        return 0.0
-    stack = np.stack(frames)
-    second = np.abs(stack[1:-1] - (stack[:-2] + stack[2:]) / 2)
-    support = (stack[1:-1] > 0).any(axis=-1)
-    return float(second.mean(axis=-1)[support].mean()) if support.any() else 0.0
+class FlickerMeter:
+    """Running mean of |I_t − (I_t−1 + I_t+1)/2| over the pasted region, in grey levels.
+
+    Keeps two frames, so its memory does not grow with the track.
+    """
+
+    def __init__(self) -> None:
+        self._previous: list[np.ndarray] = []
+        self._total = 0.0
+        self._count = 0
+
+    def add(self, frame: np.ndarray) -> None:
+        if len(self._previous) == 2:
+            before, middle = self._previous
+            support = (middle > 0).any(axis=-1)
+            if support.any():
+                second = np.abs(middle - (before + frame) / 2).mean(axis=-1)
+                self._total += float(second[support].sum())
+                self._count += int(support.sum())
+        self._previous = [*self._previous[-1:], frame]
+
+    @property
+    def value(self) -> float:
+        return self._total / self._count if self._count else 0.0
