@@ -68,6 +68,25 @@ def test_calibration_recovers_a_speakers_scale_and_rejects_noise():
     assert not unrelated.trusted.any() and np.allclose(unrelated.gain, 1.0)
 
 
+def analyse_title(folder, title_id: str, mode: str, source, dub) -> tuple[SequentialRunner, dict[str, str]]:
+    """probe, shots, faces and audio of one title, in-process; returns the runner and manifest URLs."""
+    runner = SequentialRunner()
+    urls = {n: str(folder / f"{n}.parquet") for n in ("titles", "shots", "faces", "audio")}
+    runner.run(StageJob(ProbeStage, {}, urls["titles"], title_id, rows=({"title_id": title_id, "mode": mode, "source_url": str(source)},)))
+    runner.run(StageJob(ShotsStage, {}, urls["shots"], title_id, input_url=urls["titles"]))
+    runner.run(StageJob(FaceStage, {"crop_size": 64}, urls["faces"], title_id, rows=({"title_id": title_id, "titles_url": urls["titles"], "shots_url": urls["shots"], "chunks_url": str(folder / "chunks")},)))
+    runner.run(StageJob(AudioStage, {}, urls["audio"], title_id, rows=({"title_id": title_id, "language": "fr", "dub_audio_url": str(dub), "titles_url": urls["titles"], "options_json": json.dumps(OPTION_DEFAULTS), "subtitles_url": str(folder / f"{title_id}.fr")},)))
+    return runner, urls
+
+
+def driven_rows(runner, folder, urls, title_id: str, **options):
+    out = str(folder / f"coeffs-{abs(hash(str(sorted(options.items()))))}.parquet")
+    row = {"title_id": title_id, "language": "fr", "titles_url": urls["titles"], "faces_url": urls["faces"],
+           "audio_url": urls["audio"], "options_json": json.dumps({**OPTION_DEFAULTS, **options})}
+    stats = runner.run(StageJob(CoeffsStage, {}, out, title_id, rows=(row,)))
+    return read_rows(out, DRIVEN_COEFFS), stats
+
+
 @pytest.fixture(scope="module")
 def dubbed_title(tmp_path_factory):
     """A 512 px portrait clip with its own speech, dubbed with French speech with a pause."""
@@ -78,23 +97,13 @@ def dubbed_title(tmp_path_factory):
     from stages.audio.espeak import write_wav
 
     write_wav(dub, str(folder / "dub.wav"))
-    runner = SequentialRunner()
-    urls = {n: str(folder / f"{n}.parquet") for n in ("titles", "shots", "faces", "audio")}
-    runner.run(StageJob(ProbeStage, {}, urls["titles"], "t", rows=({"title_id": "t", "mode": "dub", "source_url": str(folder / "clip.mp4")},)))
-    runner.run(StageJob(ShotsStage, {}, urls["shots"], "t", input_url=urls["titles"]))
-    runner.run(StageJob(FaceStage, {"crop_size": 64}, urls["faces"], "t", rows=({"title_id": "t", "titles_url": urls["titles"], "shots_url": urls["shots"], "chunks_url": str(folder / "chunks")},)))
-    options = json.dumps(OPTION_DEFAULTS)
-    runner.run(StageJob(AudioStage, {}, urls["audio"], "t", rows=({"title_id": "t", "language": "fr", "dub_audio_url": str(folder / "dub.wav"), "titles_url": urls["titles"], "options_json": options, "subtitles_url": str(folder / "t.fr")},)))
+    runner, urls = analyse_title(folder, "t", "dub", folder / "clip.mp4", folder / "dub.wav")
     return runner, folder, urls, dub
 
 
 def drive(dubbed_title, **options):
     runner, folder, urls, _ = dubbed_title
-    out = str(folder / f"coeffs-{len(options)}-{hash(str(options))}.parquet")
-    row = {"title_id": "t", "language": "fr", "titles_url": urls["titles"], "faces_url": urls["faces"],
-           "audio_url": urls["audio"], "options_json": json.dumps({**OPTION_DEFAULTS, **options})}
-    stats = runner.run(StageJob(CoeffsStage, {}, out, "t", rows=(row,)))
-    return read_rows(out, DRIVEN_COEFFS), stats
+    return driven_rows(runner, folder, urls, "t", **options)
 
 
 def test_driven_mouth_follows_the_dub_and_keeps_pose_and_blinks(dubbed_title):
@@ -127,22 +136,13 @@ def avatar_title(tmp_path_factory):
     cv2.imwrite(str(folder / "portrait.png"), cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR))
     speech = synthesize("Bonjour, je suis astronaute. Papa aime la lune.", voice="fr")
     write_wav(speech, str(folder / "speech.wav"))
-    runner = SequentialRunner()
-    urls = {n: str(folder / f"{n}.parquet") for n in ("titles", "shots", "faces", "audio")}
-    runner.run(StageJob(ProbeStage, {}, urls["titles"], "a", rows=({"title_id": "a", "mode": "avatar", "source_url": str(folder / "portrait.png")},)))
-    runner.run(StageJob(ShotsStage, {}, urls["shots"], "a", input_url=urls["titles"]))
-    runner.run(StageJob(FaceStage, {"crop_size": 64}, urls["faces"], "a", rows=({"title_id": "a", "titles_url": urls["titles"], "shots_url": urls["shots"], "chunks_url": str(folder / "chunks")},)))
-    runner.run(StageJob(AudioStage, {}, urls["audio"], "a", rows=({"title_id": "a", "language": "fr", "dub_audio_url": str(folder / "speech.wav"), "titles_url": urls["titles"], "options_json": json.dumps(OPTION_DEFAULTS), "subtitles_url": str(folder / "a.fr")},)))
+    runner, urls = analyse_title(folder, "a", "avatar", folder / "portrait.png", folder / "speech.wav")
     return runner, folder, urls, speech
 
 
 def drive_avatar(avatar_title, **options):
     runner, folder, urls, _ = avatar_title
-    out = str(folder / f"coeffs-{abs(hash(str(options)))}.parquet")
-    row = {"title_id": "a", "language": "fr", "titles_url": urls["titles"], "faces_url": urls["faces"],
-           "audio_url": urls["audio"], "options_json": json.dumps({**OPTION_DEFAULTS, **options})}
-    runner.run(StageJob(CoeffsStage, {}, out, "a", rows=(row,)))
-    (driven,) = read_rows(out, DRIVEN_COEFFS)
+    (driven,), _ = driven_rows(runner, folder, urls, "a", **options)
     return {k: np.asarray(driven[k]) for k in ("expression", "pose", "blink", "frame_index")}
 
 
