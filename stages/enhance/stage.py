@@ -12,9 +12,9 @@ second generation of lossy compression inside it.
 
 What the network sees (x): GFPGAN restores a *whole* aligned face, but the render's lossy WebP
 does not keep the RGB where alpha is 0 (libwebp replaces transparent pixels by whatever
-compresses best: smeared rows, not the eyes and nose). When the input row names the faces
-stage's ``faces_url``, the original aligned crop of the same frame fills those pixels, so the
-network sees the full face with the new mouth; without it the network sees the render's RGB as is.
+compresses best: smeared rows, not the eyes and nose), and it stores only the changed region.
+When the input row names the faces stage's ``faces_url``, each rendered region is put back into
+the original aligned crop of its frame, so the network sees the full face with the new mouth.
 
 Without weights (the default: they are the user's, nothing is downloaded) the stage passes the
 render's tracks through unchanged and records why in its dropped counts; it never pretends.
@@ -101,11 +101,9 @@ def _warp(images: torch.Tensor, out_to_in: np.ndarray, padding: str) -> torch.Te
 
 @torch.inference_mode()
 def blend_enhanced(net: GFPGANv1Clean, crops: np.ndarray, strength: float, device: torch.device,
-                   faces: np.ndarray | None = None, align: bool = True) -> np.ndarray:
+                   align: bool = True) -> np.ndarray:
     """N×S×S×4 uint8 RGBA crops -> N×S×S×4 with RGB blended towards GFPGAN's restoration by alpha.
 
-    ``faces`` (N×S×S×3 uint8, optional): the original aligned crops, shown to the network where
-    the crop's alpha is 0 (the render's RGB there may not be the face, see the module notes).
     The network sees ``net.out_size`` square RGB in [-1, 1]: crops of another size are resized,
     and with ``align`` warped from dubline's crop framing into FFHQ's (the face sits lower and a
     little larger there); the restoration goes back the same way. Crop pixels the FFHQ frame does
@@ -114,11 +112,7 @@ def blend_enhanced(net: GFPGANv1Clean, crops: np.ndarray, strength: float, devic
     size, side = crops.shape[1], net.out_size
     rgba = torch.from_numpy(np.ascontiguousarray(crops)).to(device).permute(0, 3, 1, 2).float()  # N×4×S×S
     rgb, alpha = rgba[:, :3], rgba[:, 3:] / 255.0
-    seen = rgb
-    if faces is not None:
-        face = torch.from_numpy(np.ascontiguousarray(faces)).to(device).permute(0, 3, 1, 2).float()
-        seen = torch.where(alpha > 0, rgb, face)
-    x = seen / 127.5 - 1.0
+    x = rgb / 127.5 - 1.0
     if size != side:
         x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=size > side)
     to_ffhq = crop_to_ffhq(side)
@@ -246,7 +240,7 @@ class EnhanceStage(Stage):
             groups = [[i for i in index if crops[i].shape == shape] for shape in shapes]
             for group in groups:
                 blended = blend_enhanced(self._net, np.stack([crops[i] for i in group]), float(self.params["strength"]),
-                                         self._device, None, align=bool(self.params["align_ffhq"]))
+                                         self._device, align=bool(self.params["align_ffhq"]))
                 for i, rgba in zip(group, blended):
                     cut, affine = _cut_to_alpha(rgba, affines[i])
                     out_rows[i] = {**rows[i], "image": encode_rgba(cut, self.params["webp_quality"]),
