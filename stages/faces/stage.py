@@ -38,7 +38,7 @@ class FaceStage(Stage):
     """One row per title (title_id, titles_url, shots_url, chunks_url) -> ``face_tracks`` rows."""
 
     name = "faces"
-    version = "2"
+    version = "3"
     resources = Resources(cpus=1.0, memory_gb=2.0)
     output_schema = FACE_TRACKS
     defaults = {
@@ -70,11 +70,10 @@ class FaceStage(Stage):
             linkers, frames, faces = self._link(title, shots)
         except Exception as exc:  # noqa: BLE001 - decoder failures are this title's problem
             raise TitleError(row["title_id"], f"face analysis failed while decoding ({exc})") from exc
-        analysed = [
-            self._analyse(title, shot_index, track)
-            for shot_index, linker in enumerate(linkers)
-            for track in linker.tracks
-        ]
+        analysed = []
+        for shot_index, linker in enumerate(linkers):
+            while linker.tracks:  # popped, so a track's raw meshes are freed once it is analysed
+                analysed.append(self._analyse(title, shot_index, linker.tracks.pop(0)))
         for track_id, track in enumerate(analysed):
             track["track_id"] = track_id
         analysis_s = time.perf_counter() - started
@@ -162,7 +161,6 @@ class FaceStage(Stage):
             "identity": identity,
             "blendshapes": blendshapes.ravel(),
             "chunk_urls": [],
-            "_smoothed": smoothed,
             "_jitter_raw": jitter(raw[..., :2]),
             "_jitter_smoothed": jitter(smoothed[..., :2]),
             "_lag": lag_frames(*(self._mouth_gap(x) for x in (raw, smoothed))),
@@ -179,13 +177,13 @@ class FaceStage(Stage):
         due: dict[int, list[tuple[ChunkWriter, np.ndarray]]] = defaultdict(list)
         writers = []
         for track in tracks:
-            smoothed = track.pop("_smoothed")
             if not track["dubbable"]:
                 continue
+            landmarks = track["landmarks"].reshape(len(track["frame_index"]), -1, 3)
             writer = ChunkWriter(chunks_url, title["title_id"], track["shot_index"], track["track_id"],
                                  self.params["chunk_frames"], self.params["jpeg_quality"])
             writers.append((track, writer))
-            for frame, to_crop in zip(track["frame_index"], crop_transforms(smoothed, title["fps"], size)):
+            for frame, to_crop in zip(track["frame_index"], crop_transforms(landmarks, title["fps"], size)):
                 due[frame].append((writer, to_crop))
         if due:
             last = max(due)

@@ -91,7 +91,7 @@ class TrackLinker:
                 if overlap[r, c] >= self.min_iou:
                     open_tracks[r].frames.append(frame)
                     open_tracks[r].boxes.append(boxes[c])
-                    open_tracks[r].landmarks.append(landmarks[c])
+                    open_tracks[r].landmarks.append(landmarks[c].astype(np.float32))  # half the memory of long tracks
                     unmatched.discard(c)
         for c in sorted(unmatched):
-            self.tracks.append(Track([frame], [boxes[c]], [landmarks[c]]))
+            self.tracks.append(Track([frame], [boxes[c]], [landmarks[c].astype(np.float32)]))
