@@ -46,7 +46,9 @@ def _print_summary(summary: dict) -> int:
     for title_id, title in summary["titles"].items():
         click.echo(f"  {title_id}: {title['status']}")
         for language, url in title["outputs"].items():
-            click.echo(f"    {language}: {url}")
+            report = title["reports"][language]
+            r = "–" if report["lipsync_r"] is None else f"{report['lipsync_r']:.2f}"
+            click.echo(f"    {language}: {url}\n        report: {report['html']} (lip-sync r {r})")
         if title["error"]:
             click.echo(f"    error: {title['error']}")
         failed |= title["status"] != "done"
@@ -204,6 +206,29 @@ def status(out: str) -> None:
                 click.echo(f"    output: {lang['output']}")
     for error in state.get("catalogue_errors", []):
         click.echo(f"catalogue {error}")
+
+
+@main.command()
+@click.argument("out")
+def report(out: str) -> None:
+    """Print where the per-title, per-language reports of the run folder OUT are, with their lip-sync r."""
+    from flows.run_folder import RunFolder
+    from schemas import storage
+
+    run = RunFolder(out)
+    if not storage.exists(run.state_url):
+        raise click.ClickException(f"{out} is not a dubline run folder (no run.json)")
+    found = 0
+    for title_id, title in sorted(run.state["titles"].items()):
+        for language, lang in sorted(title.get("languages", {}).items()):
+            if lang.get("report"):
+                r = lang.get("lipsync_r")
+                click.echo(f"{title_id} [{language}]: {lang['report']}  (lip-sync r {'–' if r is None else f'{r:.2f}'})")
+                found += 1
+            else:
+                click.echo(f"{title_id} [{language}]: no report ({lang.get('status')})")
+    if not found:
+        raise click.ClickException(f"{out} has no finished reports yet")
 
 
 @main.command()

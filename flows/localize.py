@@ -17,8 +17,8 @@ from flows import tasks
 from flows.run_folder import RunFolder
 from schemas import storage
 from schemas.catalogue import CatalogueEntry, load_catalogue
-from schemas.manifest_io import write_manifest
-from schemas.manifests import CATALOGUE
+from schemas.manifest_io import read_rows, write_manifest
+from schemas.manifests import CATALOGUE, REPORTS
 from stages.base import TitleError
 
 #: Titles processed at once by one driver; the cluster's own capacity limits the real parallelism.
@@ -35,15 +35,22 @@ def _describe(exc: BaseException, title_id: str) -> str:
 def _language(run_url: str, title_id: str, language: str, titles_url: str, shots_url: str, faces_url: str,
               entry: dict[str, Any], whisper_model: str | None, enhancer_weights: str | None) -> str:
     """One dub of a title: audio analysis, driven coefficients, rendering, enhancement (with
-    GFPGAN weights), composite. Returns the video URL."""
+    GFPGAN weights), composite, report. Returns the video URL."""
     options = CatalogueEntry.from_row(entry).options
     dub = entry["dub_audio_url"]
     audio_url = tasks.audio(run_url, title_id, language, titles_url, dub, options, whisper_model)
     coeffs_url = tasks.coeffs(run_url, title_id, language, titles_url, faces_url, audio_url, options)
     render_url = tasks.render(run_url, title_id, language, faces_url, coeffs_url)
     faces_out = tasks.enhance(run_url, title_id, language, render_url, faces_url, enhancer_weights)
-    tasks.composite(run_url, title_id, language, titles_url, shots_url, dub, options, faces_out, faces_url)
-    return tasks.session_for(run_url).run.output_url(title_id, language)
+    outputs_url = tasks.composite(run_url, title_id, language, titles_url, shots_url, dub, options, faces_out, faces_url)
+    report_url = tasks.report(run_url, title_id, language, {
+        "titles": titles_url, "shots": shots_url, "faces": faces_url, "audio": audio_url, "coeffs": coeffs_url,
+        "outputs": outputs_url,
+    })
+    run = tasks.session_for(run_url).run
+    (report,) = read_rows(report_url, REPORTS)
+    run.update_language(title_id, language, report=report["html_url"], lipsync_r=report["lipsync_r"])
+    return run.output_url(title_id, language)
 
 
 @flow(name="localize_title", flow_run_name="{title_id}", task_runner=ThreadPoolTaskRunner(max_workers=4))
@@ -147,6 +154,8 @@ def summarize(run: RunFolder, invocation: dict[str, Any]) -> dict[str, Any]:
                 "status": t.get("status"),
                 "error": t.get("error"),
                 "outputs": {lang: l.get("output") for lang, l in t.get("languages", {}).items() if l.get("status") == "done"},
+                "reports": {lang: {"html": l.get("report"), "lipsync_r": l.get("lipsync_r")}
+                            for lang, l in t.get("languages", {}).items() if l.get("status") == "done"},
             }
             for title_id, t in sorted(titles.items())
         },
@@ -160,14 +169,16 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"titles done: {inv['titles_done']}, failed: {inv['titles_failed']}; "
         f"stages executed: {inv['stages_executed']}, reused: {inv['stages_skipped']}, failed: {inv['stages_failed']}",
         "",
-        "| title | status | outputs / error |",
-        "|---|---|---|",
+        "| title | status | language | lip-sync r | output | report / error |",
+        "|---|---|---|---|---|---|",
     ]
     for title_id, t in summary["titles"].items():
-        detail = ", ".join(f"{k}: {v}" for k, v in t["outputs"].items())
+        for language, url in t["outputs"].items():
+            report = t["reports"][language]
+            r = "–" if report["lipsync_r"] is None else f"{report['lipsync_r']:.2f}"
+            lines.append(f"| {title_id} | {t['status']} | {language} | {r} | {url} | {report['html']} |")
         if t["error"]:
-            detail = (detail + "; " if detail else "") + t["error"]
-        lines.append(f"| {title_id} | {t['status']} | {detail} |")
+            lines.append(f"| {title_id} | {t['status']} | | | | {t['error']} |")
     if summary["catalogue_errors"]:
         lines += ["", "## Catalogue errors", *[f"- {e}" for e in summary["catalogue_errors"]]]
     return "\n".join(lines)

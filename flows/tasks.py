@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from prefect import task
 
-from flows.run_folder import RunFolder, stage_key
+from flows.run_folder import RunFolder, in_pipeline_order, stage_key
 from schemas import storage
 from stages.base import Stage, StageJob, StageStats
 from stages.audio.stage import AudioStage
@@ -22,6 +22,7 @@ from stages.enhance import EnhanceStage
 from stages.faces import FaceStage
 from stages.probe import ProbeStage
 from stages.render import RenderStage
+from stages.report import ReportStage
 from stages.sequential import SequentialRunner
 from stages.shots import ShotsStage
 
@@ -218,3 +219,21 @@ def composite(
         "faces_url": faces_url,
     }
     return _execute(run_url, CompositeStage, title_id, inputs, language=language, rows=(row,))
+
+
+@task(name="report", task_run_name="report-{title_id}-{language}")
+def report(run_url: str, title_id: str, language: str, upstream: dict[str, str]) -> str:
+    """The per-language report; ``upstream`` holds the manifest URLs of titles, shots, faces,
+    audio, coeffs and outputs (composite)."""
+    run = session_for(run_url).run
+    title_state = run.state["titles"].get(title_id, {})
+    stages = {**title_state.get("stages", {}), **title_state.get("languages", {}).get(language, {}).get("stages", {})}
+    row = {
+        "title_id": title_id,
+        "language": language,
+        **{f"{name}_url": url for name, url in upstream.items()},
+        "report_url": run.output_url(title_id, language).removesuffix(".mp4") + ".report",
+        "stages_json": json.dumps(in_pipeline_order(stages), default=str),
+    }
+    inputs = {name: _key_of(url) for name, url in upstream.items()}
+    return _execute(run_url, ReportStage, title_id, inputs, language=language, rows=(row,))

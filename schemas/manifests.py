@@ -236,7 +236,24 @@ OUTPUTS = ManifestSchema(
     ),
 )
 
+REPORTS = ManifestSchema(
+    "reports",
+    1,
+    (
+        pa.field("title_id", pa.string(), nullable=False),
+        pa.field("language", pa.string(), nullable=False),
+        pa.field("html_url", pa.string(), nullable=False),
+        pa.field("json_url", pa.string(), nullable=False),
+        pa.field("video_url", pa.string(), nullable=False),
+        pa.field("tracks_dubbed", pa.int32(), nullable=False),
+        pa.field("tracks_skipped", pa.int32(), nullable=False),
+        # Pearson r of the driven jaw_open against the one measured on the output (None: no face dubbed)
+        pa.field("lipsync_r", pa.float64()),
+    ),
+)
+
 ALL_SCHEMAS: dict[str, ManifestSchema] = {
     s.name: s
-    for s in (CATALOGUE, TITLES, SHOTS, FACE_TRACKS, AUDIO_TRACKS, DRIVEN_COEFFS, FRAME_CHUNK, RENDERED_TRACKS, OUTPUTS)
+    for s in (CATALOGUE, TITLES, SHOTS, FACE_TRACKS, AUDIO_TRACKS, DRIVEN_COEFFS, FRAME_CHUNK, RENDERED_TRACKS, OUTPUTS,
+              REPORTS)
 }

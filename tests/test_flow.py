@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import av
 import cv2
@@ -68,8 +69,22 @@ def test_catalogue_flow_dubs_titles_and_reports_bad_ones(catalogue, tmp_path):
     assert png.shape == (360, 3 * 360, 3) and png.std() > 10  # three drawn frames, not a blank sheet
 
     invocation = state["invocations"][-1]
-    assert invocation["stages_executed"] == {"probe": 2, "shots": 2, "faces": 2, "audio": 3, "coeffs": 3, "render": 3, "enhance": 3, "composite": 3}
+    assert invocation["stages_executed"] == {"probe": 2, "shots": 2, "faces": 2, "audio": 3, "coeffs": 3, "render": 3,
+                                             "enhance": 3, "composite": 3, "report": 3}
     assert invocation["stages_failed"] == {"probe": 1}
+
+    # The per-language report: the mouth measured on the output follows the driven mouth.
+    report = titles["portraits"]["reports"]["fr"]
+    assert report["html"].endswith("portraits.fr.report.html") and report["lipsync_r"] > 0.8
+    page = Path(report["html"]).read_text()
+    assert page.count("data:image/png;base64,") == 2  # lip sync + the coefficients of the one dubbed track
+    details = json.loads(Path(report["html"]).with_suffix(".json").read_text())
+    assert [t["track_id"] for t in details["tracks"]] == [1] and details["lipsync_r"] == report["lipsync_r"]
+    assert details["tracks_skipped"][0]["reason"].startswith("face too small")  # the 57 px astronaut
+    assert {s["shot_index"]: s["tracks_dubbed"] for s in details["shots"]} == {0: 0, 1: 1}
+    assert list(details["stages"]) == ["probe", "shots", "faces", "audio", "coeffs", "render", "enhance", "composite"]
+    printed = CliRunner().invoke(main, ["report", str(tmp_path / "run")])
+    assert printed.exit_code == 0 and f"portraits [fr]: {report['html']}" in printed.output
 
 
 def test_second_run_recomputes_nothing_and_a_lost_stage_is_redone(catalogue, tmp_path):
@@ -141,7 +156,7 @@ def test_cli_dub_and_status(media, tmp_path):
     assert status.exit_code == 0 and "two_shots: done" in status.output and "composite done" in status.output
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["dub"], ["avatar"], ["status"], ["inspect"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["dub"], ["avatar"], ["status"], ["inspect"], ["demo"], ["report"]])
 def test_every_command_has_help(command):
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output

@@ -159,6 +159,18 @@ def _sample_rows() -> dict[str, list[dict[str, Any]]]:
                 "audio_source_s": 1439.5, "audio_fit": "padded", "faces_dubbed": 4,
             }
         ],
+        "reports": [
+            {
+                "title_id": "ep01", "language": "fr", "html_url": "/run/outputs/ep01/ep01.fr.report.html",
+                "json_url": "/run/outputs/ep01/ep01.fr.report.json", "video_url": "/run/outputs/ep01/ep01.fr.mp4",
+                "tracks_dubbed": 2, "tracks_skipped": 1, "lipsync_r": 0.81,
+            },
+            {
+                "title_id": "ep02", "language": "fr", "html_url": "/run/outputs/ep02/ep02.fr.report.html",
+                "json_url": "/run/outputs/ep02/ep02.fr.report.json", "video_url": "/run/outputs/ep02/ep02.fr.mp4",
+                "tracks_dubbed": 0, "tracks_skipped": 0, "lipsync_r": None,
+            },
+        ],
     }
 
 

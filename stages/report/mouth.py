@@ -1,0 +1,130 @@
+"""Mouth opening measured on a video with the face mesh, and how well two mouth curves agree.
+
+The lip-sync self-check of every run and the lip-sync benchmark both measure the *output*
+video the same way the faces stage measures a source: MediaPipe's mesh per frame, a rigid fit
+per track, and ``jaw_open`` (inner-lip gap in inter-ocular distances) on the pose-free mesh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from stages.faces import geometry
+from stages.faces.landmarks import FaceLandmarker
+from stages.faces.tracking import mesh_box
+from stages.media import open_media
+
+#: IOD added around the hull of the mesh at and below the nose: the region dubbing may change.
+_LOWER_FACE_MARGIN = 0.35
+
+
+@dataclass
+class MouthCurve:
+    """Mouth opening of one face over the frames it was measured on."""
+
+    frame_index: np.ndarray  # T frame numbers
+    jaw_open: np.ndarray  # T, IOD units
+    lower_face: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> hull polygon N×2 (px)
+
+    def at(self, frames: np.ndarray) -> np.ndarray:
+        """Opening at ``frames`` (NaN where the face was not measured)."""
+        lookup = dict(zip(self.frame_index.tolist(), self.jaw_open.tolist()))
+        return np.array([lookup.get(int(f), np.nan) for f in frames])
+
+
+def _lower_face_hull(mesh: np.ndarray) -> np.ndarray:
+    right, left = geometry.eye_centres(mesh[None, :, :2])
+    iod = float(np.linalg.norm(left - right))
+    below = mesh[mesh[:, 1] >= mesh[geometry.NOSE_TIP, 1] - 0.1 * iod, :2]
+    hull = cv2.convexHull(below.astype(np.float32))[:, 0]
+    centre = hull.mean(axis=0)
+    grown = centre + (hull - centre) * (1 + _LOWER_FACE_MARGIN * iod / max(np.ptp(hull, axis=0).max(), 1.0))
+    return grown.astype(np.int32)
+
+
+def measure_mouths(
+    landmarker: FaceLandmarker,
+    video_url: str,
+    boxes_by_track: dict[int, dict[int, np.ndarray]] | None = None,
+    keep_hulls: bool = False,
+) -> dict[int, MouthCurve]:
+    """Measure mouth opening on ``video_url`` in one decoding pass.
+
+    ``boxes_by_track`` gives, per track id, where its face is (frame -> x0, y0, x1, y1), e.g. the
+    dubbed tracks' boxes; each track is measured on its own frames. Without it the largest face is
+    followed from frame to frame (re-detected when lost) and returned as track 0. ``keep_hulls``
+    keeps each frame's lower-face polygon (the region dubbing may change).
+    """
+    follow = boxes_by_track is None
+    wanted = {0: {}} if follow else boxes_by_track
+    meshes: dict[int, list[tuple[int, np.ndarray]]] = {track: [] for track in wanted}
+    hulls: dict[int, dict[int, np.ndarray]] = {track: {} for track in wanted}
+    last_frame = None if follow else max((max(b) for b in wanted.values() if b), default=-1)
+    previous: np.ndarray | None = None
+    with open_media(video_url) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for index, frame in enumerate(container.decode(stream)):
+            if last_frame is not None and index > last_frame:
+                break
+            due = [0] if follow else [track for track, boxes in wanted.items() if index in boxes]
+            if not due:
+                continue
+            rgb = frame.to_ndarray(format="rgb24")
+            for track in due:
+                if follow:
+                    mesh = _follow(landmarker, rgb, previous)
+                    previous = mesh_box(mesh) if mesh is not None else None
+                else:
+                    mesh = landmarker.mesh(rgb, wanted[track][index])
+                if mesh is None:
+                    continue
+                meshes[track].append((index, mesh.astype(np.float32)))
+                if keep_hulls:
+                    hulls[track][index] = _lower_face_hull(mesh)
+    return {track: _curve(meshes[track], hulls[track]) for track in wanted}
+
+
+def _follow(landmarker: FaceLandmarker, rgb: np.ndarray, previous: np.ndarray | None) -> np.ndarray | None:
+    mesh = landmarker.mesh(rgb, previous) if previous is not None else None
+    if mesh is None:
+        found = landmarker.detect(rgb)
+        if len(found):
+            largest = found[np.argmax((found[:, 2] - found[:, 0]) * (found[:, 3] - found[:, 1]))]
+            mesh = landmarker.mesh(rgb, largest[:4])
+    return mesh
+
+
+def _curve(meshes: list[tuple[int, np.ndarray]], hulls: dict[int, np.ndarray]) -> MouthCurve:
+    if not meshes:
+        return MouthCurve(np.zeros(0, np.int64), np.zeros(0, np.float32), hulls)
+    fit = geometry.fit_pose(np.stack([m for _, m in meshes]).astype(np.float64))
+    jaw = geometry.expression_coefficients(fit.canonical)[:, 0]
+    return MouthCurve(np.array([i for i, _ in meshes], np.int64), jaw, hulls)
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson r over the entries where both are finite (NaN when undefined)."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.std(x[ok]) < 1e-9 or np.std(y[ok]) < 1e-9:
+        return float("nan")
+    return float(np.corrcoef(x[ok], y[ok])[0, 1])
+
+
+def best_lag(x: np.ndarray, y: np.ndarray, max_lag: int = 2) -> tuple[float, int]:
+    """Highest Pearson r of ``x[t]`` against ``y[t + lag]`` for |lag| ≤ ``max_lag`` -> (r, lag).
+
+    A positive lag means ``x`` is late against ``y`` by that many frames.
+    """
+    best = (float("nan"), 0)
+    for lag in range(-max_lag, max_lag + 1):
+        if lag >= 0:
+            r = pearson(x[lag:], y[: len(y) - lag] if lag else y)
+        else:
+            r = pearson(x[:lag], y[-lag:])
+        if np.isfinite(r) and (not np.isfinite(best[0]) or r > best[0]):
+            best = (r, lag)
+    return best

@@ -1,0 +1,73 @@
+"""The report's figures, as PNG bytes (matplotlib without a display)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from schemas.manifests import EXPRESSION_NAMES  # noqa: E402
+
+_MAX_TRACK_PANELS = 4
+
+
+def _png(figure: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def lipsync_figure(fps: float, energy: np.ndarray, speech: list[tuple[float, float]], tracks: list[dict]) -> bytes:
+    """Dub audio energy with speech shaded, above each dubbed track's mouth: driven, measured on
+    the output, and measured on the source.
+
+    ``tracks``: dicts with label, frame_index, driven, output (NaN where unmeasured), source (or None).
+    """
+    rows = 1 + max(1, min(len(tracks), _MAX_TRACK_PANELS))
+    figure, axes = plt.subplots(rows, 1, figsize=(11, 1.9 * rows), sharex=True, squeeze=False)
+    axes = axes[:, 0]
+    seconds = np.arange(len(energy)) / fps
+    axes[0].plot(seconds, energy, color="#555", lw=0.8)
+    for start, end in speech:
+        axes[0].axvspan(start, end, color="#8fbf8f", alpha=0.35, lw=0)
+    axes[0].set_ylabel("dub energy\n(mean log-mel)")
+    axes[0].set_title("Dub audio (green: speech) and mouth opening (jaw_open, inter-ocular distances)", fontsize=10)
+    if not tracks:
+        axes[1].text(0.5, 0.5, "no face was dubbed", ha="center", va="center", transform=axes[1].transAxes)
+    for axis, track in zip(axes[1:], tracks[:_MAX_TRACK_PANELS]):
+        t = np.asarray(track["frame_index"]) / fps
+        if track.get("source") is not None:
+            axis.plot(t, track["source"], color="#bbb", lw=1, label="source (filmed)")
+        axis.plot(t, track["driven"], color="#1f77b4", lw=1.2, label="driven (from dub audio)")
+        axis.plot(t, track["output"], color="#d62728", lw=1, ls="--", label="measured on output")
+        axis.set_ylabel(track["label"], fontsize=8)
+        axis.legend(loc="upper right", fontsize=7, ncol=3, frameon=False)
+    axes[-1].set_xlabel("time (s)")
+    return _png(figure)
+
+
+def coefficients_figure(fps: float, label: str, frame_index: np.ndarray, source: np.ndarray | None,
+                        driven: np.ndarray, pose: np.ndarray) -> bytes:
+    """One track's eight expression coefficients (source vs driven) and its driven head pose."""
+    figure, axes = plt.subplots(3, 3, figsize=(11, 5.4), sharex=True)
+    t = np.asarray(frame_index) / fps
+    for k, axis in enumerate(axes.flat[: len(EXPRESSION_NAMES)]):
+        if source is not None:
+            axis.plot(t, source[:, k], color="#bbb", lw=1, label="source")
+        axis.plot(t, driven[:, k], color="#1f77b4", lw=1, label="driven")
+        axis.set_title(EXPRESSION_NAMES[k], fontsize=8)
+        axis.tick_params(labelsize=7)
+    pose_axis = axes.flat[-1]
+    for k, (name, colour) in enumerate(zip(("yaw", "pitch", "roll"), ("#2ca02c", "#9467bd", "#ff7f0e"))):
+        pose_axis.plot(t, pose[:, k], color=colour, lw=1, label=name)
+    pose_axis.set_title("head pose (degrees)", fontsize=8)
+    pose_axis.tick_params(labelsize=7)
+    pose_axis.legend(fontsize=6, frameon=False)
+    axes.flat[0].legend(fontsize=6, frameon=False)
+    figure.suptitle(f"{label}: expression coefficients (IOD units) and head pose over time (s)", fontsize=10)
+    return _png(figure)

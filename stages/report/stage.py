@@ -1,0 +1,241 @@
+"""report: what a finished dub looks like, per title and language (HTML with plots, and JSON).
+
+The lip-sync self-check measures the mouth on the *output* video with the face mesh, inside each
+dubbed track's boxes, and correlates it with the jaw_open the coefficient stage asked for: a
+renderer or compositor that lost the motion shows up here even when every stage "succeeded".
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from schemas import storage
+from schemas.manifest_io import read_rows
+from schemas.manifests import AUDIO_TRACKS, DRIVEN_COEFFS, FACE_TRACKS, OUTPUTS, REPORTS, SHOTS, TITLES
+from stages.base import Resources, Stage
+from stages.faces.landmarks import FaceLandmarker
+from stages.report import plots
+from stages.report.mouth import measure_mouths, pearson
+
+
+class ReportStage(Stage):
+    """One row per (title, language) -> one ``reports`` row, plus ``<report_url>.html`` and ``.json``.
+
+    Input row keys: title_id, language, titles_url, shots_url, faces_url, audio_url, coeffs_url,
+    outputs_url, report_url (path without extension) and stages_json (the run's stage records of
+    this title and language in pipeline order, as [name, record] pairs: seconds, rows, dropped
+    items, metrics).
+    """
+
+    name = "report"
+    version = "1"
+    resources = Resources(cpus=1.0, memory_gb=1.0)
+    output_schema = REPORTS
+
+    def setup(self) -> None:
+        self._landmarker = FaceLandmarker()
+
+    def process_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [self._report(row) for row in rows]
+
+    def _report(self, row: dict[str, Any]) -> dict[str, Any]:
+        (title,) = read_rows(row["titles_url"], TITLES)
+        (audio,) = read_rows(row["audio_url"], AUDIO_TRACKS)
+        (output,) = read_rows(row["outputs_url"], OUTPUTS)
+        shots = read_rows(row["shots_url"], SHOTS)
+        faces = {t["track_id"]: t for t in read_rows(row["faces_url"], FACE_TRACKS)}
+        driven = read_rows(row["coeffs_url"], DRIVEN_COEFFS)
+        avatar = title["mode"] == "avatar"
+        fps = output["fps"]
+
+        boxes = None if avatar else {
+            d["track_id"]: dict(zip(faces[d["track_id"]]["frame_index"], faces[d["track_id"]]["bbox"])) for d in driven
+        }
+        measured = measure_mouths(self._landmarker, output["video_url"], boxes)
+        tracks = [self._track(d, faces[d["track_id"]], measured[0 if avatar else d["track_id"]], avatar) for d in driven]
+        weights = [t["frames_measured"] for t in tracks if np.isfinite(t["lipsync_r"])]
+        lipsync_r = (float(np.average([t["lipsync_r"] for t in tracks if np.isfinite(t["lipsync_r"])], weights=weights))
+                     if weights and sum(weights) else None)
+        skipped = [t for t in faces.values() if not t["dubbable"]]
+        summary = {
+            "title_id": row["title_id"],
+            "language": row["language"],
+            "mode": title["mode"],
+            "video_url": output["video_url"],
+            "output": {k: output[k] for k in ("width", "height", "fps", "frame_count", "duration_s", "audio_fit",
+                                              "audio_source_s", "faces_dubbed")},
+            "lipsync_r": lipsync_r,
+            "tracks": [{k: v for k, v in t.items() if not k.startswith("_")} for t in tracks],
+            "tracks_skipped": [{"track_id": t["track_id"], "shot_index": t["shot_index"], "reason": t["skip_reason"]}
+                               for t in skipped],
+            "shots": self._shots(shots, faces.values(), {t["track_id"] for t in tracks}),
+            "stages": dict(json.loads(row["stages_json"])),
+            "audio": {
+                "duration_s": audio["duration_s"],
+                "audio_fit": audio["audio_fit"],
+                "speech_segments": [[s["start_s"], s["end_s"]] for s in audio["speech_segments"]],
+                "transcript": audio["transcript"],
+                "detected_language": audio["detected_language"],
+                "language_probability": audio["language_probability"],
+                "language_matches": audio["language_matches"],
+                "subtitles": [u for u in (audio["srt_url"], audio["vtt_url"]) if u],
+            },
+        }
+        energy = np.asarray(audio["features"], dtype=np.float32).mean(axis=1) if len(audio["features"]) else np.zeros(0)
+        figures = {
+            "Lip sync": plots.lipsync_figure(fps, energy, summary["audio"]["speech_segments"],
+                                             [t["_curves"] for t in tracks]),
+            **{
+                f"Coefficients of track {t['track_id']}": plots.coefficients_figure(
+                    fps, f"track {t['track_id']}", t["_curves"]["frame_index"], t["_source_expression"],
+                    t["_driven_expression"], t["_driven_pose"])
+                for t in tracks[:4]
+            },
+        }
+        for t in summary["tracks"]:
+            t["curves"] = {k: np.round(np.asarray(v, dtype=np.float64), 4).tolist() for k, v in t["curves"].items()
+                           if k != "label" and v is not None}
+        html_url, json_url = row["report_url"] + ".html", row["report_url"] + ".json"
+        storage.write_text(json_url, json.dumps(_plain(summary), indent=1, allow_nan=False))
+        storage.write_text(html_url, render_html(summary, figures))
+        self.report(tracks_measured=len(tracks), **({"lipsync_r": lipsync_r} if lipsync_r is not None else {}))
+        return {
+            "title_id": row["title_id"],
+            "language": row["language"],
+            "html_url": html_url,
+            "json_url": json_url,
+            "video_url": output["video_url"],
+            "tracks_dubbed": len(tracks),
+            "tracks_skipped": len(skipped),
+            "lipsync_r": lipsync_r,
+        }
+
+    @staticmethod
+    def _track(driven: dict[str, Any], face: dict[str, Any], measured, avatar: bool) -> dict[str, Any]:
+        frames = np.asarray(driven["frame_index"])
+        jaw = np.asarray(driven["expression"])[:, 0]
+        on_output = measured.at(frames)
+        source = None if avatar else np.asarray(face["expression"])
+        r = pearson(jaw, on_output)
+        curves = {"label": f"track {driven['track_id']}", "frame_index": frames, "driven": jaw, "output": on_output,
+                  "source": None if source is None else source[:, 0]}
+        return {
+            "track_id": driven["track_id"],
+            "shot_index": driven["shot_index"],
+            "frames": len(frames),
+            "frames_measured": int(np.isfinite(on_output).sum()),
+            "lipsync_r": r,
+            "mouth_open_driven_mean": float(jaw.mean()),
+            "mouth_open_output_mean": float(np.nanmean(on_output)) if np.isfinite(on_output).any() else None,
+            "curves": curves,
+            "_curves": curves,
+            "_source_expression": source,
+            "_driven_expression": np.asarray(driven["expression"]),
+            "_driven_pose": np.asarray(driven["pose"]),
+        }
+
+    @staticmethod
+    def _shots(shots: list[dict[str, Any]], faces, dubbed: set[int]) -> list[dict[str, Any]]:
+        rows = []
+        for shot in shots:
+            in_shot = [t for t in faces if t["shot_index"] == shot["shot_index"]]
+            rows.append({
+                "shot_index": shot["shot_index"],
+                "start_s": shot["start_s"],
+                "end_s": shot["end_s"],
+                "frames": shot["end_frame"] - shot["start_frame"],
+                "tracks": len(in_shot),
+                "tracks_dubbed": sum(t["track_id"] in dubbed for t in in_shot),
+                "skipped": dict(Counter(t["skip_reason"].split(" (")[0] for t in in_shot if t["skip_reason"])),
+            })
+        return rows
+
+
+def _plain(value: Any) -> Any:
+    """Plain JSON values from numpy scalars and arrays; NaN becomes null (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return "–" if not np.isfinite(value) else f"{value:.3g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_cell(v)}" for k, v in value.items()) or "–"
+    return str(value)
+
+
+def render_html(summary: dict[str, Any], figures: dict[str, bytes]) -> str:
+    """The report page: a headline, tables, and the figures embedded as PNG."""
+    title = f"{summary['title_id']} [{summary['language']}]"
+    r = summary["lipsync_r"]
+    audio = summary["audio"]
+    language_check = (
+        "no transcript (run without --whisper-model, or an English-only model on another language)"
+        if audio["detected_language"] is None
+        else f"detected {audio['detected_language']} (p={audio['language_probability']:.2f}): "
+        + ("matches the catalogue" if audio["language_matches"] else "DOES NOT match the catalogue")
+    )
+    stage_rows = [
+        [name, s.get("seconds"), s.get("executed"), s.get("rows_in"), s.get("rows_out"), s.get("dropped"),
+         {k: v for k, v in (s.get("metrics") or {}).items()}]
+        for name, s in summary["stages"].items()
+    ]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>dubline report: {html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:.5em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 7px;font-size:13px;text-align:left}th{background:#f2f2f2}"
+        "img{max-width:100%}.big{font-size:1.3em}</style></head><body>",
+        f"<h1>dubline report: {html.escape(title)}</h1>",
+        f"<p class='big'>Lip-sync self-check: r = {_cell(r)} between the driven mouth opening and the one "
+        f"measured on the output ({len(summary['tracks'])} dubbed track(s), {len(summary['tracks_skipped'])} skipped).</p>",
+        f"<p>Output: <a href='{html.escape(summary['video_url'])}'>{html.escape(summary['video_url'])}</a> — "
+        + html.escape(_cell(summary["output"])) + "</p>",
+        "<h2>Tracks</h2>",
+        _table(["track", "shot", "frames", "measured on output", "lip-sync r", "mean opening driven", "mean opening output"],
+               [[t["track_id"], t["shot_index"], t["frames"], t["frames_measured"], t["lipsync_r"],
+                 t["mouth_open_driven_mean"], t["mouth_open_output_mean"]] for t in summary["tracks"]]),
+        _table(["skipped track", "shot", "reason"],
+               [[t["track_id"], t["shot_index"], t["reason"]] for t in summary["tracks_skipped"]])
+        if summary["tracks_skipped"] else "",
+    ]
+    for name, png in figures.items():
+        parts += [f"<h2>{html.escape(name)}</h2>",
+                  f"<img alt='{html.escape(name)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"]
+    parts += [
+        "<h2>Shots</h2>",
+        _table(["shot", "start (s)", "end (s)", "frames", "tracks", "dubbed", "skipped"],
+               [[s["shot_index"], s["start_s"], s["end_s"], s["frames"], s["tracks"], s["tracks_dubbed"], s["skipped"]]
+                for s in summary["shots"]]),
+        "<h2>Stages</h2>",
+        _table(["stage", "seconds", "executed now", "rows in", "rows out", "dropped", "metrics"], stage_rows),
+        "<h2>Dub audio and transcript</h2>",
+        f"<p>{html.escape(_cell({k: audio[k] for k in ('duration_s', 'audio_fit')}))}; "
+        f"speech segments: {len(audio['speech_segments'])}; language check: {html.escape(language_check)}</p>",
+        f"<blockquote>{html.escape(audio['transcript'] or '(no transcript)')}</blockquote>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)
