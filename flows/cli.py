@@ -245,6 +245,43 @@ def inspect(run_folder: str, title_id: str, frames: int) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+@main.group()
+def bench() -> None:
+    """Benchmarks built into the product (see also benchmarks/ for speed and memory)."""
+
+
+@bench.command()
+@click.option("--clips", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of talking-head clips (at least two), e.g. ../shared/data/video.")
+@click.option("--out", default="dubline-bench-lipsync", show_default=True, help="Work folder: inputs, run folder, results.")
+@click.option("--language", default="en", show_default=True, help="Language code given to the clips' audio.")
+@_with_run_options
+def lipsync(clips: str, out: str, language: str, **options) -> None:
+    """Cross-dub every pair of clips (video A with the audio of B) and measure whose mouth the output follows.
+
+    Prints per pair r_B (output mouth vs B's recorded mouth), r_A (vs A's original), the lag, PSNR
+    outside the lower face, and the controls (passthrough; B's audio 0.5 s late); writes OUT/lipsync.json.
+    """
+    from flows import bench as lipsync_bench
+
+    work = Path(out).resolve()
+    try:
+        videos = lipsync_bench.list_clips(Path(clips))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    catalogue, pairs = lipsync_bench.build_catalogue(videos, work / "inputs", language)
+    summary = _run_flow(str(catalogue), str(work / "run"), options)
+    produced = {t: title["outputs"].get(language) for t, title in summary["titles"].items()}
+    missing = sorted(t for t, url in produced.items() if not url)
+    if missing:
+        _print_summary(summary)
+        raise click.ClickException(f"the benchmark's dubs failed for {', '.join(missing)}")
+    results = lipsync_bench.summarize(lipsync_bench.measure(videos, pairs, produced))
+    lipsync_bench.write_results(results, work / "lipsync.json")
+    click.echo(lipsync_bench.format_table(results))
+    click.echo(f"\nwrote {work / 'lipsync.json'}")
+
+
 @main.command()
 @click.option("--out", default="dubline-demo", show_default=True, help="Run folder of the demo.")
 @click.option("--sample-data", default=None, type=click.Path(exists=True, file_okay=False),

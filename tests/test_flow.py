@@ -156,7 +156,7 @@ def test_cli_dub_and_status(media, tmp_path):
     assert status.exit_code == 0 and "two_shots: done" in status.output and "composite done" in status.output
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["dub"], ["avatar"], ["status"], ["inspect"], ["demo"], ["report"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["dub"], ["avatar"], ["status"], ["inspect"], ["demo"], ["report"], ["bench"], ["bench", "lipsync"]])
 def test_every_command_has_help(command):
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output

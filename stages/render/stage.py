@@ -20,7 +20,7 @@ from PIL import Image
 from schemas.manifest_io import read_rows, write_manifest
 from schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS, FRAME_CHUNK, RENDERED_TRACKS
 from stages.base import Resources, Stage
-from stages.faces.geometry import NOSE_TIP, project
+from stages.faces.geometry import NOSE_TIP, UPPER_LIP_OUTER, project
 from stages.render.warp import INNER_LIPS, backward_grid, mouth_grid, sample
 
 _BANK_SIZE = 12  # open-mouth frames of the track kept in memory as mouth-interior donors
@@ -29,9 +29,14 @@ _AVATAR_CHUNK = 48  # frames per rendered chunk of an avatar
 
 
 def lower_face_weights(identity: np.ndarray) -> np.ndarray:
-    """478 weights: 0 at and above the nose tip, rising to 1 a third of an eye distance below."""
+    """478 weights: 0 at and above the nose tip, rising to 1 at the top of the upper lip.
+
+    The ramp is this face's own nose-to-lip distance: a fixed one left the lips of short-philtrum
+    faces half-weighted, which kept a third of the filmed mouth motion in the output.
+    """
     y = identity.reshape(-1, 3)[:, 1]
-    return np.clip((y[NOSE_TIP] - y) / 0.33, 0.0, 1.0)
+    ramp = max(float(y[NOSE_TIP] - y[UPPER_LIP_OUTER]), 0.05)
+    return np.clip((y[NOSE_TIP] - y) / ramp, 0.0, 1.0)
 
 
 def opening_area(landmarks: np.ndarray) -> float:
@@ -58,7 +63,7 @@ class RenderStage(Stage):
     """
 
     name = "render"
-    version = "2"
+    version = "3"
     resources = Resources(cpus=1.0, gpus=0.5, memory_gb=2.0)
     output_schema = RENDERED_TRACKS
     defaults = {"webp_quality": 92}

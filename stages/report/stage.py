@@ -102,7 +102,7 @@ class ReportStage(Stage):
             t["curves"] = {k: np.round(np.asarray(v, dtype=np.float64), 4).tolist() for k, v in t["curves"].items()
                            if k != "label" and v is not None}
         html_url, json_url = row["report_url"] + ".html", row["report_url"] + ".json"
-        storage.write_text(json_url, json.dumps(_plain(summary), indent=1, allow_nan=False))
+        storage.write_text(json_url, json.dumps(plain_json(summary), indent=1, allow_nan=False))
         storage.write_text(html_url, render_html(summary, figures))
         self.report(tracks_measured=len(tracks), **({"lipsync_r": lipsync_r} if lipsync_r is not None else {}))
         return {
@@ -157,12 +157,12 @@ class ReportStage(Stage):
         return rows
 
 
-def _plain(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
     """Plain JSON values from numpy scalars and arrays; NaN becomes null (strict JSON has no NaN)."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in value]
+        return [plain_json(v) for v in value]
     if isinstance(value, (float, np.floating)):
         return float(value) if np.isfinite(value) else None
     if isinstance(value, np.bool_):
