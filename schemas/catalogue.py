@@ -3,7 +3,8 @@
 A catalogue is a YAML, CSV or Parquet file (any fsspec URL) of rows with ``title_id``,
 ``video`` or ``portrait``, ``language`` and ``dub_audio``, plus optional per-row options.
 YAML may also give a title once with a ``dubs: {language: audio}`` mapping. Relative paths are
-resolved against the catalogue's own folder.
+resolved against the catalogue's own folder. A folder of title folders laid out by convention is
+a catalogue too (``schemas.catalogue_folder``).
 
 Validation never raises for a bad row: it returns the good entries and one ``RowError`` per
 problem, so one bad title never stops the others.
@@ -137,7 +138,12 @@ class Catalogue:
 
 
 def load_catalogue(url: str, check_files: bool = True) -> Catalogue:
-    """Read and validate the catalogue at ``url``."""
+    """Read and validate the catalogue at ``url``: a file, or a folder laid out by convention
+    (see ``schemas.catalogue_folder``)."""
+    from schemas import catalogue_folder  # it builds on this module's validation
+
+    if catalogue_folder.is_folder(url):
+        return catalogue_folder.load_folder_catalogue(url, check_files)
     raw_rows = _read_raw_rows(url)
     protocol, sep, path = url.partition("://") if "://" in url else ("", "", url)
     parent = path.rsplit("/", 1)[0] if "/" in path else ("" if sep else ".")
@@ -248,16 +254,21 @@ def _resolve(path: str, base_url: str) -> str:
     return storage.join(base_url, path)
 
 
+def title_id_problem(title_id: str) -> str | None:
+    """Why ``title_id`` cannot be used as a path component of the run folder, or None."""
+    if _SAFE_ID.match(title_id):
+        return None
+    return (f"title_id {title_id!r} is not a safe path component "
+            "(letters, digits, '.', '_', '-'; starting with a letter or digit; at most 128)")
+
+
 def _validate_row(number: int, raw: dict[str, Any], base_url: str) -> tuple[CatalogueEntry | None, list[str]]:
     problems: list[str] = []
     title_id = _text(raw.get("title_id"))
     if title_id is None:
         problems.append("missing title_id")
-    elif not _SAFE_ID.match(title_id):
-        problems.append(
-            f"title_id {title_id!r} is not a safe path component "
-            "(letters, digits, '.', '_', '-'; starting with a letter or digit; at most 128)"
-        )
+    elif problem := title_id_problem(title_id):
+        problems.append(problem)
 
     language = _text(raw.get("language"))
     if language is None:

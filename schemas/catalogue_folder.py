@@ -1,0 +1,162 @@
+"""A catalogue given as a folder laid out by convention, on any fsspec URL::
+
+    <folder>/<title>/<video or portrait image>   exactly one: dub mode (video) or avatar mode (image)
+    <folder>/<title>/dub.<lang>.<ext>            one per language, e.g. dub.fr.wav, dub.pt-BR.m4a
+    <folder>/<title>/options.yaml                optional: the title's options (see OPTION_DEFAULTS)
+
+The folder name is the title id. Each title becomes one catalogue entry with a ``dubs`` mapping and
+goes through the same row validation as a catalogue file; titles are numbered as rows in name
+order. Problems of a title's folder (no or two sources, no dub tracks, two tracks for a language,
+a dub file without a language, an unsafe folder name, a bad options.yaml) are errors of that
+title alone. Hidden entries and other files (notes, subtitles) are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os.path
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from schemas import storage
+from schemas.catalogue import Catalogue, CatalogueError, RowError, title_id_problem, validate_rows
+
+VIDEO_EXTENSIONS = frozenset({"mp4", "m4v", "mov", "mkv", "webm", "avi", "mxf", "ts", "mts", "mpg", "mpeg", "wmv", "flv"})
+IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"})
+OPTIONS_FILES = ("options.yaml", "options.yml")
+_URL_OPTIONS = ("ref_pose", "ref_blink")  # option values that are files, relative to the title folder
+
+
+@dataclass
+class TitleFolder:
+    """What one title folder holds, and what is wrong with it."""
+
+    title_id: str
+    url: str
+    videos: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    dubs: dict[str, list[str]] = field(default_factory=dict)  # language as written -> file names
+    options: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def raw_row(self) -> dict[str, Any]:
+        """The catalogue row of a folder without problems (absolute URLs)."""
+        source_key = "video" if self.videos else "portrait"
+        source = (self.videos or self.images)[0]
+        return {
+            "title_id": self.title_id,
+            source_key: storage.join(self.url, source),
+            "dubs": {lang: storage.join(self.url, files[0]) for lang, files in self.dubs.items()},
+            "options": self.options,
+        }
+
+
+def load_folder_catalogue(url: str, check_files: bool = True) -> Catalogue:
+    """Scan the catalogue folder at ``url`` and validate its titles (row numbers: title order)."""
+    titles = scan(url)
+    if not titles:
+        raise CatalogueError(f"catalogue folder {url}: no title folders (expected <folder>/<title>/<video> "
+                             "and <folder>/<title>/dub.<lang>.<ext>)")
+    errors: list[RowError] = []
+    rows, numbers = [], []
+    for number, title in enumerate(titles, start=1):
+        problems = [p for p in (title_id_problem(title.title_id),) if p] + title.problems
+        errors.extend(RowError(number, title.title_id, None, problem) for problem in problems)
+        if not problems:
+            rows.append(title.raw_row())
+            numbers.append(number)
+    # URLs are absolute, so the base does not matter; validation numbers the rows it is given.
+    checked = validate_rows(rows, base_url=url, url=url, check_files=check_files)
+    entries = [dataclasses.replace(e, row=numbers[e.row - 1]) for e in checked.entries]
+    errors.extend(dataclasses.replace(e, row=numbers[e.row - 1]) for e in checked.errors)
+    errors.sort(key=lambda err: err.row)
+    return Catalogue(url=url, entries=entries, errors=errors)
+
+
+def is_folder(url: str) -> bool:
+    """Whether ``url`` names a folder (a catalogue laid out by convention) rather than a file."""
+    try:
+        fs, path = storage.filesystem(url)
+        return fs.isdir(path)
+    except Exception:  # noqa: BLE001 - unknown protocol, backend error: the file reader reports it
+        return False
+
+
+def scan(url: str) -> list[TitleFolder]:
+    """The title folders under ``url``, sorted by name, each with its problems listed."""
+    root = os.path.abspath(url) if "://" not in url else url.rstrip("/")
+    fs, path = storage.filesystem(root)
+    titles = []
+    for entry in sorted(fs.ls(path, detail=True), key=lambda e: e["name"]):
+        name = _basename(entry["name"])
+        if entry["type"] == "directory" and not name.startswith("."):
+            titles.append(_scan_title(fs, entry["name"], TitleFolder(name, storage.join(root, name))))
+    return titles
+
+
+def _basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _scan_title(fs, path: str, title: TitleFolder) -> TitleFolder:
+    options_files, unnamed_dubs = [], []
+    for entry in sorted(fs.ls(path, detail=True), key=lambda e: e["name"]):
+        name = _basename(entry["name"])
+        if entry["type"] != "file" or name.startswith("."):
+            continue
+        parts = name.split(".")
+        extension = parts[-1].lower() if len(parts) > 1 else ""
+        if parts[0] == "dub":
+            if len(parts) < 3 or not parts[1]:
+                unnamed_dubs.append(name)
+            else:
+                title.dubs.setdefault(".".join(parts[1:-1]), []).append(name)
+        elif name in OPTIONS_FILES:
+            options_files.append(name)
+        elif extension in VIDEO_EXTENSIONS:
+            title.videos.append(name)
+        elif extension in IMAGE_EXTENSIONS:
+            title.images.append(name)
+
+    sources = title.videos + title.images
+    if not sources:
+        title.problems.append(
+            "no video or portrait image in the title folder "
+            f"(video: {', '.join(sorted(VIDEO_EXTENSIONS))}; image: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    elif len(sources) > 1:
+        title.problems.append(f"more than one video or portrait image in the title folder: {', '.join(sources)}")
+    if unnamed_dubs:
+        title.problems.append(f"no language in the name of {', '.join(unnamed_dubs)} "
+                              "(name dub tracks dub.<lang>.<ext>, e.g. dub.fr.wav)")
+    elif not title.dubs:
+        title.problems.append("no dub tracks in the title folder (name them dub.<lang>.<ext>, e.g. dub.fr.wav)")
+    for language, files in title.dubs.items():
+        if len(files) > 1:
+            title.problems.append(f"more than one dub track for language {language!r}: {', '.join(files)}")
+    if len(options_files) > 1:
+        title.problems.append(f"both {' and '.join(options_files)}; keep one")
+    elif options_files:
+        _read_options(fs, f"{path.rstrip('/')}/{options_files[0]}", title)
+    return title
+
+
+def _read_options(fs, path: str, title: TitleFolder) -> None:
+    name = _basename(path)
+    try:
+        options = yaml.safe_load(fs.cat_file(path).decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        title.problems.append(f"{name} cannot be parsed ({exc})")
+        return
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        title.problems.append(f"{name} must be a mapping of option names to values")
+        return
+    for key in _URL_OPTIONS:  # a reference video beside the title's own files
+        value = options.get(key)
+        if isinstance(value, str) and "://" not in value and not value.startswith(("/", "~")):
+            options[key] = storage.join(title.url, value)
+    title.options = options
