@@ -28,10 +28,13 @@ def _prepare_env(quiet: bool) -> None:
 
 
 def _run_flow(catalogue: str, out: str, options: dict) -> dict:
-    _prepare_env(options.pop("quiet"))
+    quiet = options.pop("quiet")
+    _prepare_env(quiet)
+    from flows import progress
     from flows.localize import localize_catalogue
 
-    return localize_catalogue(catalogue=catalogue, out=out, **options)
+    with progress.bars(progress.wanted(quiet)):
+        return localize_catalogue(catalogue=catalogue, out=out, **options)
 
 
 def _print_summary(summary: dict) -> int:
@@ -79,7 +82,7 @@ _common_run_options = [
         help="GFPGAN v1.4 weights (GFPGANv1.4.pth or .safetensors; path or fsspec URL) to enhance the "
         "re-rendered mouths. Without them enhancement is skipped, and the stats say so.",
     ),
-    click.option("--quiet", is_flag=True, help="Only warnings and the summary."),
+    click.option("--quiet", is_flag=True, help="Only warnings and the summary (no progress bars; CI=1 also hides them)."),
 ]
 
 

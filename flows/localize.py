@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import tasks
+from flows import progress, tasks
 from flows.run_folder import RunFolder
 from schemas import storage
 from schemas.catalogue import CatalogueEntry, load_catalogue
@@ -131,6 +131,8 @@ def localize_catalogue(
         for error in parsed.errors:
             if error.title_id and error.title_id not in parsed.by_title():
                 run.update_title(error.title_id, status="invalid", error=str(error))
+        by_title = parsed.by_title()
+        progress.plan(len(by_title), sum(len(entries) for entries in by_title.values()))
         futures = [
             _title.submit(run.url, title_id, [e.to_row() for e in entries], whisper_model, enhancer_weights)
             for title_id, entries in parsed.by_title().items()

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from prefect import task
 
+from flows import progress
 from flows.run_folder import RunFolder, in_pipeline_order, stage_key
 from schemas import storage
 from stages.base import Stage, StageJob, StageStats
@@ -103,11 +104,13 @@ def _execute(
             stats = session.runner.run(StageJob(stage, params, url, title_id, rows=rows, input_url=input_url))
         except Exception as exc:
             run.count(stage.name, "failed")
+            progress.advance(stage.name)
             run.log(f"{stage.name} {title_id}{f' [{language}]' if language else ''} failed: {exc}")
             raise
         run.mark_finished(stage.name, title_id, key, stats)
         record = stats.to_dict()
     run.count(stage.name, "executed" if executed else "skipped")
+    progress.advance(stage.name)
     run.log(
         f"{stage.name} {title_id}{f' [{language}]' if language else ''} "
         + (f"done in {record['seconds']:.2f} s on {record['worker']}" if executed else f"reused {key}")

@@ -1,0 +1,91 @@
+"""End-to-end frames/s of `dubline dub` (no enhancement) against a plain ffmpeg transcode of the same clip.
+
+    python benchmarks/end_to_end.py ../shared/data/video/talk_en_man_office.mp4 ../shared/data/audio/fr_speech.wav
+
+Both run in this process's machine, one after the other, `--repeats` times each (median):
+- baseline: the `imageio-ffmpeg` binary transcoding the clip with libx264 at dubline's default
+  preset and CRF, muxing the same dub audio as AAC;
+- dubline: `dubline dub CLIP AUDIO` in a fresh run folder each time (Prefect flow, local Ray,
+  every stage), timed from the command's start to its exit, and its stages' own seconds from run.json.
+Prints frames/s of each, the ratio, and the per-stage time breakdown of the median dubline run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PRESET, CRF = "veryfast", 18  # dubline's defaults (schemas.catalogue.OPTION_DEFAULTS)
+
+
+def frame_count(video: Path) -> int:
+    import av
+
+    with av.open(str(video)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def ffmpeg_transcode(video: Path, audio: Path, out: Path) -> float:
+    import imageio_ffmpeg
+
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(video), "-i", str(audio),
+               "-map", "0:v:0", "-map", "1:a:0", "-c:v", "libx264", "-preset", PRESET, "-crf", str(CRF),
+               "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(out)]
+    started = time.perf_counter()
+    subprocess.run(command, check=True)
+    return time.perf_counter() - started
+
+
+def dubline_dub(video: Path, audio: Path, work: Path) -> tuple[float, dict[str, float]]:
+    dubline = Path(sys.executable).with_name("dubline")
+    started = time.perf_counter()
+    subprocess.run([str(dubline), "dub", str(video), str(audio), "-o", str(work / "out.mp4"), "--run-dir",
+                    str(work / "run"), "--quiet"], check=True, capture_output=True)
+    seconds = time.perf_counter() - started
+    state = json.loads((work / "run" / "run.json").read_text())
+    (title,) = state["titles"].values()
+    stages = {name: s["seconds"] for name, s in title["stages"].items()}
+    for language in title["languages"].values():
+        stages.update({name: s["seconds"] for name, s in language["stages"].items()})
+    return seconds, stages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("video", type=Path)
+    parser.add_argument("dub_audio", type=Path)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    frames = frame_count(args.video)
+    baseline, runs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            baseline.append(ffmpeg_transcode(args.video, args.dub_audio, Path(tmp) / f"plain{repeat}.mp4"))
+            work = Path(tmp) / f"dub{repeat}"
+            work.mkdir()
+            runs.append(dubline_dub(args.video, args.dub_audio, work))
+    plain_s = statistics.median(baseline)
+    runs.sort(key=lambda run: run[0])
+    dub_s, stages = runs[len(runs) // 2]
+    in_stages = sum(stages.values())
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; clip {args.video.name}: {frames} frames; "
+          f"median of {args.repeats}")
+    print(f"ffmpeg transcode (libx264 {PRESET}, crf {CRF}): {plain_s:6.2f} s = {frames / plain_s:7.1f} frames/s")
+    print(f"dubline dub, whole command:            {dub_s:6.2f} s = {frames / dub_s:7.1f} frames/s "
+          f"(ratio to ffmpeg {plain_s / dub_s:.3f})")
+    print(f"dubline dub, time inside stages:       {in_stages:6.2f} s = {frames / in_stages:7.1f} frames/s "
+          f"(ratio to ffmpeg {plain_s / in_stages:.3f}); start-up and orchestration {dub_s - in_stages:.1f} s")
+    print("per stage (s): " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in stages.items()))
+
+
+if __name__ == "__main__":
+    main()

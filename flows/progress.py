@@ -1,0 +1,90 @@
+"""Progress bars of a run on the CLI: one per stage and one overall.
+
+The flow announces how many stage jobs a run has (``plan``) and each finished job (``advance``);
+a display is attached only by the CLI, so deployments and tests run without one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Iterator
+
+from flows.run_folder import PIPELINE_ORDER
+
+#: Stages run once per title; the others once per (title, language).
+TITLE_STAGES = ("probe", "shots", "faces")
+
+_lock = threading.Lock()
+_display: "_RichDisplay | None" = None
+
+
+def wanted(quiet: bool) -> bool:
+    """Bars only for a person at a terminal: not under --quiet, in CI, or when output is piped."""
+    return not quiet and not os.environ.get("CI") and sys.stderr.isatty()
+
+
+class _RichDisplay:
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+        self._tasks: dict[str, int] = {}
+
+    def __enter__(self) -> "_RichDisplay":
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def plan(self, totals: dict[str, int]) -> None:
+        for stage in ("overall", *PIPELINE_ORDER):
+            total = sum(totals.values()) if stage == "overall" else totals.get(stage, 0)
+            if stage in self._tasks:
+                self._progress.update(self._tasks[stage], total=total, completed=0)
+            elif total:
+                self._tasks[stage] = self._progress.add_task(stage, total=total)
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """(completed, total) per bar."""
+        return {name: (int(self._progress.tasks[i].completed), int(self._progress.tasks[i].total or 0))
+                for name, i in self._tasks.items()}
+
+    def advance(self, stage: str) -> None:
+        for name in (stage, "overall"):
+            if name in self._tasks:
+                self._progress.advance(self._tasks[name])
+
+
+@contextlib.contextmanager
+def bars(enabled: bool) -> Iterator["_RichDisplay | None"]:
+    """Show progress bars on stderr while the block runs (no-op when not ``enabled``)."""
+    global _display
+    if not enabled:
+        yield None
+        return
+    with _RichDisplay() as display:
+        _display = display
+        try:
+            yield display
+        finally:
+            _display = None
+
+
+def plan(titles: int, pairs: int) -> None:
+    """A run of ``titles`` titles and ``pairs`` (title, language) pairs is starting."""
+    with _lock:
+        if _display is not None:
+            _display.plan({s: titles if s in TITLE_STAGES else pairs for s in PIPELINE_ORDER})
+
+
+def advance(stage: str) -> None:
+    """One job of ``stage`` finished (computed, reused or failed)."""
+    with _lock:
+        if _display is not None:
+            _display.advance(stage)
