@@ -12,6 +12,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
 from flows import progress
 from flows.cli import main
 from flows.demo import astronaut
@@ -86,6 +89,11 @@ def test_catalogue_flow_dubs_titles_and_reports_bad_ones(catalogue, tmp_path):
     assert list(details["stages"]) == ["probe", "shots", "faces", "audio", "coeffs", "render", "enhance", "composite"]
     printed = CliRunner().invoke(main, ["report", str(tmp_path / "run")])
     assert printed.exit_code == 0 and f"portraits [fr]: {report['html']}" in printed.output
+
+    # The same summary is a Prefect artifact of the flow run.
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["dubline-run-summary"])))
+    assert any(report["html"] in (a.data or "") and "lip-sync r" in (a.data or "") for a in artifacts)
 
 
 def test_second_run_recomputes_nothing_and_a_lost_stage_is_redone(catalogue, tmp_path):
