@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from flows.run_folder import in_pipeline_order
+
 PRESET, CRF = "veryfast", 18  # dubline's defaults (schemas.catalogue.OPTION_DEFAULTS)
 
 
@@ -84,7 +86,7 @@ def main() -> None:
           f"(ratio to ffmpeg {plain_s / dub_s:.3f})")
     print(f"dubline dub, time inside stages:       {in_stages:6.2f} s = {frames / in_stages:7.1f} frames/s "
           f"(ratio to ffmpeg {plain_s / in_stages:.3f}); start-up and orchestration {dub_s - in_stages:.1f} s")
-    print("per stage (s): " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in stages.items()))
+    print("per stage (s): " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in in_pipeline_order(stages)))
 
 
 if __name__ == "__main__":
