@@ -89,6 +89,14 @@ def test_no_track_crosses_a_cut(runner, media, tmp_path):
         assert shot["start_frame"] <= track["frame_index"][0] and track["frame_index"][-1] < shot["end_frame"]
 
 
+def test_a_long_track_continues_as_new_tracks_of_bounded_length(runner, media, tmp_path):
+    tracks, _, _ = analyse(runner, tmp_path / "run", media["two_shots"], max_track_frames=12)
+    lengths = [(t["shot_index"], len(t["frame_index"])) for t in tracks]
+    assert lengths == [(0, 12), (0, 12), (0, 6), (1, 12), (1, 12), (1, 6)]  # 30 frames per shot
+    firsts = [t["frame_index"][0] for t in tracks]
+    assert firsts == sorted(firsts) and [t["track_id"] for t in tracks] == list(range(6))
+
+
 def test_blank_frames_give_no_track_and_no_error(runner, tmp_path):
     write_clip(tmp_path / "blank.mp4", [np.zeros((128, 128, 3), np.uint8)] * 10, FPS)
     tracks, _, stats = analyse(runner, tmp_path / "run", tmp_path / "blank.mp4")

@@ -12,6 +12,7 @@ from bisect import bisect_right
 from collections import defaultdict
 from typing import Any
 
+import av
 import numpy as np
 
 from schemas.manifest_io import read_rows
@@ -38,7 +39,7 @@ class FaceStage(Stage):
     """One row per title (title_id, titles_url, shots_url, chunks_url) -> ``face_tracks`` rows."""
 
     name = "faces"
-    version = "3"
+    version = "4"
     resources = Resources(cpus=1.0, memory_gb=2.0)
     output_schema = FACE_TRACKS
     defaults = {
@@ -46,6 +47,9 @@ class FaceStage(Stage):
         "discover_every": 5,  # frames between tiled detections that find small faces
         "discover_grid": 2,
         "max_gap": 5,  # frames a track may miss and still continue (filled by interpolation)
+        # A longer unbroken track continues as a new one: memory stays bounded by this, not by
+        # the title's length (one minute at 25 fps; each part is fitted and calibrated on its own).
+        "max_track_frames": 1500,
         "min_track_frames": 8,
         "min_face_px": 64,  # median face box height below which a track is not dubbed
         "max_abs_yaw": 50.0,  # degrees; beyond this profile the mouth cannot be re-driven well
@@ -67,13 +71,9 @@ class FaceStage(Stage):
         shots = read_rows(row["shots_url"], SHOTS)
         started = time.perf_counter()
         try:
-            linkers, frames, faces = self._link(title, shots)
-        except Exception as exc:  # noqa: BLE001 - decoder failures are this title's problem
+            analysed, frames, faces = self._link_and_analyse(title, shots)
+        except (av.error.FFmpegError, OSError) as exc:  # a decoder failure is this title's problem
             raise TitleError(row["title_id"], f"face analysis failed while decoding ({exc})") from exc
-        analysed = []
-        for shot_index, linker in enumerate(linkers):
-            while linker.tracks:  # popped, so a track's raw meshes are freed once it is analysed
-                analysed.append(self._analyse(title, shot_index, linker.tracks.pop(0)))
         for track_id, track in enumerate(analysed):
             track["track_id"] = track_id
         analysis_s = time.perf_counter() - started
@@ -94,18 +94,28 @@ class FaceStage(Stage):
         )
         return [{k: v for k, v in t.items() if not k.startswith("_")} for t in analysed]
 
-    def _link(self, title: dict[str, Any], shots: list[dict[str, Any]]) -> tuple[list[TrackLinker], int, int]:
-        """Pass 1: faces of every frame, linked per shot."""
+    def _link_and_analyse(self, title: dict[str, Any], shots: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int, int]:
+        """Pass 1: faces of every frame, linked per shot; each track is analysed as soon as it
+        ends (or reaches ``max_track_frames``), so its raw meshes never outlive it.
+
+        Returns the analysed tracks in shot and creation order, the frame and face counts.
+        """
         starts = [s["start_frame"] for s in shots]
-        linkers = [TrackLinker(self.params["max_gap"]) for _ in shots]
+        linkers = [TrackLinker(self.params["max_gap"], max_length=self.params["max_track_frames"]) for _ in shots]
+        analysed: list[tuple[int, int, dict[str, Any]]] = []
         frames = faces = 0
         for index, rgb in decode_rgb(title["source_url"]):
             frames += 1
-            linker = linkers[max(0, bisect_right(starts, index) - 1)]
+            shot_index = max(0, bisect_right(starts, index) - 1)
+            linker = linkers[shot_index]
             boxes, meshes = self._faces_in_frame(rgb, index, linker)
             faces += len(boxes)
             linker.add(index, boxes, meshes)
-        return linkers, frames, faces
+            analysed += [(shot_index, t.serial, self._analyse(title, shot_index, t)) for t in linker.pop_finished(index)]
+        for shot_index, linker in enumerate(linkers):
+            analysed += [(shot_index, t.serial, self._analyse(title, shot_index, t)) for t in linker.tracks]
+        analysed.sort(key=lambda item: item[:2])
+        return [track for _, _, track in analysed], frames, faces
 
     def _faces_in_frame(self, rgb: np.ndarray, index: int, linker: TrackLinker) -> tuple[np.ndarray, list[np.ndarray]]:
         """Meshes of the faces in one frame, with their boxes (N×4, from the mesh's extent).

@@ -16,6 +16,7 @@ from scipy.optimize import linear_sum_assignment
 
 @dataclass
 class Track:
+    serial: int  # creation order within the shot
     frames: list[int] = field(default_factory=list)
     boxes: list[np.ndarray] = field(default_factory=list)  # 4 (x0, y0, x1, y1)
     landmarks: list[np.ndarray] = field(default_factory=list)  # 478×3
@@ -71,10 +72,20 @@ def distinct(boxes: np.ndarray, max_iou: float = 0.3) -> list[int]:
 class TrackLinker:
     """Online linking of one shot's detections, frame by frame."""
 
-    def __init__(self, max_gap: int = 5, min_iou: float = 0.3):
+    def __init__(self, max_gap: int = 5, min_iou: float = 0.3, max_length: int | None = None):
         self.max_gap = max_gap
         self.min_iou = min_iou
+        self.max_length = max_length  # frames; a longer track continues as a new one
         self.tracks: list[Track] = []
+        self._created = 0
+
+    def pop_finished(self, frame: int) -> list[Track]:
+        """Remove and return the tracks that frames after ``frame`` can no longer extend."""
+        done = [t for t in self.tracks
+                if frame + 1 - t.last_frame > self.max_gap + 1
+                or (self.max_length is not None and len(t.frames) >= self.max_length)]
+        self.tracks = [t for t in self.tracks if all(t is not d for d in done)]
+        return done
 
     def expected_boxes(self, frame: int) -> np.ndarray:
         """Boxes of the tracks seen in the previous frame: where to look for them again."""
@@ -94,4 +105,5 @@ class TrackLinker:
                     open_tracks[r].landmarks.append(landmarks[c].astype(np.float32))  # half the memory of long tracks
                     unmatched.discard(c)
         for c in sorted(unmatched):
-            self.tracks.append(Track([frame], [boxes[c]], [landmarks[c].astype(np.float32)]))
+            self.tracks.append(Track(self._created, [frame], [boxes[c]], [landmarks[c].astype(np.float32)]))
+            self._created += 1
