@@ -63,7 +63,7 @@ class RenderStage(Stage):
     """
 
     name = "render"
-    version = "3"
+    version = "4"
     resources = Resources(cpus=1.0, gpus=0.5, memory_gb=2.0)
     output_schema = RENDERED_TRACKS
     defaults = {"webp_quality": 92}
@@ -133,7 +133,7 @@ class RenderStage(Stage):
                 crops.append(crop)
                 grids.append(backward_grid(source, target, crop.shape[0]))
                 interiors.append(self._interior(bank, source, target, target_coeffs[i, 0], crop))
-                alphas.append(self._alpha(source, target, crop.shape[0]))
+                alphas.append(self._alpha(source, target, grids[-1]))
                 indices.append(driven["frame_index"][i] if avatar else row["frame_index"])
             rendered = self._warp_batch(crops, grids)
             for k, interior in enumerate(interiors):
@@ -207,13 +207,17 @@ class RenderStage(Stage):
         return warped.permute(0, 2, 3, 1).round().clamp(0, 255).byte().cpu().numpy()
 
     @staticmethod
-    def _alpha(source: np.ndarray, target: np.ndarray, size: int) -> np.ndarray:
-        """Where the crop changed: the hull of moved landmarks (both shapes), feathered."""
+    def _alpha(source: np.ndarray, target: np.ndarray, grid: np.ndarray) -> np.ndarray:
+        """Where the crop changed: the hull of moved landmarks (both shapes) and wherever the warp
+        moves pixels by more than half a pixel (the fading displacement around the face), feathered."""
+        size = grid.shape[0]
         moved = np.linalg.norm(target - source, axis=1) > 0.05
         mask = np.zeros((size, size), np.float32)
         if moved.any():
             points = np.vstack([source[moved], target[moved]]).astype(np.int32)
             cv2.fillConvexPoly(mask, cv2.convexHull(points), 1.0)
+            identity = np.stack(np.meshgrid(np.arange(size), np.arange(size)), axis=-1)
+            mask[np.linalg.norm(grid - identity, axis=-1) > 0.5] = 1.0
             mask = cv2.GaussianBlur(cv2.erode(mask, np.ones((3, 3), np.uint8)), (0, 0), _FEATHER / 2)
         return mask
 

@@ -51,19 +51,35 @@ def _barycentric_map(target: np.ndarray, size: int) -> tuple[np.ndarray, np.ndar
     return ys, xs, index, np.stack([1 - wb - wc, wb, wc], axis=1)
 
 
-def backward_grid(source: np.ndarray, target: np.ndarray, size: int, moved: float = 0.05) -> np.ndarray:
+def backward_grid(source: np.ndarray, target: np.ndarray, size: int, moved: float = 0.05,
+                  falloff: float = 0.08) -> np.ndarray:
     """size×size×2 source pixel (x, y) to sample for each target pixel.
 
     ``source`` and ``target`` are 478×2 crop-pixel landmarks. Only triangles with a vertex that
-    moves more than ``moved`` px are remapped.
+    moves more than ``moved`` px are remapped. Outside the face the displacement continues and
+    fades over ``falloff`` × size px, so the neck follows a raised or lowered chin instead of
+    leaving the filmed chin's edge behind as a fold.
     """
-    grid = np.stack(np.meshgrid(np.arange(size), np.arange(size)), axis=-1).astype(np.float32)
+    identity = np.stack(np.meshgrid(np.arange(size), np.arange(size)), axis=-1).astype(np.float32)
+    grid = identity.copy()
     triangles = mesh_triangles()
     shift = np.linalg.norm(target - source, axis=1)
     active = triangles[(shift[triangles] > moved).any(axis=1)]
-    if len(active):
-        ys, xs, index, weights = _barycentric_map(target[active], size)
-        grid[ys, xs] = np.einsum("pk,pkd->pd", weights, source[active[index]])
+    if not len(active):
+        return grid
+    ys, xs, index, weights = _barycentric_map(target[active], size)
+    grid[ys, xs] = np.einsum("pk,pkd->pd", weights, source[active[index]])
+    face = np.zeros((size, size), np.float32)
+    cv2.fillConvexPoly(face, cv2.convexHull(target.astype(np.int32)), 1.0)
+    face[ys, xs] = 1.0
+    sigma = falloff * size
+    # Normalised convolution: the face's displacement (zero where it stays) spread outwards.
+    spread = cv2.GaussianBlur((grid - identity) * face[..., None], (0, 0), sigma)
+    weight = cv2.GaussianBlur(face, (0, 0), sigma)
+    distance = cv2.distanceTransform((face == 0).astype(np.uint8), cv2.DIST_L2, 5)
+    fade = np.exp(-((distance / sigma) ** 2)) / np.maximum(weight, 1e-3)
+    outside = face == 0
+    grid[outside] = identity[outside] + spread[outside] * fade[outside, None]
     return grid
 
 
