@@ -1,9 +1,12 @@
 """Run stage jobs on Ray actor pools, one pool per (stage, parameters).
 
 Each actor is one worker of one stage: it builds the stage and calls ``setup()`` once, then runs
-jobs. Pools grow on demand up to the stage's policy and to what the cluster's CPUs and GPUs allow
+jobs and exports each job's frames, faces and seconds per frame as Ray metrics (cluster.metrics).
+Pools grow on demand up to the stage's policy and to what the cluster's CPUs and GPUs allow
 given each stage's declared resources; idle workers of other stages are retired to make room, so
-a small cluster moves from stage to stage instead of deadlocking on actors that hold CPUs.
+a small cluster moves from stage to stage instead of deadlocking on actors that hold CPUs. Workers
+are only started where they fit now, so Ray's autoscaler never sees them pending: while jobs wait
+for room, the runner asks it for nodes explicitly (``request_resources``).
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import uuid
 from dataclasses import dataclass
 
 import ray
+from ray.autoscaler.sdk import request_resources
 from ray.exceptions import RayTaskError
 
+from cluster.metrics import StageMetrics, stage_work
 from cluster.policy import policy_for
 from stages.base import Stage, StageJob, StageStats, run_job
 
@@ -26,12 +31,19 @@ class StageWorker:
     """Body of a stage actor (subclassed per stage so the dashboard shows the stage's name)."""
 
     def __init__(self, stage_cls: type[Stage], params: dict):
+        if not ray.get_gpu_ids():
+            # Ray leaves a node's GPUs visible to actors that asked for none; a stage that declares
+            # no GPU (e.g. audio, whose Whisper takes CUDA when it sees it) must not use one.
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
         self._stage = stage_cls(**params)
         self._stage.setup()
         self._name = f"{socket.gethostname()}:{os.getpid()}"
+        self._metrics = StageMetrics()
 
     def run(self, job: StageJob) -> StageStats:
-        return run_job(self._stage, job, worker=self._name)
+        stats = run_job(self._stage, job, worker=self._name)
+        self._metrics.record(stage_work(stats, job.output_url))
+        return stats
 
 
 @dataclass
@@ -52,6 +64,7 @@ class RayRunner:
         self._actor_classes: dict[type[Stage], type] = {}
         self._token = uuid.uuid4().hex[:6]
         self._started = 0
+        self._waiting: list[tuple[float, float]] = []  # (CPUs, GPUs) of workers waiting for room
 
     def run(self, job: StageJob) -> StageStats:
         worker = self._acquire(job)
@@ -89,22 +102,39 @@ class RayRunner:
     def _acquire(self, job: StageJob) -> _Worker:
         key = (job.stage, json.dumps(job.params, sort_keys=True, default=str))
         policy = policy_for(job.stage.name)
+        waiting: tuple[float, float] | None = None
         with self._cond:
-            while True:
-                pool = [w for w in self._workers if w.pool == key]
-                idle = next((w for w in pool if not w.busy), None)
-                if idle is not None:
-                    idle.busy = True
-                    return idle
-                if len(pool) < policy.max_workers:
-                    cpus, gpus = self._request(job.stage)
-                    if not self._fits(cpus, gpus):
-                        self._retire_idle(cpus, gpus)
-                    if self._fits(cpus, gpus):
-                        worker = self._start(key, job, cpus, gpus, policy.max_retries)
-                        worker.busy = True
-                        return worker
-                self._cond.wait(timeout=1.0)
+            try:
+                while True:
+                    pool = [w for w in self._workers if w.pool == key]
+                    idle = next((w for w in pool if not w.busy), None)
+                    if idle is not None:
+                        idle.busy = True
+                        return idle
+                    if len(pool) < policy.max_workers:
+                        cpus, gpus = self._request(job.stage)
+                        if not self._fits(cpus, gpus):
+                            self._retire_idle(cpus, gpus)
+                        if self._fits(cpus, gpus):
+                            worker = self._start(key, job, cpus, gpus, policy.max_retries)
+                            worker.busy = True
+                            return worker
+                        if waiting is None:
+                            waiting = (cpus, gpus)
+                            self._waiting.append(waiting)
+                            self._ask_autoscaler()
+                    self._cond.wait(timeout=1.0)
+            finally:
+                if waiting is not None:
+                    self._waiting.remove(waiting)
+                    self._ask_autoscaler()
+
+    def _ask_autoscaler(self) -> None:
+        """While workers wait for room, ask for a cluster that fits them beside the running ones;
+        withdraw the request once none waits, so the autoscaler may release idle nodes again.
+        (Without an autoscaler the request is recorded and has no effect.)"""
+        shapes = [(w.cpus, w.gpus) for w in self._workers] + self._waiting if self._waiting else []
+        request_resources(bundles=[{"CPU": c, **({"GPU": g} if g else {})} for c, g in shapes])
 
     def _retire_idle(self, cpus: float, gpus: float) -> None:
         for worker in [w for w in self._workers if not w.busy]:
