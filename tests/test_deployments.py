@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy
 import yaml
 from prefect.cli.deploy._models import PrefectYamlModel
 from prefect.client.schemas.schedules import CronSchedule
@@ -144,12 +143,6 @@ def test_on_demand_runs_need_a_catalogue_and_a_run_folder(registered: dict[str, 
             client.delete_flow_run(run.id)  # nothing may pick it up later in the session
 
 
-@pytest.mark.xfail(
-    tuple(int(p) for p in sqlalchemy.__version__.split(".")[:2]) >= (2, 1),
-    reason="Prefect 3.8.8's scheduler fails to insert runs with SQLAlchemy 2.1 (\"Can't evaluate bulk DML "
-    "statement\"); works with 2.0.x",
-    strict=True,
-)
 def test_server_schedules_the_nightly_runs_at_two(registered: dict[str, Any]) -> None:
     """The call the server's scheduler makes for every deployment with an active schedule."""
     import httpx
