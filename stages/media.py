@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from fractions import Fraction
 
 import av
+import av.logging
 import numpy as np
 
 from schemas import storage
@@ -22,6 +24,73 @@ def open_media(url: str) -> Iterator[av.container.InputContainer]:
         return
     with storage.open_url(url, "rb") as f, av.open(f) as container:
         yield container
+
+
+_LOG_LOCK = threading.Lock()
+
+
+def open_failure(url: str) -> str | None:
+    """Why FFmpeg cannot open ``url``, with FFmpeg's own last log line when it gave one
+    ("Invalid data found when processing input: moov atom not found"), or None if it opens.
+
+    PyAV's exceptions carry only an errno text (sometimes a misleading one: a picture too large to
+    allocate reads "Device or resource busy"), so after a failed open this opens ``url`` once more
+    with FFmpeg's log captured. Only for error paths: it briefly turns FFmpeg's logging on.
+    """
+    with _LOG_LOCK:
+        level, skip_repeated = av.logging.get_level(), av.logging.get_skip_repeated()
+        av.logging.set_level(av.logging.ERROR)
+        av.logging.set_skip_repeated(False)
+        try:
+            with av.logging.Capture() as logs:  # this thread's messages only
+                try:
+                    with open_media(url):
+                        return None
+                except av.error.FFmpegError as exc:
+                    error = exc
+        finally:
+            av.logging.set_level(level)
+            av.logging.set_skip_repeated(skip_repeated)
+    messages = [message.strip() for _, _, message in logs if message.strip()]
+    return f"{error.strerror}: {messages[-1]}" if messages else error.strerror
+
+
+def media_error(exc: BaseException, url: str) -> str:
+    """A short, errno-free description of a media error on ``url`` for a title's error message."""
+    if isinstance(exc, av.error.FFmpegError):
+        return open_failure(url) or exc.strerror or str(exc)
+    return str(exc)
+
+
+def iso_truncation(url: str, size: int) -> str | None:
+    """What is missing when ``url`` is an MP4/MOV (ISO base media) file cut short, else None.
+
+    The top-level boxes of such a file declare their sizes; a box that ends past the end of the
+    file, or no 'moov' (the index) at all, means the file was not completely copied or written.
+    Files that do not start like ISO base media are left to FFmpeg.
+    """
+    with storage.open_url(url, "rb") as f:
+        if f.read(8)[4:8] != b"ftyp":
+            return None
+        offset, kinds = 0, set()
+        while offset + 8 <= size:
+            f.seek(offset)
+            header = f.read(16)
+            box_size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if box_size == 1 and len(header) == 16:  # 64-bit size
+                box_size = int.from_bytes(header[8:16], "big")
+            elif box_size == 0:  # the last box runs to the end of the file
+                box_size = size - offset
+            if box_size < 8:
+                return None  # not a box layout we know: let FFmpeg judge
+            name = kind.decode("latin-1")
+            if offset + box_size > size:
+                return f"its '{name}' box needs {offset + box_size} bytes but the file has only {size}"
+            kinds.add(kind)
+            offset += box_size
+    if b"moov" not in kinds:
+        return "it has no 'moov' box (the index of an MP4 file, written last unless the file is fast-start)"
+    return None
 
 
 def stream_rate(stream: av.video.stream.VideoStream) -> Fraction:

@@ -23,7 +23,7 @@ from stages.audio.fit import fit_policy, fit_samples
 from stages.audio.subtitles import to_srt, to_vtt
 from stages.audio.transcribe import Transcriber, language_matches, speech_segments
 from stages.base import Resources, Stage, TitleError
-from stages.media import read_audio
+from stages.media import media_error, read_audio
 
 
 class AudioStage(Stage):
@@ -84,9 +84,16 @@ class AudioStage(Stage):
 
     def _decode(self, title_id: str, language: str, url: str) -> np.ndarray:
         try:
+            if storage.size(url) == 0:
+                raise TitleError(title_id, f"[{language}] dub audio {url} is not readable audio: the file is empty (0 bytes)")
             samples = read_audio(url, SAMPLE_RATE)
+        except TitleError:
+            raise
+        except FileNotFoundError as exc:
+            raise TitleError(title_id, f"[{language}] dub audio not found: {url}") from exc
         except (av.error.FFmpegError, ValueError, OSError) as exc:
-            raise TitleError(title_id, f"[{language}] dub audio {url} is not readable audio ({exc})") from exc
+            reason = media_error(exc, url)
+            raise TitleError(title_id, f"[{language}] dub audio {url} is not readable audio ({reason})") from exc
         if len(samples) == 0:
             raise TitleError(title_id, f"[{language}] dub audio {url} is empty")
         if not np.isfinite(samples).all():

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import math
+import pickle
 from collections.abc import Mapping
 
 import torch
@@ -376,7 +377,13 @@ def _read_state_dict(url: str) -> dict[str, torch.Tensor]:
             loaded = torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # torch and safetensors raise many kinds for a damaged file
         kind = "safetensors" if is_safetensors else "torch (.pth)"
-        raise ValueError(f"{url}: not a readable {kind} GFPGAN weights file ({type(error).__name__}: {error})") from error
+        if isinstance(error, pickle.UnpicklingError):
+            # torch's own text suggests weights_only=False, which would run code from the file: never.
+            detail = ("not a plain tensor checkpoint: the file is damaged, is no checkpoint at all, or holds "
+                      "Python objects, which are never unpickled")
+        else:
+            detail = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        raise ValueError(f"{url}: not a readable {kind} GFPGAN weights file ({detail})") from error
     if isinstance(loaded, Mapping):
         for key in ("params_ema", "params"):  # basicsr checkpoints: EMA weights are the ones to use
             if isinstance(loaded.get(key), Mapping):
