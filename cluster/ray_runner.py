@@ -35,12 +35,20 @@ class StageWorker:
             # Ray leaves a node's GPUs visible to actors that asked for none; a stage that declares
             # no GPU (e.g. audio, whose Whisper takes CUDA when it sees it) must not use one.
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
-        self._stage = stage_cls(**params)
-        self._stage.setup()
         self._name = f"{socket.gethostname()}:{os.getpid()}"
         self._metrics = StageMetrics()
+        # A setup error (e.g. unreadable weights) is raised from run(), like the sequential runner
+        # does; raised here it would kill the actor, and Ray would restart it in vain.
+        self._setup_error: Exception | None = None
+        try:
+            self._stage = stage_cls(**params)
+            self._stage.setup()
+        except Exception as exc:  # noqa: BLE001 - re-raised for every job
+            self._setup_error = exc
 
     def run(self, job: StageJob) -> StageStats:
+        if self._setup_error is not None:
+            raise self._setup_error
         stats = run_job(self._stage, job, worker=self._name)
         self._metrics.record(stage_work(stats, job.output_url))
         return stats

@@ -33,8 +33,11 @@ def _run_flow(catalogue: str, out: str, options: dict) -> dict:
     from flows import progress
     from flows.localize import localize_catalogue
 
-    with progress.bars(progress.wanted(quiet)):
-        return localize_catalogue(catalogue=catalogue, out=out, **options)
+    try:
+        with progress.bars(progress.wanted(quiet)):
+            return localize_catalogue(catalogue=catalogue, out=out, **options)
+    except (ValueError, OSError) as exc:  # the run could not start: bad weights, an unusable run folder
+        raise click.ClickException(str(exc)) from exc
 
 
 def _print_summary(summary: dict) -> int:

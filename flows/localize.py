@@ -28,7 +28,21 @@ TITLES_IN_FLIGHT = 8
 def _describe(exc: BaseException, title_id: str) -> str:
     if isinstance(exc, TitleError):
         return str(exc)
+    if isinstance(exc, (ValueError, OSError)):  # raised with a message for people (bad data, a file)
+        return f"{title_id}: {exc}"
     return f"{title_id}: unexpected {type(exc).__name__}: {exc}"
+
+
+def check_enhancer_weights(url: str) -> None:
+    """Refuse unusable GFPGAN weights before any title starts (they would fail every title, last)."""
+    from stages.enhance.gfpgan import load_gfpgan
+
+    if not storage.exists(url):
+        raise ValueError(f"enhancer weights {url}: missing file")
+    try:
+        load_gfpgan(url)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise ValueError(f"enhancer weights {exc}" if str(exc).startswith(url) else f"enhancer weights {url}: {exc}") from exc
 
 
 @task(name="language", task_run_name="language-{title_id}-{language}")
@@ -119,6 +133,8 @@ def localize_catalogue(
     enhancement. Returns the run summary (also in ``out``/run.json).
     """
     logger = get_run_logger()
+    if enhancer_weights:
+        check_enhancer_weights(enhancer_weights)
     parsed = load_catalogue(catalogue)
     errors = [str(e) for e in parsed.errors]
     for error in errors:

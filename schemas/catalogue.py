@@ -388,11 +388,17 @@ def _coerce_option(key: str, value: Any) -> Any:
 def _file_problem(url: str) -> str | None:
     """None when ``url`` can be opened and read, else what is wrong with it."""
     try:
-        if not storage.exists(url):
-            return f"missing file: {url}"
+        url.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"file name is not valid UTF-8: {url.encode('utf-8', 'backslashreplace').decode()} (rename the file)"
+    try:
         with storage.open_url(url, "rb") as f:
             f.read(1)
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
+        # fsspec's HTTP backend says "not found" for an unreachable server too; its cause tells them apart.
+        cause = exc.__cause__ or exc.__context__
+        if cause is not None and not isinstance(cause, FileNotFoundError):
+            return f"unreadable URL: {url} ({type(cause).__name__}: {cause})"
         return f"missing file: {url}"
     except IsADirectoryError:
         return f"not a file: {url}"

@@ -83,9 +83,14 @@ def write_bytes(url: str, data: bytes) -> None:
     fs, path = filesystem(url)
     fs.makedirs(path.rpartition("/")[0], exist_ok=True)
     tmp = _partial_path(path)
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, path)
+    try:
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+        fs.mv(tmp, path)
+    except BaseException:
+        if fs.exists(tmp):  # never leave a half-written temporary behind (e.g. a full disk)
+            fs.rm(tmp)
+        raise
 
 
 def write_text(url: str, text: str) -> None:
@@ -104,22 +109,34 @@ def upload_file(local_file: str, url: str) -> None:
     fs.mv(tmp, path)
 
 
+class OutputLocationError(OSError):
+    """The output location itself cannot be written (not the data being produced)."""
+
+
 @contextlib.contextmanager
 def local_output(url: str, suffix: str) -> Iterator[str]:
     """A local file path to write into; on success it is moved to ``url`` atomically.
 
     Local targets get a temporary sibling (same filesystem, so the final move is a rename).
+    Failing to create the folder or the temporary file, or to move the result into place, raises
+    ``OutputLocationError`` naming ``url``.
     """
     target_dir = local_path(url)
     directory = os.path.dirname(target_dir) if target_dir else None
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=suffix + ".partial", dir=directory)
+    try:
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=suffix + ".partial", dir=directory)
+    except OSError as exc:
+        raise OutputLocationError(f"cannot write {url} ({exc.strerror or exc}: {exc.filename or directory})") from exc
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp
-        upload_file(tmp, url)
+        try:
+            upload_file(tmp, url)
+        except OSError as exc:
+            raise OutputLocationError(f"cannot write {url} ({exc.strerror or exc})") from exc
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -29,6 +29,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from click.testing import CliRunner
+
+from flows.cli import main
 from flows.demo import astronaut, push_in, square
 from flows.localize import localize_catalogue
 
@@ -148,15 +151,6 @@ BAD_ROWS: dict[str, tuple[str, str, dict, str, tuple[str, ...]]] = {
     "http-closed-port": ("http_closed_port", "fr", {"video": "http"}, "invalid",
                          ("unreadable URL: {http}", "Cannot connect")),
 }
-#: Known gaps, asserted as they should be; strict, so each fails loudly once fixed (then drop it).
-NEEDS_FIX = {
-    "http-closed-port": "schemas/catalogue.py _file_problem calls storage.exists(), which is False for an "
-                        "unreachable server too: reports 'missing file' instead of the connection error",
-    "blocked-output": "stages/composite/stage.py reports any OSError of the output as 'encoding failed ([Errno 17] "
-                      "File exists: ...)': a write problem must say it cannot write the output",
-}
-
-
 @pytest.fixture(scope="module")
 def shared_run(inputs, ray_cluster, tmp_path_factory) -> tuple[dict, dict]:
     """One run on Ray over every row-level bad input and the good title; (summary, run.json)."""
@@ -198,9 +192,7 @@ def test_a_silent_dub_is_accepted_and_reported(shared_run):
 
 
 @pytest.mark.parametrize("case", list(BAD_ROWS))
-def test_bad_input_is_a_clear_error_of_its_own_title(shared_run, inputs, case, request):
-    if case in NEEDS_FIX:
-        request.applymarker(pytest.mark.xfail(reason=NEEDS_FIX[case], strict=True))
+def test_bad_input_is_a_clear_error_of_its_own_title(shared_run, inputs, case):
     summary, state = shared_run
     title_id, language, _, status, words = BAD_ROWS[case]
     title = summary["titles"][title_id]
@@ -256,14 +248,21 @@ def test_corrupt_enhancer_weights_fail_each_title_clearly_and_are_never_unpickle
         weights.write_bytes(np.random.default_rng(2).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     else:
         weights.write_bytes(pickle.dumps({"params_ema": {"conv_body_first.weight": _RunsCode(marker)}}))
-    summary = localize_catalogue(catalogue=str(tiny_catalogue(inputs, tmp_path)), out=str(tmp_path / "run"),
-                                 executor="local", enhancer_weights=str(weights))
-    title = summary["titles"]["tiny"]
-    assert title["status"] == "failed"
-    assert f"tiny: unexpected ValueError: {weights}: not a readable torch (.pth) GFPGAN weights file" in title["error"]
-    assert "never unpickled" in title["error"] and "weights_only` set to `False" not in title["error"]
+    # Refused before any title starts: they would fail every title, after all its other stages.
+    with pytest.raises(ValueError) as refused:
+        localize_catalogue(catalogue=str(tiny_catalogue(inputs, tmp_path)), out=str(tmp_path / "run"),
+                           executor="local", enhancer_weights=str(weights))
+    message = str(refused.value)
+    assert message.startswith(f"enhancer weights {weights}: not a readable torch (.pth) GFPGAN weights file")
+    assert "never unpickled" in message and "weights_only` set to `False" not in message
     assert not marker.exists(), "the checkpoint's code ran"
-    assert summary["invocation"]["stages_failed"] == {"enhance": 1}
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_enhancer_weights_are_refused_by_the_cli(inputs, tmp_path):
+    result = CliRunner().invoke(main, ["run", str(tiny_catalogue(inputs, tmp_path)), "--out", str(tmp_path / "run"),
+                                       "--executor", "local", "--enhancer-weights", str(tmp_path / "nope.pth"), "--quiet"])
+    assert result.exit_code == 1 and f"enhancer weights {tmp_path / 'nope.pth'}: missing file" in result.output
 
 
 def test_manifest_of_another_schema_version_fails_only_its_title(inputs, tmp_path):
@@ -350,9 +349,6 @@ def test_full_disk_for_the_outputs_fails_each_title_clearly_and_leaves_no_partia
     assert state["invocations"][-1]["stages_failed"] == {"composite": 2}
 
 
-@pytest.mark.xfail(strict=True, reason="schemas: a catalogue path that is not UTF-8 (a bytes file name on Linux) "
-                   "crashes the whole run when catalogue.parquet is written (pyarrow: surrogates not allowed); "
-                   "schemas/catalogue.py must report it per row")
 def test_file_name_that_is_not_utf8_is_an_error_of_its_own_title(inputs, tmp_path):
     odd_name = os.fsencode(tmp_path) + b"/clip-\xff.mp4"  # not UTF-8: Python sees '\udcff'
     with open(odd_name, "wb") as f:

@@ -92,6 +92,8 @@ class CompositeStage(Stage):
                 framing = _avatar_framing(title, options.get("avatar_framing", "full"), row.get("faces_url")) if avatar else None
                 frames, width, height, faces = self._encode(title, row["dub_audio_url"], local_file, options,
                                                             pictures, row.get("render_url"), framing)
+        except storage.OutputLocationError as exc:
+            raise TitleError(title_id, f"[{row['language']}] {exc}") from exc
         except (av.error.FFmpegError, OSError) as exc:
             raise TitleError(title_id, f"[{row['language']}] encoding failed ({exc})") from exc
         return {
