@@ -241,7 +241,7 @@ class _RunsCode:
 
 
 @pytest.mark.parametrize("kind", ["random-bytes", "code-in-pickle"])
-def test_corrupt_enhancer_weights_fail_each_title_clearly_and_are_never_unpickled(inputs, tmp_path, kind):
+def test_corrupt_enhancer_weights_are_refused_before_any_title_and_never_unpickled(inputs, tmp_path, kind):
     weights = tmp_path / "GFPGANv1.4.pth"
     marker = tmp_path / "code-ran"
     if kind == "random-bytes":
