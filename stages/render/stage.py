@@ -21,7 +21,7 @@ from schemas.manifest_io import read_rows, write_manifest
 from schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS, FRAME_CHUNK, RENDERED_TRACKS
 from stages.base import Resources, Stage
 from stages.faces.geometry import NOSE_TIP, UPPER_LIP_OUTER, project
-from stages.render.warp import INNER_LIPS, backward_grid, mouth_grid, sample
+from stages.render.warp import INNER_LIPS, backward_grid, mouth_grid, pixel_grid, sample
 
 _BANK_SIZE = 12  # open-mouth frames of the track kept in memory as mouth-interior donors
 _FEATHER = 9  # px of soft edge around the pasted region (crop pixels)
@@ -48,6 +48,13 @@ def _decode(image: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
 
 
+def _encode_webp(rgba: np.ndarray, quality: int) -> bytes:
+    """Lossy RGBA WebP. Encoder method 2 of 6: as small as the default 4 here, in half the time."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgba).save(buffer, format="WEBP", quality=quality, method=2)
+    return buffer.getvalue()
+
+
 def _to_crop(affine: list[float]) -> np.ndarray:
     return cv2.invertAffineTransform(np.asarray(affine, dtype=np.float64).reshape(2, 3))
 
@@ -63,7 +70,7 @@ class RenderStage(Stage):
     """
 
     name = "render"
-    version = "4"
+    version = "5"
     resources = Resources(cpus=1.0, gpus=0.5, memory_gb=2.0)
     output_schema = RENDERED_TRACKS
     defaults = {"webp_quality": 92}
@@ -146,12 +153,10 @@ class RenderStage(Stage):
                 ys, xs = np.nonzero(alpha > 0)
                 y0, y1, x0, x1 = (ys.min(), ys.max() + 1, xs.min(), xs.max() + 1) if len(ys) else (0, 1, 0, 1)
                 rgba = np.dstack([image, (alpha * 255).astype(np.uint8)])[y0:y1, x0:x1]
-                ok, webp = cv2.imencode(".webp", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA),
-                                        [cv2.IMWRITE_WEBP_QUALITY, self.params["webp_quality"]])
-                assert ok, "WebP encoding failed"
+                webp = _encode_webp(rgba, self.params["webp_quality"])
                 to_frame = np.asarray(row["affine"], dtype=np.float64).reshape(2, 3)
                 to_frame[:, 2] += to_frame[:, :2] @ [x0, y0]
-                out_rows.append({**row, "frame_index": index, "image": webp.tobytes(), "image_format": "webp",
+                out_rows.append({**row, "frame_index": index, "image": webp, "image_format": "webp",
                                  "affine": to_frame.astype(np.float32).ravel().tolist()})
                 flicker_in.add(_lower_face(crop, alpha))
                 flicker_out.add(_lower_face(image, alpha))
@@ -216,8 +221,8 @@ class RenderStage(Stage):
         if moved.any():
             points = np.vstack([source[moved], target[moved]]).astype(np.int32)
             cv2.fillConvexPoly(mask, cv2.convexHull(points), 1.0)
-            identity = np.stack(np.meshgrid(np.arange(size), np.arange(size)), axis=-1)
-            mask[np.linalg.norm(grid - identity, axis=-1) > 0.5] = 1.0
+            shift = grid - pixel_grid(size)
+            mask[(shift * shift).sum(axis=-1) > 0.25] = 1.0  # moved by more than half a pixel
             mask = cv2.GaussianBlur(cv2.erode(mask, np.ones((3, 3), np.uint8)), (0, 0), _FEATHER / 2)
         return mask
 

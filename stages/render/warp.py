@@ -34,6 +34,14 @@ def mesh_triangles() -> np.ndarray:
     return np.array(sorted(triangles), dtype=np.int64)
 
 
+@functools.cache
+def pixel_grid(size: int) -> np.ndarray:
+    """size×size×2 (x, y) of every pixel, float32; shared, read-only."""
+    grid = np.stack(np.meshgrid(np.arange(size), np.arange(size)), axis=-1).astype(np.float32)
+    grid.flags.writeable = False
+    return grid
+
+
 def _barycentric_map(target: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Rasterise target triangles (F×3×2 px). Returns (pixel ys, xs, triangle index, weights P×3)."""
     ids = np.zeros((size, size), np.int32)
@@ -60,7 +68,7 @@ def backward_grid(source: np.ndarray, target: np.ndarray, size: int, moved: floa
     fades over ``falloff`` × size px, so the neck follows a raised or lowered chin instead of
     leaving the filmed chin's edge behind as a fold.
     """
-    identity = np.stack(np.meshgrid(np.arange(size), np.arange(size)), axis=-1).astype(np.float32)
+    identity = pixel_grid(size)
     grid = identity.copy()
     triangles = mesh_triangles()
     shift = np.linalg.norm(target - source, axis=1)
@@ -105,7 +113,7 @@ def mouth_grid(bank: np.ndarray, target: np.ndarray, size: int) -> tuple[np.ndar
 
     Returns (grid size×size×2, mask size×size float32 in [0, 1] covering the target opening).
     """
-    grid = np.stack(np.meshgrid(np.arange(size), np.arange(size)), axis=-1).astype(np.float32)
+    grid = pixel_grid(size).copy()
     source_fan, target_fan = mouth_fan(bank), mouth_fan(target)
     ys, xs, index, weights = _barycentric_map(target_fan, size)
     grid[ys, xs] = np.einsum("pk,pkd->pd", weights, source_fan[index])

@@ -71,7 +71,8 @@ class ReportStage(Stage):
             "output": {k: output[k] for k in ("width", "height", "fps", "frame_count", "duration_s", "audio_fit",
                                               "audio_source_s", "faces_dubbed")},
             "lipsync_r": lipsync_r,
-            "tracks": [{k: v for k, v in t.items() if not k.startswith("_")} for t in tracks],
+            "tracks": [{**{k: v for k, v in t.items() if not k.startswith("_")}, "curves": _rounded(t["curves"])}
+                       for t in tracks],
             "tracks_skipped": [{"track_id": t["track_id"], "shot_index": t["shot_index"], "reason": t["skip_reason"]}
                                for t in skipped],
             "shots": self._shots(shots, faces.values(), {t["track_id"] for t in tracks}),
@@ -90,17 +91,14 @@ class ReportStage(Stage):
         energy = np.asarray(audio["features"], dtype=np.float32).mean(axis=1) if len(audio["features"]) else np.zeros(0)
         figures = {
             "Lip sync": plots.lipsync_figure(fps, energy, summary["audio"]["speech_segments"],
-                                             [t["_curves"] for t in tracks]),
+                                             [t["curves"] for t in tracks]),
             **{
                 f"Coefficients of track {t['track_id']}": plots.coefficients_figure(
-                    fps, f"track {t['track_id']}", t["_curves"]["frame_index"], t["_source_expression"],
+                    fps, f"track {t['track_id']}", t["curves"]["frame_index"], t["_source_expression"],
                     t["_driven_expression"], t["_driven_pose"])
                 for t in tracks[:4]
             },
         }
-        for t in summary["tracks"]:
-            t["curves"] = {k: np.round(np.asarray(v, dtype=np.float64), 4).tolist() for k, v in t["curves"].items()
-                           if k != "label" and v is not None}
         html_url, json_url = row["report_url"] + ".html", row["report_url"] + ".json"
         storage.write_text(json_url, json.dumps(plain_json(summary), indent=1, allow_nan=False))
         storage.write_text(html_url, render_html(summary, figures))
@@ -134,7 +132,6 @@ class ReportStage(Stage):
             "mouth_open_driven_mean": float(jaw.mean()),
             "mouth_open_output_mean": float(np.nanmean(on_output)) if np.isfinite(on_output).any() else None,
             "curves": curves,
-            "_curves": curves,
             "_source_expression": source,
             "_driven_expression": np.asarray(driven["expression"]),
             "_driven_pose": np.asarray(driven["pose"]),
@@ -155,6 +152,12 @@ class ReportStage(Stage):
                 "skipped": dict(Counter(t["skip_reason"].split(" (")[0] for t in in_shot if t["skip_reason"])),
             })
         return rows
+
+
+def _rounded(curves: dict[str, Any]) -> dict[str, list]:
+    """A track's curves for the JSON report: 4 decimals, without the plot label and absent curves."""
+    return {k: np.round(np.asarray(v, dtype=np.float64), 4).tolist() for k, v in curves.items()
+            if k != "label" and v is not None}
 
 
 def plain_json(value: Any) -> Any:
