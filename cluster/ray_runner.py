@@ -12,6 +12,7 @@ for room, the runner asks it for nodes explicitly (``request_resources``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -50,7 +51,10 @@ class StageWorker:
         if self._setup_error is not None:
             raise self._setup_error
         stats = run_job(self._stage, job, worker=self._name)
-        self._metrics.record(stage_work(stats, job.output_url))
+        try:
+            self._metrics.record(stage_work(stats, job.output_url))
+        except Exception as exc:  # noqa: BLE001 - a metrics problem must not fail a finished job
+            logging.getLogger(__name__).warning("dubline metrics of %s not recorded: %s", stats.stage, exc)
         return stats
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
-import wave
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +19,14 @@ from typing import Any
 import numpy as np
 import yaml
 
+from schemas.catalogue_folder import VIDEO_EXTENSIONS
+from schemas.catalogue import safe_title_id
+from stages.audio.espeak import Speech, write_wav
 from stages.faces.landmarks import FaceLandmarker
 from stages.media import open_media, read_audio, stream_rate
 from stages.report.mouth import MouthCurve, best_lag, measure_mouths
 from stages.report.stage import plain_json
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 SHIFT_S = 0.5
 MAX_LAG = 2
 _AUDIO_RATE = 48_000
@@ -48,16 +48,11 @@ class PairResult:
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name).strip("._-") or "clip"
+    return safe_title_id(name, max_length=56)  # two of them and "--shifted" stay within 128
 
 
 def _write_wav(samples: np.ndarray, path: Path) -> None:
-    pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype("<i2")
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(_AUDIO_RATE)
-        out.writeframes(pcm.tobytes())
+    write_wav(Speech(samples, _AUDIO_RATE, ()), str(path))
 
 
 def _fps(url: str) -> float:
@@ -173,9 +168,13 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 def list_clips(folder: Path) -> list[Path]:
-    clips = sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    clips = sorted(p for p in folder.iterdir() if p.suffix.lower().lstrip(".") in VIDEO_EXTENSIONS)
     if len(clips) < 2:
         raise ValueError(f"{folder}: the lip-sync benchmark needs at least two video clips, found {len(clips)}")
+    names = [_safe(c.stem) for c in clips]
+    clashing = sorted({c.name for c, n in zip(clips, names) if names.count(n) > 1})
+    if clashing:
+        raise ValueError(f"{folder}: clips whose names differ only by extension or punctuation: {', '.join(clashing)}")
     return clips
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
 
 import click
+
+from schemas.catalogue import safe_title_id
 
 # Quiet, offline-friendly defaults; set before Prefect or Ray are imported. Users may override.
 _ENV_DEFAULTS = {
@@ -118,7 +119,7 @@ def _single_title(mode: str, source: str, audio: str, output: str, language: str
     output_path = Path(output).resolve()
     run_folder = Path(run_dir) if run_dir else output_path.with_name(output_path.stem + ".dubline")
     run_folder.mkdir(parents=True, exist_ok=True)
-    title_id = re.sub(r"[^A-Za-z0-9._-]", "_", Path(source).stem).lstrip("._-") or "title"
+    title_id = safe_title_id(Path(source).stem)
     row = {"title_id": title_id, mode: str(Path(source).resolve()), "language": language,
            "dub_audio": str(Path(audio).resolve()),
            "options": {k: v for k, v in row_options.items() if v is not None}}

@@ -57,13 +57,17 @@ def _language(run_url: str, title_id: str, language: str, titles_url: str, shots
     render_url = tasks.render(run_url, title_id, language, faces_url, coeffs_url)
     faces_out = tasks.enhance(run_url, title_id, language, render_url, faces_url, enhancer_weights)
     outputs_url = tasks.composite(run_url, title_id, language, titles_url, shots_url, dub, options, faces_out, faces_url)
-    report_url = tasks.report(run_url, title_id, language, {
-        "titles": titles_url, "shots": shots_url, "faces": faces_url, "audio": audio_url, "coeffs": coeffs_url,
-        "outputs": outputs_url,
-    })
     run = tasks.session_for(run_url).run
-    (report,) = read_rows(report_url, REPORTS)
-    run.update_language(title_id, language, report=report["html_url"], lipsync_r=report["lipsync_r"])
+    try:
+        report_url = tasks.report(run_url, title_id, language, {
+            "titles": titles_url, "shots": shots_url, "faces": faces_url, "audio": audio_url, "coeffs": coeffs_url,
+            "outputs": outputs_url,
+        })
+        (report,) = read_rows(report_url, REPORTS)
+        run.update_language(title_id, language, report=report["html_url"], lipsync_r=report["lipsync_r"])
+    except Exception as exc:  # noqa: BLE001 - the report describes a finished dub; it never undoes it
+        run.log(f"report {title_id} [{language}] failed: {exc}")
+        get_run_logger().warning("no report for %s [%s]: %s", title_id, language, exc)
     return run.output_url(title_id, language)
 
 
@@ -144,14 +148,14 @@ def localize_catalogue(
         write_manifest(parsed.to_rows(), CATALOGUE, storage.join(run.url, "catalogue.parquet"))
         run.begin(catalogue, {"executor": executor, "ray_address": ray_address, "whisper_model": whisper_model,
                               "enhancer_weights": enhancer_weights}, errors)
-        for error in parsed.errors:
-            if error.title_id and error.title_id not in parsed.by_title():
-                run.update_title(error.title_id, status="invalid", error=str(error))
         by_title = parsed.by_title()
+        for error in parsed.errors:
+            if error.title_id and error.title_id not in by_title:
+                run.update_title(error.title_id, status="invalid", error=str(error))
         progress.plan(len(by_title), sum(len(entries) for entries in by_title.values()))
         futures = [
             _title.submit(run.url, title_id, [e.to_row() for e in entries], whisper_model, enhancer_weights)
-            for title_id, entries in parsed.by_title().items()
+            for title_id, entries in by_title.items()
         ]
         for future in futures:
             future.wait()

@@ -262,6 +262,11 @@ def title_id_problem(title_id: str) -> str | None:
             "(letters, digits, '.', '_', '-'; starting with a letter or digit; at most 128)")
 
 
+def safe_title_id(name: str, max_length: int = 128) -> str:
+    """A title id made from a file name: unsafe characters become "_" (passes ``title_id_problem``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:max_length].strip("._-") or "title"
+
+
 def _validate_row(number: int, raw: dict[str, Any], base_url: str) -> tuple[CatalogueEntry | None, list[str]]:
     problems: list[str] = []
     title_id = _text(raw.get("title_id"))

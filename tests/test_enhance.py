@@ -33,7 +33,8 @@ from schemas.manifest_io import read_rows, write_manifest
 from schemas.manifests import EXPRESSION_NAMES, FACE_TRACKS, FRAME_CHUNK, MESH_POINTS, RENDERED_TRACKS
 from stages.base import StageJob, run_job
 from stages.enhance import SKIPPED_NO_WEIGHTS, EnhanceStage, GFPGANv1Clean, load_gfpgan
-from stages.enhance.stage import CROP_TEMPLATE, FFHQ_TEMPLATE_512, blend_enhanced, crop_to_ffhq, decode_rgba
+from stages.chunk_images import decode_rgba
+from stages.enhance.stage import CROP_TEMPLATE, FFHQ_TEMPLATE_512, blend_enhanced, crop_to_ffhq
 
 SDISTS = {"gfpgan": "1.3.8", "basicsr": "1.4.2"}
 CACHE = Path(os.environ.get("DUBLINE_CACHE", Path.home() / ".cache" / "dubline")) / "gfpgan-reference"

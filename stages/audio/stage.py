@@ -87,8 +87,6 @@ class AudioStage(Stage):
             if storage.size(url) == 0:
                 raise TitleError(title_id, f"[{language}] dub audio {url} is not readable audio: the file is empty (0 bytes)")
             samples = read_audio(url, SAMPLE_RATE)
-        except TitleError:
-            raise
         except FileNotFoundError as exc:
             raise TitleError(title_id, f"[{language}] dub audio not found: {url}") from exc
         except (av.error.FFmpegError, ValueError, OSError) as exc:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import heapq
-import io
 from collections.abc import Iterator
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from schemas.manifest_io import read_rows
 from schemas.manifests import FRAME_CHUNK, RENDERED_TRACKS
+from stages.chunk_images import decode_rgba
 
 
 def paste(frame: np.ndarray, rgba: np.ndarray, to_frame: np.ndarray) -> None:
@@ -49,5 +48,5 @@ def rendered_crops(render_url: str | None) -> Iterator[tuple[int, np.ndarray, np
 def _track_crops(chunk_urls: list[str]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     for url in chunk_urls:
         for row in read_rows(url, FRAME_CHUNK):
-            rgba = np.asarray(Image.open(io.BytesIO(row["image"])).convert("RGBA"))
+            rgba = decode_rgba(row["image"])
             yield row["frame_index"], rgba, np.asarray(row["affine"], dtype=np.float64).reshape(2, 3)

@@ -22,7 +22,6 @@ render's tracks through unchanged and records why in its dropped counts; it neve
 
 from __future__ import annotations
 
-import io
 import time
 from collections import Counter
 from typing import Any
@@ -30,11 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from schemas.manifest_io import read_rows, write_manifest
 from schemas.manifests import FACE_TRACKS, FRAME_CHUNK, RENDERED_TRACKS
 from stages.base import Resources, Stage
+from stages.chunk_images import decode_rgba, encode_rgba
 from stages.enhance.gfpgan import GFPGANv1Clean, load_gfpgan
 from stages.faces.crops import TEMPLATE as CROP_TEMPLATE
 
@@ -53,22 +52,6 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
     if device.type != "cuda":
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def decode_rgba(image: bytes) -> np.ndarray:
-    """Encoded crop -> H×W×4 uint8 RGBA."""
-    return np.asarray(Image.open(io.BytesIO(image)).convert("RGBA"))
-
-
-def encode_rgba(rgba: np.ndarray, quality: int | None = None) -> bytes:
-    """H×W×4 uint8 -> WebP bytes: lossless with the RGB under alpha 0 kept (``quality`` None),
-    or lossy at ``quality`` (0..100) like the render stage's chunks."""
-    buffer = io.BytesIO()
-    if quality is None:
-        Image.fromarray(rgba, "RGBA").save(buffer, format="WEBP", lossless=True, exact=True, quality=80, method=2)
-    else:
-        Image.fromarray(rgba, "RGBA").save(buffer, format="WEBP", quality=int(quality), method=4)
-    return buffer.getvalue()
 
 
 def crop_to_ffhq(side: int) -> np.ndarray:
@@ -150,7 +133,7 @@ class EnhanceStage(Stage):
     """
 
     name = "enhance"
-    version = "1"
+    version = "2"
     resources = Resources(cpus=1.0, gpus=0.5, memory_gb=3.0)
     output_schema = RENDERED_TRACKS
     defaults = {"weights": None, "strength": 0.5, "batch_size": 8, "precision": "auto", "webp_quality": None,

@@ -54,8 +54,6 @@ class ProbeStage(Stage):
                 facts = self._stream_facts(title_id, container)
             with open_media(url) as container:  # anew: image pipes cannot seek back after demuxing
                 self._decode_first_frame(title_id, container)
-        except TitleError:
-            raise
         except FileNotFoundError as exc:
             raise TitleError(title_id, f"source not found: {url}") from exc
         except (av.error.FFmpegError, ValueError, OSError) as exc:

@@ -9,17 +9,16 @@ Output crops carry an alpha mask (feathered) saying where composite pastes them 
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 
 from schemas.manifest_io import read_rows, write_manifest
 from schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS, FRAME_CHUNK, RENDERED_TRACKS
 from stages.base import Resources, Stage
+from stages.chunk_images import decode_rgb, encode_rgba
 from stages.faces.geometry import NOSE_TIP, UPPER_LIP_OUTER, project
 from stages.render.warp import INNER_LIPS, backward_grid, mouth_grid, pixel_grid, sample
 
@@ -42,17 +41,6 @@ def lower_face_weights(identity: np.ndarray) -> np.ndarray:
 def opening_area(landmarks: np.ndarray) -> float:
     ring = landmarks[list(INNER_LIPS)]
     return float(cv2.contourArea(ring.astype(np.float32)))
-
-
-def _decode(image: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
-
-
-def _encode_webp(rgba: np.ndarray, quality: int) -> bytes:
-    """Lossy RGBA WebP. Encoder method 2 of 6: as small as the default 4 here, in half the time."""
-    buffer = io.BytesIO()
-    Image.fromarray(rgba).save(buffer, format="WEBP", quality=quality, method=2)
-    return buffer.getvalue()
 
 
 def _to_crop(affine: list[float]) -> np.ndarray:
@@ -136,7 +124,7 @@ class RenderStage(Stage):
                 to_crop = _to_crop(row["affine"])
                 source = _apply(to_crop, measured[source_at(i)])
                 target = source + delta[i] @ to_crop[:, :2].T
-                crop = _decode(row["image"])
+                crop = decode_rgb(row["image"])
                 crops.append(crop)
                 grids.append(backward_grid(source, target, crop.shape[0]))
                 interiors.append(self._interior(bank, source, target, target_coeffs[i, 0], crop))
@@ -153,7 +141,7 @@ class RenderStage(Stage):
                 ys, xs = np.nonzero(alpha > 0)
                 y0, y1, x0, x1 = (ys.min(), ys.max() + 1, xs.min(), xs.max() + 1) if len(ys) else (0, 1, 0, 1)
                 rgba = np.dstack([image, (alpha * 255).astype(np.uint8)])[y0:y1, x0:x1]
-                webp = _encode_webp(rgba, self.params["webp_quality"])
+                webp = encode_rgba(rgba, self.params["webp_quality"])
                 to_frame = np.asarray(row["affine"], dtype=np.float64).reshape(2, 3)
                 to_frame[:, 2] += to_frame[:, :2] @ [x0, y0]
                 out_rows.append({**row, "frame_index": index, "image": webp, "image_format": "webp",
@@ -202,7 +190,7 @@ class RenderStage(Stage):
             for row in chunk:
                 if position in wanted:
                     to_crop = _to_crop(row["affine"])
-                    bank.append((float(jaw[position]), _decode(row["image"]), _apply(to_crop, measured[position])))
+                    bank.append((float(jaw[position]), decode_rgb(row["image"]), _apply(to_crop, measured[position])))
                 position += 1
         return bank
 

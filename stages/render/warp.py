@@ -80,12 +80,13 @@ def backward_grid(source: np.ndarray, target: np.ndarray, size: int, moved: floa
     face = np.zeros((size, size), np.float32)
     cv2.fillConvexPoly(face, cv2.convexHull(target.astype(np.int32)), 1.0)
     face[ys, xs] = 1.0
-    grid[face == 0] = identity[face == 0] + _spread_outwards(grid - identity, face, falloff * size)
+    outside = face == 0
+    grid[outside] = identity[outside] + _spread_outwards(grid - identity, face, falloff * size)[outside]
     return grid
 
 
 def _spread_outwards(displacement: np.ndarray, face: np.ndarray, sigma: float) -> np.ndarray:
-    """The face's displacement continued outside it, fading with distance: P×2 for face == 0 pixels.
+    """The face's displacement continued outside it, fading with distance (size×size×2).
 
     Normalised convolution (zero where the face stays still), at a quarter of the resolution: the
     field is smooth out there, and a full-size blur this wide would cost more than the warp.
@@ -98,7 +99,7 @@ def _spread_outwards(displacement: np.ndarray, face: np.ndarray, sigma: float) -
     weight = cv2.GaussianBlur(face_small, (0, 0), sigma / step)
     distance = cv2.distanceTransform((face_small < 0.5).astype(np.uint8), cv2.DIST_L2, 5) * step
     field = spread * (np.exp(-((distance / sigma) ** 2)) / np.maximum(weight, 1e-3))[..., None]
-    return cv2.resize(field, (size, size), interpolation=cv2.INTER_LINEAR)[face == 0]
+    return cv2.resize(field, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 def mouth_fan(landmarks: np.ndarray) -> np.ndarray:

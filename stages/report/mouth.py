@@ -115,7 +115,7 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def best_lag(x: np.ndarray, y: np.ndarray, max_lag: int = 2) -> tuple[float, int]:
-    """Highest Pearson r of ``x[t]`` against ``y[t + lag]`` for |lag| ≤ ``max_lag`` -> (r, lag).
+    """Highest Pearson r of ``x[t + lag]`` against ``y[t]`` for |lag| ≤ ``max_lag`` -> (r, lag).
 
     A positive lag means ``x`` is late against ``y`` by that many frames.
     """
