@@ -42,20 +42,25 @@ def _run_flow(catalogue: str, out: str, options: dict) -> dict:
 
 
 def _print_summary(summary: dict) -> int:
-    """Print the run summary; returns the exit code (1 when anything failed)."""
+    """Print the run summary; returns the exit code (1 when anything failed). Dubs that need
+    review are produced, not failed: they leave the exit code alone."""
     inv = summary["invocation"]
     click.echo(f"\nrun folder: {summary['out']}")
     click.echo(
         f"stages executed: {inv['stages_executed'] or 'none'}; reused: {inv['stages_skipped'] or 'none'}; "
         f"failed: {inv['stages_failed'] or 'none'}"
     )
+    if inv["dubs_needing_review"]:
+        click.echo(f"dubs that need review: {inv['dubs_needing_review']} (videos written; see NEEDS REVIEW below)")
     failed = bool(summary["catalogue_errors"])
     for title_id, title in summary["titles"].items():
         click.echo(f"  {title_id}: {title['status']}")
         for language, url in title["outputs"].items():
             report = title["reports"][language]
             r = "–" if report["lipsync_r"] is None else f"{report['lipsync_r']:.2f}"
-            click.echo(f"    {language}: {url}\n        report: {report['html']} (lip-sync r {r})")
+            click.echo(f"    {language}: {url}\n        report: {report['html'] or 'none'} (lip-sync r {r})")
+            if language in title["needs_review"]:
+                click.echo(f"        NEEDS REVIEW: {title['needs_review'][language]}")
         if title["error"]:
             click.echo(f"    error: {title['error']}")
         failed |= title["status"] != "done"
@@ -86,6 +91,14 @@ _common_run_options = [
         help="GFPGAN v1.4 weights (GFPGANv1.4.pth or .safetensors; path or fsspec URL) to enhance the "
         "re-rendered mouths. Without them enhancement is skipped, and the stats say so.",
     ),
+    click.option(
+        "--review-threshold",
+        type=click.FloatRange(-1.0, 1.0),
+        default=0.5,  # flows.localize.REVIEW_THRESHOLD, not imported here: Prefect must load after _prepare_env
+        show_default=True,
+        help="A dub whose lip-sync self-check r (driven vs measured mouth on the output) is below this is "
+        "marked 'needs review' (its video is kept; the exit code is not changed).",
+    ),
     click.option("--quiet", is_flag=True, help="Only warnings and the summary (no progress bars; CI=1 also hides them)."),
 ]
 
@@ -114,14 +127,15 @@ def run(catalogue: str, out: str, **options) -> None:
     sys.exit(_print_summary(summary))
 
 
-def _single_title(mode: str, source: str, audio: str, output: str, language: str, run_dir: str | None,
-                  row_options: dict, options: dict) -> None:
+def _single_title(mode: str, source: str, audio: str, script: str | None, output: str, language: str,
+                  run_dir: str | None, row_options: dict, options: dict) -> None:
     output_path = Path(output).resolve()
     run_folder = Path(run_dir) if run_dir else output_path.with_name(output_path.stem + ".dubline")
     run_folder.mkdir(parents=True, exist_ok=True)
     title_id = safe_title_id(Path(source).stem)
     row = {"title_id": title_id, mode: str(Path(source).resolve()), "language": language,
            "dub_audio": str(Path(audio).resolve()),
+           **({"dub_script": str(Path(script).resolve())} if script else {}),
            "options": {k: v for k, v in row_options.items() if v is not None}}
     catalogue = run_folder / "catalogue.yaml"
     catalogue.write_text(json.dumps([row], indent=1))  # JSON is valid YAML
@@ -138,6 +152,8 @@ _single_options = [
     click.option("-o", "--output", required=True, help="Output video file (.mp4)."),
     click.option("--expression-scale", type=float, default=None, help="Scale of the driven mouth motion (default 1.0)."),
     click.option("--language", default="en", show_default=True, help="BCP-47 code of the dub audio's language."),
+    click.option("--script", default=None,
+                 help="The dub's text for the audio stage: plain text (.txt) or subtitles (.srt, .vtt), UTF-8."),
     click.option("--run-dir", default=None, help="Run folder (default: OUTPUT's name + '.dubline' beside it)."),
 ]
 
@@ -152,10 +168,11 @@ def _with_single_options(func):
 @click.argument("video")
 @click.argument("audio")
 @_with_single_options
-def dub(video: str, audio: str, output: str, language: str, run_dir: str | None, expression_scale: float | None,
-        **options) -> None:
+def dub(video: str, audio: str, output: str, language: str, script: str | None, run_dir: str | None,
+        expression_scale: float | None, **options) -> None:
     """Dub VIDEO with the speech in AUDIO: same picture, mouths re-driven by the new audio."""
-    _single_title("video", video, audio, output, language, run_dir, {"expression_scale": expression_scale}, options)
+    _single_title("video", video, audio, script, output, language, run_dir, {"expression_scale": expression_scale},
+                  options)
 
 
 def _angles(text: str | None) -> list[float] | None:
@@ -175,9 +192,10 @@ def _angles(text: str | None) -> list[float] | None:
 @click.option("--framing", type=click.Choice(["full", "crop", "resize"]), default=None,
               help="Output picture: the full portrait (default), a crop around the face, or resized to 512 px.")
 @_with_single_options
-def avatar(portrait: str, audio: str, output: str, language: str, run_dir: str | None, expression_scale: float | None,
-           still: bool, pose_style: int | None, ref_pose: str | None, ref_blink: str | None, yaw: str | None,
-           pitch: str | None, roll: str | None, framing: str | None, **options) -> None:
+def avatar(portrait: str, audio: str, output: str, language: str, script: str | None, run_dir: str | None,
+           expression_scale: float | None, still: bool, pose_style: int | None, ref_pose: str | None,
+           ref_blink: str | None, yaw: str | None, pitch: str | None, roll: str | None, framing: str | None,
+           **options) -> None:
     """Make a talking video of PORTRAIT speaking AUDIO (head motion and blinks from the audio)."""
     row_options = {
         "expression_scale": expression_scale, "still": still or None, "pose_style": pose_style,
@@ -185,7 +203,7 @@ def avatar(portrait: str, audio: str, output: str, language: str, run_dir: str |
         "ref_blink": str(Path(ref_blink).resolve()) if ref_blink else None,
         "yaw": _angles(yaw), "pitch": _angles(pitch), "roll": _angles(roll), "avatar_framing": framing,
     }
-    _single_title("portrait", portrait, audio, output, language, run_dir, row_options, options)
+    _single_title("portrait", portrait, audio, script, output, language, run_dir, row_options, options)
 
 
 @main.command()
@@ -206,7 +224,8 @@ def status(out: str) -> None:
         for stage, record in in_pipeline_order(title.get("stages", {})):
             click.echo(f"  {stage:<10} {record['state']:<6} {record['seconds']:8.2f} s  rows {record['rows_in']}->{record['rows_out']}")
         for language, lang in sorted(title.get("languages", {}).items()):
-            click.echo(f"  [{language}] {lang.get('status')}" + (f"  ({lang['error']})" if lang.get("error") else ""))
+            problem = lang.get("error") or lang.get("review_reason")
+            click.echo(f"  [{language}] {lang.get('status')}" + (f"  ({problem})" if problem else ""))
             for stage, record in in_pipeline_order(lang.get("stages", {})):
                 click.echo(f"    {stage:<8} {record['state']:<6} {record['seconds']:8.2f} s")
             if lang.get("output"):
@@ -218,7 +237,8 @@ def status(out: str) -> None:
 @main.command()
 @click.argument("out")
 def report(out: str) -> None:
-    """Print where the per-title, per-language reports of the run folder OUT are, with their lip-sync r."""
+    """Print where the per-title, per-language reports of the run folder OUT are, with their lip-sync r
+    and, for dubs that need review, why."""
     from flows.run_folder import RunFolder
     from schemas import storage
 
@@ -228,12 +248,13 @@ def report(out: str) -> None:
     found = 0
     for title_id, title in sorted(run.state["titles"].items()):
         for language, lang in sorted(title.get("languages", {}).items()):
+            review = f"  NEEDS REVIEW: {lang['review_reason']}" if lang.get("status") == "needs_review" else ""
             if lang.get("report"):
-                r = lang.get("lipsync_r")
-                click.echo(f"{title_id} [{language}]: {lang['report']}  (lip-sync r {'–' if r is None else f'{r:.2f}'})")
+                r = "–" if lang.get("lipsync_r") is None else f"{lang['lipsync_r']:.2f}"
+                click.echo(f"{title_id} [{language}]: {lang['report']}  (lip-sync r {r}){review}")
                 found += 1
             else:
-                click.echo(f"{title_id} [{language}]: no report ({lang.get('status')})")
+                click.echo(f"{title_id} [{language}]: no report ({lang.get('status')}){review}")
     if not found:
         raise click.ClickException(f"{out} has no finished reports yet")
 

@@ -3,10 +3,16 @@
 ``localize_catalogue`` validates the catalogue, then runs ``localize_title`` for every title
 concurrently; each title runs its stages as Prefect tasks that pass manifest URLs. A bad row or a
 failing title is recorded in run.json and the summary, and never stops the other titles.
+
+A finished dub whose report's lip-sync self-check is below ``review_threshold``, that has no
+dubbed face, or whose report failed, is marked "needs_review" with the reason instead of "done":
+its video is kept and it is not a failure.
 """
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -23,6 +29,9 @@ from stages.base import TitleError
 
 #: Titles processed at once by one driver; the cluster's own capacity limits the real parallelism.
 TITLES_IN_FLIGHT = 8
+#: Lip-sync self-check r (driven jaw vs mouth measured on the output) below which a dub needs review.
+#: Dubs whose output follows the driven mouth measure 0.78-0.95 (tests, demo); 0.5 leaves room for noise.
+REVIEW_THRESHOLD = 0.5
 
 
 def _describe(exc: BaseException, title_id: str) -> str:
@@ -45,14 +54,38 @@ def check_enhancer_weights(url: str) -> None:
         raise ValueError(f"enhancer weights {exc}" if str(exc).startswith(url) else f"enhancer weights {url}: {exc}") from exc
 
 
+def review_reason(report: dict[str, Any], skip_reasons: list[str], threshold: float) -> str | None:
+    """Why a finished dub needs a person's review, or None when its lip-sync self-check passed.
+
+    ``report`` is its ``reports`` row (tracks_dubbed, tracks_skipped, lipsync_r: Pearson r of the
+    driven jaw against the mouth measured on the output, None when none was measured);
+    ``skip_reasons`` are the faces stage's reasons for the skipped tracks.
+    """
+    if report["tracks_dubbed"] == 0:
+        if not report["tracks_skipped"]:
+            return "no face was dubbed: none was found in the video"
+        reasons = Counter(skip_reasons).most_common()
+        listed = "; ".join(reason if count == 1 else f"{count}× {reason}" for reason, count in reasons[:3])
+        more = f"; {len(reasons) - 3} other reason(s)" if len(reasons) > 3 else ""
+        return f"no face was dubbed: every face track was skipped ({listed}{more})"
+    if report["lipsync_r"] is None:
+        return (f"the lip-sync self-check measured none of the {report['tracks_dubbed']} dubbed face track(s) "
+                "on the output video")
+    if report["lipsync_r"] < threshold:
+        return f"lip-sync self-check r {report['lipsync_r']:.2f} is below the review threshold {threshold:.2f}"
+    return None
+
+
 @task(name="language", task_run_name="language-{title_id}-{language}")
 def _language(run_url: str, title_id: str, language: str, titles_url: str, shots_url: str, faces_url: str,
-              entry: dict[str, Any], whisper_model: str | None, enhancer_weights: str | None) -> str:
+              entry: dict[str, Any], whisper_model: str | None, enhancer_weights: str | None,
+              review_threshold: float) -> tuple[str, str | None]:
     """One dub of a title: audio analysis, driven coefficients, rendering, enhancement (with
-    GFPGAN weights), composite, report. Returns the video URL."""
-    options = CatalogueEntry.from_row(entry).options
-    dub = entry["dub_audio_url"]
-    audio_url = tasks.audio(run_url, title_id, language, titles_url, dub, options, whisper_model)
+    GFPGAN weights), composite, report. Returns the video URL and why it needs review (or None)."""
+    dub_entry = CatalogueEntry.from_row(entry)
+    options, dub = dub_entry.options, dub_entry.dub_audio_url
+    audio_url = tasks.audio(run_url, title_id, language, titles_url, dub, options, whisper_model,
+                            dub_entry.dub_script_url)
     coeffs_url = tasks.coeffs(run_url, title_id, language, titles_url, faces_url, audio_url, options)
     render_url = tasks.render(run_url, title_id, language, faces_url, coeffs_url)
     faces_out = tasks.enhance(run_url, title_id, language, render_url, faces_url, enhancer_weights)
@@ -65,19 +98,24 @@ def _language(run_url: str, title_id: str, language: str, titles_url: str, shots
         })
         (report,) = read_rows(report_url, REPORTS)
         run.update_language(title_id, language, report=report["html_url"], lipsync_r=report["lipsync_r"])
+        skipped = (json.loads(storage.read_text(report["json_url"]))["tracks_skipped"]
+                   if report["tracks_skipped"] and not report["tracks_dubbed"] else [])
+        reason = review_reason(report, [t["reason"] for t in skipped], review_threshold)
     except Exception as exc:  # noqa: BLE001 - the report describes a finished dub; it never undoes it
         run.log(f"report {title_id} [{language}] failed: {exc}")
         get_run_logger().warning("no report for %s [%s]: %s", title_id, language, exc)
-    return run.output_url(title_id, language)
+        reason = f"no lip-sync self-check: the report failed ({exc})"
+    return run.output_url(title_id, language), reason
 
 
 @flow(name="localize_title", flow_run_name="{title_id}", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def localize_title(run_url: str, title_id: str, entries: list[dict[str, Any]], whisper_model: str | None = None,
-                   enhancer_weights: str | None = None) -> dict[str, str]:
+                   enhancer_weights: str | None = None, review_threshold: float = REVIEW_THRESHOLD) -> dict[str, str]:
     """All languages of one title: probe, shots and faces once, then per language audio,
     coefficients and composite.
 
-    Returns ``{language: output video URL}`` for the languages that succeeded; raises when none did.
+    Returns ``{language: output video URL}`` for the languages that were produced (done or needing
+    review); raises when none was.
     """
     run = tasks.session_for(run_url).run
     first = CatalogueEntry.from_row(entries[0])
@@ -89,15 +127,21 @@ def localize_title(run_url: str, title_id: str, entries: list[dict[str, Any]], w
     futures = {}
     for row in entries:
         entry = CatalogueEntry.from_row(row)
-        run.update_language(title_id, entry.language, status="running", dub_audio_url=entry.dub_audio_url, error=None)
+        run.update_language(title_id, entry.language, status="running", dub_audio_url=entry.dub_audio_url,
+                            dub_script_url=entry.dub_script_url, error=None, review_reason=None, report=None,
+                            lipsync_r=None)
         futures[entry.language] = _language.submit(
-            run_url, title_id, entry.language, titles_url, shots_url, faces_url, row, whisper_model, enhancer_weights
+            run_url, title_id, entry.language, titles_url, shots_url, faces_url, row, whisper_model, enhancer_weights,
+            review_threshold,
         )
     outputs, errors = {}, {}
     for language, future in futures.items():
         try:
-            outputs[language] = future.result()
-            run.update_language(title_id, language, status="done", output=outputs[language])
+            outputs[language], reason = future.result()
+            run.update_language(title_id, language, status="needs_review" if reason else "done",
+                                output=outputs[language], review_reason=reason)
+            if reason:
+                run.log(f"{title_id} [{language}] needs review: {reason}")
         except Exception as exc:  # noqa: BLE001 - one language's failure must not stop the others
             errors[language] = _describe(exc, title_id)
             run.update_language(title_id, language, status="failed", error=errors[language])
@@ -111,11 +155,11 @@ def localize_title(run_url: str, title_id: str, entries: list[dict[str, Any]], w
 
 @task(name="title", task_run_name="title-{title_id}")
 def _title(run_url: str, title_id: str, entries: list[dict[str, Any]], whisper_model: str | None,
-           enhancer_weights: str | None) -> None:
+           enhancer_weights: str | None, review_threshold: float) -> None:
     """Runs one title's flow and records its failure instead of propagating it."""
     run = tasks.session_for(run_url).run
     try:
-        localize_title(run_url, title_id, entries, whisper_model, enhancer_weights)
+        localize_title(run_url, title_id, entries, whisper_model, enhancer_weights, review_threshold)
     except Exception as exc:  # noqa: BLE001 - a failed title is reported, the catalogue goes on
         message = _describe(exc, title_id)
         if run.state["titles"].get(title_id, {}).get("status") not in ("failed", "partial"):
@@ -127,16 +171,19 @@ def _title(run_url: str, title_id: str, entries: list[dict[str, Any]], whisper_m
 @flow(name="localize_catalogue", task_runner=ThreadPoolTaskRunner(max_workers=TITLES_IN_FLIGHT))
 def localize_catalogue(
     catalogue: str, out: str, ray_address: str | None = None, executor: str = "ray", whisper_model: str | None = None,
-    enhancer_weights: str | None = None,
+    enhancer_weights: str | None = None, review_threshold: float = REVIEW_THRESHOLD,
 ) -> dict[str, Any]:
     """Dub every (title, language) of ``catalogue`` into the run folder ``out``.
 
     ``executor`` is "ray" (a local Ray, or the cluster at ``ray_address`` / ``$RAY_ADDRESS``) or
     "local" (in-process, for small jobs). ``whisper_model`` (a faster-whisper model name or local
     folder) turns on transcripts and subtitles; ``enhancer_weights`` (GFPGAN v1.4, path or URL) turns on
-    enhancement. Returns the run summary (also in ``out``/run.json).
+    enhancement. A dub whose lip-sync self-check r is below ``review_threshold`` (in [-1, 1]) is
+    marked "needs_review". Returns the run summary (also in ``out``/run.json).
     """
     logger = get_run_logger()
+    if not -1.0 <= review_threshold <= 1.0:
+        raise ValueError(f"review_threshold {review_threshold} is not a correlation (use a value in [-1, 1])")
     if enhancer_weights:
         check_enhancer_weights(enhancer_weights)
     parsed = load_catalogue(catalogue)
@@ -147,14 +194,15 @@ def localize_catalogue(
         run = session.run
         write_manifest(parsed.to_rows(), CATALOGUE, storage.join(run.url, "catalogue.parquet"))
         run.begin(catalogue, {"executor": executor, "ray_address": ray_address, "whisper_model": whisper_model,
-                              "enhancer_weights": enhancer_weights}, errors)
+                              "enhancer_weights": enhancer_weights, "review_threshold": review_threshold}, errors)
         by_title = parsed.by_title()
         for error in parsed.errors:
             if error.title_id and error.title_id not in by_title:
                 run.update_title(error.title_id, status="invalid", error=str(error))
         progress.plan(len(by_title), sum(len(entries) for entries in by_title.values()))
         futures = [
-            _title.submit(run.url, title_id, [e.to_row() for e in entries], whisper_model, enhancer_weights)
+            _title.submit(run.url, title_id, [e.to_row() for e in entries], whisper_model, enhancer_weights,
+                          review_threshold)
             for title_id, entries in by_title.items()
         ]
         for future in futures:
@@ -166,7 +214,14 @@ def localize_catalogue(
 
 
 def summarize(run: RunFolder, invocation: dict[str, Any]) -> dict[str, Any]:
+    """Per title: status, error, and per produced language its output, report and, when it needs
+    review, why (``needs_review``: {language: reason})."""
     titles = run.state["titles"]
+
+    def produced(title: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        languages = title.get("languages", {}).items()
+        return {lang: l for lang, l in languages if l.get("status") in ("done", "needs_review")}
+
     return {
         "out": run.url,
         "invocation": invocation,
@@ -175,9 +230,11 @@ def summarize(run: RunFolder, invocation: dict[str, Any]) -> dict[str, Any]:
             title_id: {
                 "status": t.get("status"),
                 "error": t.get("error"),
-                "outputs": {lang: l.get("output") for lang, l in t.get("languages", {}).items() if l.get("status") == "done"},
+                "outputs": {lang: l.get("output") for lang, l in produced(t).items()},
                 "reports": {lang: {"html": l.get("report"), "lipsync_r": l.get("lipsync_r")}
-                            for lang, l in t.get("languages", {}).items() if l.get("status") == "done"},
+                            for lang, l in produced(t).items()},
+                "needs_review": {lang: l["review_reason"] for lang, l in produced(t).items()
+                                 if l["status"] == "needs_review"},
             }
             for title_id, t in sorted(titles.items())
         },
@@ -189,18 +246,21 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines = [
         f"# dubline run: {summary['out']}",
         f"titles done: {inv['titles_done']}, failed: {inv['titles_failed']}; "
+        f"dubs that need review: {inv['dubs_needing_review']}; "
         f"stages executed: {inv['stages_executed']}, reused: {inv['stages_skipped']}, failed: {inv['stages_failed']}",
         "",
-        "| title | status | language | lip-sync r | output | report / error |",
-        "|---|---|---|---|---|---|",
+        "| title | status | language | lip-sync r | output | report / error | review |",
+        "|---|---|---|---|---|---|---|",
     ]
     for title_id, t in summary["titles"].items():
         for language, url in t["outputs"].items():
             report = t["reports"][language]
             r = "–" if report["lipsync_r"] is None else f"{report['lipsync_r']:.2f}"
-            lines.append(f"| {title_id} | {t['status']} | {language} | {r} | {url} | {report['html']} |")
+            review = f"**needs review**: {t['needs_review'][language]}" if language in t["needs_review"] else ""
+            html = report["html"] or "–"
+            lines.append(f"| {title_id} | {t['status']} | {language} | {r} | {url} | {html} | {review} |")
         if t["error"]:
-            lines.append(f"| {title_id} | {t['status']} | | | | {t['error']} |")
+            lines.append(f"| {title_id} | {t['status']} | | | | {t['error']} | |")
     if summary["catalogue_errors"]:
         lines += ["", "## Catalogue errors", *[f"- {e}" for e in summary["catalogue_errors"]]]
     return "\n".join(lines)

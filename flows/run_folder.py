@@ -2,7 +2,9 @@
 
 Layout under the output URL::
 
-    run.json                                   parameters, per-title status, one record per invocation
+    run.json                                   parameters, per-title status (per language: "done",
+                                               "needs_review" with its review_reason, or "failed"),
+                                               one record per invocation
     catalogue.parquet                          the validated catalogue
     manifests/<stage>/<title_id>/<key>.parquet stage output, keyed by a content hash
     manifests/<stage>/<title_id>/<key>.done    completion marker (stage stats), written last
@@ -160,6 +162,8 @@ class RunFolder:
                 stages_failed=dict(self._failed),
                 titles_done=sum(t.get("status") == "done" for t in titles),
                 titles_failed=sum(t.get("status") in ("failed", "partial") for t in titles),
+                dubs_needing_review=sum(lang.get("status") == "needs_review"
+                                        for t in titles for lang in t.get("languages", {}).values()),
             )
             self._save()
         self.log(f"finished: executed {record['stages_executed']}, reused {record['stages_skipped']}, failed {record['stages_failed']}")

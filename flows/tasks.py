@@ -15,7 +15,8 @@ from prefect import task
 from flows import progress
 from flows.run_folder import RunFolder, in_pipeline_order, stage_key
 from schemas import storage
-from stages.base import Stage, StageJob, StageStats
+from stages.base import Stage, StageJob, StageStats, TitleError
+from stages.audio.script import read_script
 from stages.audio.stage import AudioStage
 from stages.coeffs.stage import CoeffsStage
 from stages.composite import CompositeStage
@@ -149,18 +150,29 @@ def faces(run_url: str, title_id: str, titles_url: str, shots_url: str) -> str:
 
 @task(name="audio", task_run_name="audio-{title_id}-{language}")
 def audio(run_url: str, title_id: str, language: str, titles_url: str, dub_audio_url: str, options: dict,
-          whisper_model: str | None) -> str:
+          whisper_model: str | None, dub_script_url: str | None) -> str:
+    """The dub audio's analysis; ``dub_script_url`` is the dub's text (.txt/.srt/.vtt) or None.
+
+    Raises TitleError for a script that cannot be read as text (before any work is done)."""
     run = session_for(run_url).run
+    if dub_script_url:
+        try:
+            read_script(dub_script_url)
+        except (ValueError, OSError) as exc:
+            raise TitleError(title_id, f"[{language}] {exc}") from exc
     row = {
         "title_id": title_id,
         "language": language,
         "dub_audio_url": dub_audio_url,
+        "dub_script_url": dub_script_url,
         "titles_url": titles_url,
         "options_json": json.dumps(options, sort_keys=True),
         "subtitles_url": run.output_url(title_id, language).removesuffix(".mp4"),
     }
     inputs = {"titles": _key_of(titles_url), "dub_audio": storage.fingerprint(dub_audio_url), "language": language,
               "tolerance": options["audio_tolerance_s"], "subtitles": row["subtitles_url"]}
+    if dub_script_url:  # only when given, so the keys of dubs without a script stay as they were
+        inputs["dub_script"] = storage.fingerprint(dub_script_url)
     return _execute(run_url, AudioStage, title_id, inputs, language=language, rows=(row,),
                     params={"whisper_model": whisper_model})
 

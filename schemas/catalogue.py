@@ -1,10 +1,11 @@
 """The catalogue: which titles to dub into which languages, loaded and validated row by row.
 
 A catalogue is a YAML, CSV or Parquet file (any fsspec URL) of rows with ``title_id``,
-``video`` or ``portrait``, ``language`` and ``dub_audio``, plus optional per-row options.
-YAML may also give a title once with a ``dubs: {language: audio}`` mapping. Relative paths are
-resolved against the catalogue's own folder. A folder of title folders laid out by convention is
-a catalogue too (``schemas.catalogue_folder``).
+``video`` or ``portrait``, ``language`` and ``dub_audio``, an optional ``dub_script`` (the dub's
+text: .txt, .srt or .vtt) and optional per-row options. YAML may also give a title once with a
+``dubs: {language: audio}`` mapping, where a language's value may be ``{audio: …, script: …}``.
+Relative paths are resolved against the catalogue's own folder. A folder of title folders laid
+out by convention is a catalogue too (``schemas.catalogue_folder``).
 
 Validation never raises for a bad row: it returns the good entries and one ``RowError`` per
 problem, so one bad title never stops the others.
@@ -48,7 +49,10 @@ _X264_PRESETS = {
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
 }
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_CORE_COLUMNS = {"title_id", "video", "portrait", "language", "dub_audio", "options"}
+_CORE_COLUMNS = {"title_id", "video", "portrait", "language", "dub_audio", "dub_script", "options"}
+#: Extensions of dub scripts: plain text, SubRip and WebVTT subtitles (read by ``stages.audio.script``).
+SCRIPT_EXTENSIONS = ("txt", "srt", "vtt")
+_DUB_KEYS = ("audio", "script")  # keys of a language's mapping in a YAML ``dubs`` mapping
 
 
 class _CatalogueYamlLoader(yaml.SafeLoader):
@@ -80,6 +84,7 @@ class CatalogueEntry:
     source_url: str
     dub_audio_url: str
     options: dict[str, Any] = field(default_factory=dict)
+    dub_script_url: str | None = None  # the dub's text (.txt, .srt or .vtt), when the studio gave it
 
     def to_row(self) -> dict[str, Any]:
         return {
@@ -90,6 +95,7 @@ class CatalogueEntry:
             "source_url": self.source_url,
             "dub_audio_url": self.dub_audio_url,
             "options_json": json.dumps(self.options, sort_keys=True),
+            "dub_script_url": self.dub_script_url,
         }
 
     @classmethod
@@ -102,6 +108,7 @@ class CatalogueEntry:
             source_url=row["source_url"],
             dub_audio_url=row["dub_audio_url"],
             options=json.loads(row["options_json"]),
+            dub_script_url=row["dub_script_url"],
         )
 
 
@@ -160,11 +167,13 @@ def validate_rows(
     candidates: list[CatalogueEntry] = []
     url_problems: dict[str, str | None] = {}
 
-    for number, raw in rows:
-        entry, problems = _validate_row(number, raw, base_url)
+    for number, raw, mapping_problems in rows:
+        # A malformed dubs entry has no row to validate: its problems are the row's.
+        entry, problems = (None, mapping_problems) if mapping_problems else _validate_row(number, raw, base_url)
         if check_files and entry is not None:
             references = [entry.options[k] for k in _URL_OPTIONS if entry.options.get(k)]
-            for file_url in (entry.source_url, entry.dub_audio_url, *references):
+            script = [entry.dub_script_url] if entry.dub_script_url else []
+            for file_url in (entry.source_url, entry.dub_audio_url, *script, *references):
                 if file_url not in url_problems:
                     url_problems[file_url] = _file_problem(file_url)
                 if url_problems[file_url]:
@@ -223,19 +232,38 @@ def _read_raw_rows(url: str) -> list[dict[str, Any]]:
     raise CatalogueError(f"catalogue {url}: unknown format '.{suffix}' (use .yaml, .csv or .parquet)")
 
 
-def _expand_dub_mappings(rows: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
-    """YAML convenience: ``dubs: {fr: a.wav, de: b.wav}`` becomes one row per language.
+def _expand_dub_mappings(rows: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any], list[str]]]:
+    """YAML convenience: ``dubs: {fr: a.wav, de: {audio: b.wav, script: b.srt}}`` becomes one row
+    per language.
 
-    Returns (row number in the catalogue file, row) pairs: the rows of one ``dubs`` mapping share
-    the number of the entry they come from, so errors point at the right place in the file."""
+    Returns (row number in the catalogue file, row, problems of its ``dubs`` entry) triples: the
+    rows of one ``dubs`` mapping share the number of the entry they come from, so errors point at
+    the right place in the file."""
     out = []
     for number, raw in enumerate(rows, start=1):
         dubs = raw.get("dubs")
-        if isinstance(dubs, dict):
-            base = {k: v for k, v in raw.items() if k != "dubs"}
-            out.extend((number, {**base, "language": lang, "dub_audio": audio}) for lang, audio in dubs.items())
-        else:
-            out.append((number, raw))
+        if not isinstance(dubs, dict):
+            out.append((number, raw, []))
+            continue
+        base = {k: v for k, v in raw.items() if k != "dubs"}
+        # A script is the text of one language's dub: beside a mapping of languages it is ambiguous.
+        shared_script = _text(base.pop("dub_script", None)) is not None
+        for language, dub in dubs.items():
+            row, problems = {**base, "language": language}, []
+            if shared_script:
+                problems.append("dub_script beside a dubs mapping: give each language's script in the mapping, "
+                                "e.g. dubs: {fr: {audio: fr.wav, script: fr.srt}}")
+            if isinstance(dub, dict):
+                unknown = sorted(str(key) for key in dub if key not in _DUB_KEYS)
+                if unknown:
+                    problems.append(f"dubs.{language} has unknown keys {unknown} (use 'audio' and 'script')")
+                row.update(dub_audio=dub.get("audio"), dub_script=dub.get("script"))
+            elif dub is None or isinstance(dub, str):
+                row["dub_audio"] = dub
+            else:
+                problems.append(f"dubs.{language} must be an audio file or a mapping {{audio: …, script: …}}, "
+                                f"not {dub!r}")
+            out.append((number, row, problems))
     return out
 
 
@@ -260,6 +288,16 @@ def title_id_problem(title_id: str) -> str | None:
         return None
     return (f"title_id {title_id!r} is not a safe path component "
             "(letters, digits, '.', '_', '-'; starting with a letter or digit; at most 128)")
+
+
+def script_extension_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a dub script by its extension, or None (.txt, .srt, .vtt; any case)."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    if extension in SCRIPT_EXTENSIONS:
+        return None
+    what = f"unknown script format '.{extension}'" if extension else "no file extension"
+    return f"dub script {path}: {what} (use {', '.join('.' + e for e in SCRIPT_EXTENSIONS)})"
 
 
 def safe_title_id(name: str, max_length: int = 128) -> str:
@@ -292,6 +330,9 @@ def _validate_row(number: int, raw: dict[str, Any], base_url: str) -> tuple[Cata
     dub_audio = _text(raw.get("dub_audio"))
     if dub_audio is None:
         problems.append("missing dub_audio")
+    dub_script = _text(raw.get("dub_script"))
+    if dub_script is not None and (problem := script_extension_problem(dub_script)):
+        problems.append(problem)
 
     options, option_problems = _parse_options(raw)
     problems.extend(option_problems)
@@ -310,6 +351,7 @@ def _validate_row(number: int, raw: dict[str, Any], base_url: str) -> tuple[Cata
             source_url=_resolve(source, base_url),
             dub_audio_url=_resolve(dub_audio, base_url),
             options=options,
+            dub_script_url=_resolve(dub_script, base_url) if dub_script else None,
         ),
         [],
     )

@@ -2,13 +2,15 @@
 
     <folder>/<title>/<video or portrait image>   exactly one: dub mode (video) or avatar mode (image)
     <folder>/<title>/dub.<lang>.<ext>            one per language, e.g. dub.fr.wav, dub.pt-BR.m4a
+    <folder>/<title>/dub.<lang>.txt|srt|vtt      optional: that language's dub script (its text)
     <folder>/<title>/options.yaml                optional: the title's options (see OPTION_DEFAULTS)
 
 The folder name is the title id. Each title becomes one catalogue entry with a ``dubs`` mapping and
 goes through the same row validation as a catalogue file; titles are numbered as rows in name
 order. Problems of a title's folder (no or two sources, no dub tracks, two tracks for a language,
 a dub file without a language, an unsafe folder name, a bad options.yaml) are errors of that
-title alone. Hidden entries and other files (notes, subtitles) are ignored.
+title alone; a script without a dub track beside it, or two scripts for one language, are errors
+of that language alone. Hidden entries and other files (notes, subtitles) are ignored.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from typing import Any
 import yaml
 
 from schemas import storage
-from schemas.catalogue import Catalogue, CatalogueError, RowError, title_id_problem, validate_rows
+from schemas.catalogue import (
+    SCRIPT_EXTENSIONS,
+    Catalogue,
+    CatalogueError,
+    RowError,
+    title_id_problem,
+    validate_rows,
+)
 
 VIDEO_EXTENSIONS = frozenset({"mp4", "m4v", "mov", "mkv", "webm", "avi", "mxf", "ts", "mts", "mpg", "mpeg", "wmv", "flv"})
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"})
@@ -38,19 +47,25 @@ class TitleFolder:
     videos: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
     dubs: dict[str, list[str]] = field(default_factory=dict)  # language as written -> file names
+    scripts: dict[str, list[str]] = field(default_factory=dict)  # language as written -> script file names
     options: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    language_problems: dict[str, list[str]] = field(default_factory=dict)  # language as written -> problems
 
     def raw_row(self) -> dict[str, Any]:
-        """The catalogue row of a folder without problems (absolute URLs)."""
+        """The catalogue row of a folder without problems (absolute URLs), with the languages
+        that have no problems of their own."""
         source_key = "video" if self.videos else "portrait"
         source = (self.videos or self.images)[0]
-        return {
-            "title_id": self.title_id,
-            source_key: storage.join(self.url, source),
-            "dubs": {lang: storage.join(self.url, files[0]) for lang, files in self.dubs.items()},
-            "options": self.options,
-        }
+        dubs: dict[str, Any] = {}
+        for language, files in self.dubs.items():
+            if language in self.language_problems:
+                continue
+            audio = storage.join(self.url, files[0])
+            scripts = self.scripts.get(language)
+            dubs[language] = {"audio": audio, "script": storage.join(self.url, scripts[0])} if scripts else audio
+        return {"title_id": self.title_id, source_key: storage.join(self.url, source), "dubs": dubs,
+                "options": self.options}
 
 
 def load_folder_catalogue(url: str, check_files: bool = True) -> Catalogue:
@@ -64,8 +79,12 @@ def load_folder_catalogue(url: str, check_files: bool = True) -> Catalogue:
     for number, title in enumerate(titles, start=1):
         problems = [p for p in (title_id_problem(title.title_id),) if p] + title.problems
         errors.extend(RowError(number, title.title_id, None, problem) for problem in problems)
-        if not problems:
-            rows.append(title.raw_row())
+        errors.extend(RowError(number, title.title_id, language, problem)
+                      for language, problems_of_language in title.language_problems.items()
+                      for problem in problems_of_language)
+        row = title.raw_row() if not problems else None
+        if row is not None and row["dubs"]:
+            rows.append(row)
             numbers.append(number)
     # URLs are absolute, so the base does not matter; validation numbers the rows it is given.
     checked = validate_rows(rows, base_url=url, url=url, check_files=check_files)
@@ -111,8 +130,9 @@ def _scan_title(fs, path: str, title: TitleFolder) -> TitleFolder:
         if parts[0] == "dub":
             if len(parts) < 3 or not parts[1]:
                 unnamed_dubs.append(name)
-            else:
-                title.dubs.setdefault(".".join(parts[1:-1]), []).append(name)
+            else:  # a text or subtitle file is the language's script, any other file its audio
+                found = title.scripts if extension in SCRIPT_EXTENSIONS else title.dubs
+                found.setdefault(".".join(parts[1:-1]), []).append(name)
         elif name in OPTIONS_FILES:
             options_files.append(name)
         elif extension in VIDEO_EXTENSIONS:
@@ -131,11 +151,20 @@ def _scan_title(fs, path: str, title: TitleFolder) -> TitleFolder:
     if unnamed_dubs:
         title.problems.append(f"no language in the name of {', '.join(unnamed_dubs)} "
                               "(name dub tracks dub.<lang>.<ext>, e.g. dub.fr.wav)")
-    elif not title.dubs:
+    elif not title.dubs and not title.scripts:
         title.problems.append("no dub tracks in the title folder (name them dub.<lang>.<ext>, e.g. dub.fr.wav)")
     for language, files in title.dubs.items():
         if len(files) > 1:
             title.problems.append(f"more than one dub track for language {language!r}: {', '.join(files)}")
+    for language, files in title.scripts.items():
+        if language not in title.dubs:
+            problem = (f"dub script {', '.join(files)} has no dub track beside it "
+                       f"(dub.{language}.<audio ext>, e.g. dub.{language}.wav)")
+        elif len(files) > 1:
+            problem = f"more than one dub script for language {language!r}: {', '.join(files)}"
+        else:
+            continue
+        title.language_problems.setdefault(language, []).append(problem)
     if len(options_files) > 1:
         title.problems.append(f"both {' and '.join(options_files)}; keep one")
     elif options_files:

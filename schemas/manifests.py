@@ -59,7 +59,7 @@ def _per_frame(width: int) -> pa.DataType:
 
 CATALOGUE = ManifestSchema(
     "catalogue",
-    1,
+    2,  # 2: dub_script_url
     (
         pa.field("row", pa.int32(), nullable=False),
         pa.field("title_id", pa.string(), nullable=False),
@@ -68,6 +68,7 @@ CATALOGUE = ManifestSchema(
         pa.field("source_url", pa.string(), nullable=False),
         pa.field("dub_audio_url", pa.string(), nullable=False),
         pa.field("options_json", pa.string(), nullable=False),
+        pa.field("dub_script_url", pa.string()),  # the dub's text (.txt, .srt, .vtt); null: none given
     ),
 )
 

@@ -4,6 +4,7 @@ per-row error for every kind of bad row while the good rows stay valid."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import uuid
@@ -20,7 +21,8 @@ from schemas.catalogue import OPTION_DEFAULTS, Catalogue, CatalogueEntry, Catalo
 from schemas.manifest_io import read_rows, write_manifest
 from schemas.manifests import CATALOGUE
 
-MEDIA = ("ep01.mp4", "ep02.mp4", "face.png", "ep01.fr.wav", "ep01.de.wav", "ep02.fr.wav", "face.en.wav")
+MEDIA = ("ep01.mp4", "ep02.mp4", "face.png", "ep01.fr.wav", "ep01.de.wav", "ep02.fr.wav", "face.en.wav",
+         "ep01.fr.srt", "face.en.txt", "ep02.fr.vtt")
 
 GOOD_ROWS = [
     {"title_id": "ep01", "video": "ep01.mp4", "language": "fr", "dub_audio": "ep01.fr.wav", "crf": 20},
@@ -193,9 +195,73 @@ def test_memory_catalogue_at_the_root_resolves_relative_paths() -> None:
 
 
 def test_validated_catalogue_round_trips_through_its_manifest(media: Path) -> None:
-    catalogue = load(media, GOOD_ROWS)
+    catalogue = load(media, [{**GOOD_ROWS[0], "dub_script": "ep01.fr.srt"}, *GOOD_ROWS[1:]])
     url = write_manifest(catalogue.to_rows(), CATALOGUE, str(media / "catalogue.parquet"))
     assert [CatalogueEntry.from_row(r) for r in read_rows(url, CATALOGUE)] == catalogue.entries
+    assert [e.dub_script_url for e in catalogue.entries] == [f"{media}/ep01.fr.srt", None, None]
+
+
+# --- dub scripts ----------------------------------------------------------------------------------
+
+
+SCRIPT_ROWS = [
+    {**GOOD_ROWS[0], "dub_script": "ep01.fr.srt"},
+    GOOD_ROWS[1],
+    {**GOOD_ROWS[2], "dub_script": "face.en.txt"},
+    {**GOOD, "dub_script": f"{{media}}/ep02.fr.vtt"},
+]
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "csv", "parquet"])
+def test_dub_scripts_resolve_like_dub_audio_in_every_format(media: Path, fmt: str) -> None:
+    rows = [{k: v.format(media=media) if k == "dub_script" else v for k, v in row.items()} for row in SCRIPT_ROWS]
+    catalogue = load(media, rows, fmt)
+    assert catalogue.errors == []
+    assert [(e.title_id, e.language, e.dub_script_url) for e in catalogue.entries] == [
+        ("ep01", "fr", f"{media}/ep01.fr.srt"),
+        ("ep01", "de", None),  # a language without a script: an empty CSV cell, a Parquet null
+        ("face", "en", f"{media}/face.en.txt"),
+        ("ep02", "fr", f"{media}/ep02.fr.vtt"),
+    ]
+
+
+def test_yaml_dubs_mapping_takes_audio_and_script_per_language(media: Path) -> None:
+    document = [{"title_id": "ep01", "video": "ep01.mp4", "crf": 20,
+                 "dubs": {"fr": {"audio": "ep01.fr.wav", "script": "ep01.fr.srt"}, "de": "ep01.de.wav"}}]
+    catalogue = load(media, document)
+    assert catalogue.errors == []
+    expected = load(media, SCRIPT_ROWS[:2]).entries  # the same dubs as two rows (numbered 1 and 2)
+    assert [dataclasses.replace(e, row=1) for e in expected] == catalogue.entries
+    assert catalogue.entries[0].dub_script_url == f"{media}/ep01.fr.srt"
+
+
+BAD_DUBS = {
+    # id: (the value of language fr in a dubs mapping, the problem reported for fr)
+    "unknown-key": ({"audio": "ep01.fr.wav", "scrpt": "ep01.fr.srt"},
+                    "dubs.fr has unknown keys ['scrpt'] (use 'audio' and 'script')"),
+    "script-without-audio": ({"script": "ep01.fr.srt"}, "missing dub_audio"),
+    "list": (["ep01.fr.wav", "ep01.fr.srt"], "dubs.fr must be an audio file or a mapping {audio: …, script: …}"),
+    "missing-script": ({"audio": "ep01.fr.wav", "script": "nope.srt"}, "missing file: {media}/nope.srt"),
+}
+
+
+@pytest.mark.parametrize(("fr", "problem"), list(BAD_DUBS.values()), ids=list(BAD_DUBS))
+def test_bad_dubs_mapping_is_one_error_of_its_language(media: Path, fr: Any, problem: str) -> None:
+    catalogue = load(media, [GOOD, {"title_id": "ep01", "video": "ep01.mp4", "dubs": {"fr": fr, "de": "ep01.de.wav"}}])
+    error = one_error(catalogue)
+    assert (error.row, error.title_id, error.language) == (2, "ep01", "fr")
+    assert problem.replace("{media}", str(media)) in error.problem and str(error).startswith("row 2 (ep01 [fr]): ")
+    assert [(e.title_id, e.language) for e in catalogue.entries] == [("ep02", "fr"), ("ep01", "de")]
+
+
+def test_a_script_beside_a_dubs_mapping_is_refused_for_each_language(media: Path) -> None:
+    entry = {"title_id": "ep01", "video": "ep01.mp4", "dub_script": "ep01.fr.srt",
+             "dubs": {"fr": "ep01.fr.wav", "de": "ep01.de.wav"}}
+    catalogue = load(media, [GOOD, entry])
+    assert sorted((e.row, e.title_id, e.language) for e in catalogue.errors) == [(2, "ep01", "de"), (2, "ep01", "fr")]
+    assert all(e.problem.startswith("dub_script beside a dubs mapping: give each language's script in the mapping")
+               for e in catalogue.errors)
+    assert [(e.title_id, e.language) for e in catalogue.entries] == [("ep02", "fr")]
 
 
 def test_check_files_false_skips_the_file_checks(media: Path) -> None:
@@ -226,6 +292,10 @@ BAD_ROWS = {
     "both-sources": ({"portrait": "face.png"}, "both 'video' and 'portrait' are given"),
     "no-source": ({"video": None}, "neither 'video' nor 'portrait' is given"),
     "missing-dub-audio": ({"dub_audio": ""}, "missing dub_audio"),
+    "missing-script-file": ({"dub_script": "nope.srt"}, "missing file: {media}/nope.srt"),
+    "script-is-a-folder": ({"dub_script": "clips"}, "dub script clips: no file extension (use .txt, .srt, .vtt)"),
+    "script-of-unknown-format": ({"dub_script": "ep02.fr.wav"},
+                                 "dub script ep02.fr.wav: unknown script format '.wav' (use .txt, .srt, .vtt)"),
     "unknown-column": ({"colour": "red"}, "unknown option or column 'colour'"),
     "unknown-option": ({"options": {"cfr": 20}}, "unknown option or column 'cfr'"),
     "crf-out-of-range": ({"crf": 99}, "option crf=99: must be between 0 and 51"),

@@ -18,6 +18,7 @@ LAYOUT: dict[str, dict[str, bytes | str]] = {
     "ep01": {
         "ep01.mp4": b"video",
         "dub.fr.wav": b"fr",
+        "dub.fr.srt": "1\n00:00:01,000 --> 00:00:02,000\nBonjour\n",  # fr's script; de has none
         "dub.de.flac": b"de",
         "options.yaml": "crf: 20\nstill: false\nref_pose: refs/pose.mp4\n",
         "refs/pose.mp4": b"reference video",  # in a subfolder: not a second source of the title
@@ -36,6 +37,10 @@ LAYOUT: dict[str, dict[str, bytes | str]] = {
     "missing_ref": {"clip.mp4": b"video", "dub.fr.wav": b"fr", "options.yaml": "ref_blink: blinks.mp4\n"},
     "list_options": {"clip.mp4": b"video", "dub.fr.wav": b"fr", "options.yaml": "- crf: 20\n"},
     ".hidden": {"clip.mp4": b"video", "dub.fr.wav": b"fr"},
+    "script_alone": {"clip.mp4": b"video", "dub.fr.WAV": b"fr", "dub.de.vtt": "WEBVTT\n"},
+    "two_scripts": {"clip.mp4": b"video", "dub.fr.wav": b"fr", "dub.fr.txt": b"text", "dub.fr.srt": b"subs",
+                    "dub.de.wav": b"de"},
+    "only_text": {"clip.mp4": b"video", "dub.fr.txt": b"a script is no dub track"},
 }
 
 
@@ -68,12 +73,17 @@ def errors_by_title(catalogue) -> dict[str, list[str]]:
 def test_good_title_folders_become_entries(folder: str) -> None:
     catalogue = load_catalogue(folder)
     pairs = {(e.title_id, e.language): e for e in catalogue.entries}
-    assert set(pairs) == {("ep01", "de"), ("ep01", "fr"), ("face", "pt-BR"), ("multi_lang", "fr")}
+    assert set(pairs) == {("ep01", "de"), ("ep01", "fr"), ("face", "pt-BR"), ("multi_lang", "fr"),
+                          ("script_alone", "fr"), ("two_scripts", "de")}
 
     fr = pairs[("ep01", "fr")]
     assert (fr.mode, fr.source_url, fr.dub_audio_url) == ("dub", storage.join(folder, "ep01", "ep01.mp4"),
                                                            storage.join(folder, "ep01", "dub.fr.wav"))
+    assert fr.dub_script_url == storage.join(folder, "ep01", "dub.fr.srt")
     assert pairs[("ep01", "de")].dub_audio_url == storage.join(folder, "ep01", "dub.de.flac")
+    assert pairs[("ep01", "de")].dub_script_url is None
+    # A script's extension is not taken for audio, whatever the case of the audio's extension.
+    assert pairs[("script_alone", "fr")].dub_audio_url == storage.join(folder, "script_alone", "dub.fr.WAV")
     # options.yaml applies to every language of the title; file options resolve in the title folder
     assert fr.options == {**OPTION_DEFAULTS, "crf": 20, "ref_pose": storage.join(folder, "ep01", "refs", "pose.mp4")}
     face = pairs[("face", "pt-BR")]
@@ -85,7 +95,7 @@ def test_bad_title_folders_are_per_title_errors(folder: str) -> None:
     catalogue = load_catalogue(folder)
     errors = errors_by_title(catalogue)
     assert set(errors) == {"multi_lang", "no_video", "two_videos", "no_dubs", "unnamed_dub", "my film", "twice_fr",
-                           "bad_options", "missing_ref", "list_options"}
+                           "bad_options", "missing_ref", "list_options", "script_alone", "two_scripts", "only_text"}
     assert errors["multi_lang"] == ["unknown language code 'xx' (expected BCP-47 / ISO 639, e.g. 'fr', 'pt-BR')"]
     assert len(errors["no_video"]) == 1
     assert errors["no_video"][0].startswith("no video or portrait image in the title folder (video: ")
@@ -98,6 +108,11 @@ def test_bad_title_folders_are_per_title_errors(folder: str) -> None:
                                                                      for p in errors["bad_options"])
     assert errors["missing_ref"] == [f"missing file: {storage.join(folder, 'missing_ref', 'blinks.mp4')}"]
     assert errors["list_options"] == ["options.yaml must be a mapping of option names to values"]
+    assert errors["script_alone"] == [
+        "dub script dub.de.vtt has no dub track beside it (dub.de.<audio ext>, e.g. dub.de.wav)"]
+    assert errors["two_scripts"] == ["more than one dub script for language 'fr': dub.fr.srt, dub.fr.txt"]
+    assert errors["only_text"] == [
+        "dub script dub.fr.txt has no dub track beside it (dub.fr.<audio ext>, e.g. dub.fr.wav)"]
     # Rows are numbered by title folder in name order, and every message names its title.
     order = sorted(t for t in LAYOUT if not t.startswith("."))
     for error in catalogue.errors:
@@ -107,14 +122,17 @@ def test_bad_title_folders_are_per_title_errors(folder: str) -> None:
 
 def test_language_errors_keep_the_other_languages_of_the_title(folder: str) -> None:
     catalogue = load_catalogue(folder)
-    (error,) = [e for e in catalogue.errors if e.title_id == "multi_lang"]
-    assert error.language == "xx"
+    languages = {(e.title_id, e.language) for e in catalogue.errors if e.title_id in ("multi_lang", "script_alone",
+                                                                                       "two_scripts", "only_text")}
+    assert languages == {("multi_lang", "xx"), ("script_alone", "de"), ("two_scripts", "fr"), ("only_text", "fr")}
     assert [e.language for e in catalogue.entries if e.title_id == "multi_lang"] == ["fr"]
+    assert [e.language for e in catalogue.entries if e.title_id == "two_scripts"] == ["de"]
 
 
 def test_folder_url_with_a_trailing_slash_and_without_file_checks(folder: str) -> None:
     catalogue = load_catalogue(folder + "/", check_files=False)
-    assert {e.title_id for e in catalogue.entries} == {"ep01", "face", "multi_lang", "missing_ref"}
+    assert {e.title_id for e in catalogue.entries} == {"ep01", "face", "multi_lang", "missing_ref", "script_alone",
+                                                       "two_scripts"}
 
 
 def test_a_folder_without_title_folders_is_refused(tmp_path: Path) -> None:

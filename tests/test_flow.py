@@ -24,6 +24,7 @@ from schemas.manifests import DRIVEN_COEFFS
 from stages.audio.espeak import synthesize, write_wav
 from stages.faces.geometry import LOWER_LIP_INNER, UPPER_LIP_INNER
 from stages.faces.landmarks import FaceLandmarker
+from stages.sequential import SequentialRunner
 from flows.localize import localize_catalogue
 from schemas import storage
 from tests.conftest import CLIP_FPS, CLIP_SIZE, SHOT_SECONDS
@@ -50,6 +51,12 @@ def test_catalogue_flow_dubs_titles_and_reports_bad_ones(catalogue, tmp_path):
     titles = summary["titles"]
     assert titles["portraits"]["status"] == "done" and set(titles["portraits"]["outputs"]) == {"fr", "de"}
     assert titles["still"]["status"] == "done"
+    # The portraits' second face was dubbed and follows its mouth; still's only face (the 57 px
+    # astronaut) was too small: its video is written, and it needs review instead of passing as done.
+    assert titles["portraits"]["needs_review"] == {}
+    assert titles["still"]["outputs"]["fr"].endswith("still.fr.mp4")
+    assert titles["still"]["needs_review"]["fr"].startswith(
+        "no face was dubbed: every face track was skipped (face too small (median height ")
     assert titles["missing_video"]["status"] == "invalid" and "missing file" in titles["missing_video"]["error"]
     assert titles["not_a_video"]["status"] == "failed" and "no video stream" in titles["not_a_video"]["error"]
     assert any("missing_video" in e for e in summary["catalogue_errors"])
@@ -72,7 +79,10 @@ def test_catalogue_flow_dubs_titles_and_reports_bad_ones(catalogue, tmp_path):
     png = cv2.imread(sheet.output.strip())
     assert png.shape == (360, 3 * 360, 3) and png.std() > 10  # three drawn frames, not a blank sheet
 
+    assert state["titles"]["still"]["languages"]["fr"]["status"] == "needs_review"
+    assert state["titles"]["portraits"]["languages"]["fr"]["status"] == "done"
     invocation = state["invocations"][-1]
+    assert invocation["dubs_needing_review"] == 1
     assert invocation["stages_executed"] == {"probe": 2, "shots": 2, "faces": 2, "audio": 3, "coeffs": 3, "render": 3,
                                              "enhance": 3, "composite": 3, "report": 3}
     assert invocation["stages_failed"] == {"probe": 1}
@@ -89,11 +99,16 @@ def test_catalogue_flow_dubs_titles_and_reports_bad_ones(catalogue, tmp_path):
     assert list(details["stages"]) == ["probe", "shots", "faces", "audio", "coeffs", "render", "enhance", "composite"]
     printed = CliRunner().invoke(main, ["report", str(tmp_path / "run")])
     assert printed.exit_code == 0 and f"portraits [fr]: {report['html']}" in printed.output
+    (still_line,) = [line for line in printed.output.splitlines() if line.startswith("still [fr]: ")]
+    assert "(lip-sync r –)  NEEDS REVIEW: no face was dubbed" in still_line
+    assert "NEEDS REVIEW" not in printed.output.replace(still_line, "")
 
     # The same summary is a Prefect artifact of the flow run.
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["dubline-run-summary"])))
     assert any(report["html"] in (a.data or "") and "lip-sync r" in (a.data or "") for a in artifacts)
+    assert any(f"| still | done | fr | – | {titles['still']['outputs']['fr']} |" in (a.data or "")
+               and "**needs review**: no face was dubbed" in (a.data or "") for a in artifacts)
 
 
 def test_second_run_recomputes_nothing_and_a_lost_stage_is_redone(catalogue, tmp_path):
@@ -142,6 +157,7 @@ def test_avatar_mode_makes_a_talking_video_whose_mouth_follows_the_speech(tmp_pa
     result = CliRunner().invoke(main, ["avatar", str(portrait), str(tmp_path / "speech.wav"), "-o", str(tmp_path / "face.mp4"),
                                        "--language", "fr", "--pose-style", "2", "--executor", "local", "--quiet"])
     assert result.exit_code == 0, result.output
+    assert "NEEDS REVIEW" not in result.output
     with av.open(str(tmp_path / "face.mp4")) as video:
         assert video.streams.video[0].average_rate == 25 and video.streams.audio
         frames = [f.to_ndarray(format="rgb24") for f in video.decode(video=0)]
@@ -153,12 +169,54 @@ def test_avatar_mode_makes_a_talking_video_whose_mouth_follows_the_speech(tmp_pa
         mesh = landmarker.mesh(frame, box)
         gaps.append(mesh[LOWER_LIP_INNER, 1] - mesh[UPPER_LIP_INNER, 1])
     state = json.loads((tmp_path / "face.dubline" / "run.json").read_text())
+    assert state["titles"]["portrait"]["languages"]["fr"]["status"] == "done"  # the avatar's self-check passed
     run = RunFolder(str(tmp_path / "face.dubline"))
     key = state["titles"]["portrait"]["languages"]["fr"]["stages"]["coeffs"]["key"]
     (driven,) = read_rows(run.manifest_url("coeffs", "portrait", key), DRIVEN_COEFFS)
     jaw = np.asarray(driven["expression"])[:, 0]
     # Measured on the output: the mouth opening tracks the driven, speech-predicted jaw (r = 0.95 here).
     assert np.corrcoef(gaps, jaw)[0, 1] > 0.6
+
+
+def test_cli_script_reaches_the_audio_job_and_a_changed_script_recomputes_from_audio_on(media, tmp_path, monkeypatch):
+    audio_rows = []
+    run_job = SequentialRunner.run
+
+    def spying(runner, job):
+        if job.stage.name == "audio":
+            audio_rows.extend(job.rows)
+        return run_job(runner, job)
+
+    monkeypatch.setattr(SequentialRunner, "run", spying)
+    script = tmp_path / "fr.srt"
+    script.write_text("1\n00:00:00,100 --> 00:00:01,500\nBonjour, comment allez-vous ?\n", encoding="utf-8")
+    command = ["dub", str(media["one_shot"]), str(media["dub_fr"]), "-o", str(tmp_path / "out.mp4"), "--language", "fr",
+               "--script", str(script), "--executor", "local", "--quiet"]
+    first = CliRunner().invoke(main, command)
+    assert first.exit_code == 0, first.output
+    (row,) = audio_rows
+    assert row["dub_script_url"] == str(script) and row["dub_audio_url"] == str(media["dub_fr"])
+    state = json.loads((tmp_path / "out.dubline" / "run.json").read_text())
+    assert state["titles"]["one_shot"]["languages"]["fr"]["dub_script_url"] == str(script)
+
+    def keys(state: dict) -> tuple[str, str]:
+        title = state["titles"]["one_shot"]
+        return title["stages"]["faces"]["key"], title["languages"]["fr"]["stages"]["audio"]["key"]
+
+    faces_key, audio_key = keys(state)
+    script.write_text("1\n00:00:00,100 --> 00:00:01,500\nBonjour, comment ça va ?\n", encoding="utf-8")
+    second = CliRunner().invoke(main, command)
+    assert second.exit_code == 0, second.output
+    state = json.loads((tmp_path / "out.dubline" / "run.json").read_text())
+    assert state["invocations"][-1]["stages_executed"] == {"audio": 1, "coeffs": 1, "render": 1, "enhance": 1,
+                                                           "composite": 1, "report": 1}
+    assert keys(state)[0] == faces_key and keys(state)[1] != audio_key
+
+    # A script that is not text fails its dub with a message naming the title, language and file.
+    script.write_bytes("Bonjour, ça va ?".encode("latin-1"))
+    third = CliRunner().invoke(main, command)
+    assert third.exit_code == 1
+    assert f"one_shot: [fr] dub script {script}: not UTF-8 text" in third.output
 
 
 def test_cli_dub_and_status(media, tmp_path):

@@ -56,8 +56,19 @@ def _sample_rows() -> dict[str, list[dict[str, Any]]]:
                 "mode": "dub",
                 "source_url": "s3://bucket/ep01.mp4",
                 "dub_audio_url": "s3://bucket/ep01.pt-BR.wav",
+                "dub_script_url": "s3://bucket/ep01.pt-BR.srt",
                 "options_json": '{"audio_tolerance_s": 2.0, "crf": 18, "preset": "veryfast"}',
-            }
+            },
+            {
+                "row": 2,
+                "title_id": "ep01",
+                "language": "fr",
+                "mode": "dub",
+                "source_url": "s3://bucket/ep01.mp4",
+                "dub_audio_url": "s3://bucket/ep01.fr.wav",
+                "dub_script_url": None,
+                "options_json": '{"audio_tolerance_s": 2.0, "crf": 18, "preset": "veryfast"}',
+            },
         ],
         "titles": [
             {
