@@ -15,7 +15,7 @@ import ray
 import yaml
 
 CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
-GPU_STAGES = {"coeffs", "render", "enhance"}
+GPU_STAGES = {"coeffs", "enhance"}
 
 
 def load(name: str) -> dict[str, Any]:

@@ -57,9 +57,33 @@ def rgba(row) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(row["image"])).convert("RGBA"))
 
 
-def test_own_coefficients_change_nothing(analysed):
+def pasted(analysed, crops, frame_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(source frame, the frame with its rendered crop pasted) at ``frame_index``."""
+    from stages.faces.stage import decode_rgb
+
+    _, folder, _, _ = analysed
+    frame = next(rgb for i, rgb in decode_rgb(str(folder / "clip.mp4")) if i == frame_index)
+    before = frame.copy()
+    row = crops[frame_index]
+    paste(frame, rgba(row), np.asarray(row["affine"], dtype=np.float64).reshape(2, 3))
+    return before, frame
+
+
+def lip_gap(landmarker: FaceLandmarker, image: np.ndarray) -> float:
+    (box,) = landmarker.detect(image)[:1]
+    mesh = landmarker.mesh(image, box)
+    return float(mesh[LOWER_LIP_INNER, 1] - mesh[UPPER_LIP_INNER, 1])
+
+
+def test_own_coefficients_keep_the_filmed_mouth(analysed):
+    # In a dub the mouth is always re-made (its shape from the coefficients, its pixels from the
+    # track's own frames); driven by the speaker's own coefficients it must look as filmed.
     crops, _, _ = render(analysed, 0.0)
-    assert all(rgba(row)[..., 3].max() == 0 for row in crops), "nothing moves, so nothing is pasted"
+    landmarker = FaceLandmarker()
+    before, after = pasted(analysed, crops, len(crops) // 2)
+    # Within 1.5 px of the filmed 8 px gap: the mesh's own frame-to-frame noise on a still face.
+    assert abs(lip_gap(landmarker, after) - lip_gap(landmarker, before)) < 1.5
+    assert np.abs(after.astype(int) - before).mean() < 1.0, "nothing moves far"
 
 
 def test_opening_the_jaw_opens_the_mouth_in_the_output(analysed):
@@ -67,21 +91,12 @@ def test_opening_the_jaw_opens_the_mouth_in_the_output(analysed):
     runner, folder, urls, track = analysed
     landmarker = FaceLandmarker()
     frame_index = len(crops) // 2
-    from stages.faces.stage import decode_rgb
-
-    frame = next(rgb for i, rgb in decode_rgb(str(folder / "clip.mp4")) if i == frame_index)
-    before = frame.copy()
-    row = crops[frame_index]
-    paste(frame, rgba(row), np.asarray(row["affine"], dtype=np.float64).reshape(2, 3))
+    before, frame = pasted(analysed, crops, frame_index)
     Image.fromarray(np.hstack([before, frame])).save(folder / "jaw_open.png")  # before | after, to look at
 
-    def lip_gap(image):
-        (box,) = landmarker.detect(image)[:1]
-        mesh = landmarker.mesh(image, box)
-        return mesh[LOWER_LIP_INNER, 1] - mesh[UPPER_LIP_INNER, 1]
-
     # Measured: the inner-lip gap grows from 8.0 to ~12 px for +0.25 inter-ocular distances of jaw_open.
-    assert lip_gap(frame) > 1.3 * lip_gap(before) and lip_gap(frame) > lip_gap(before) + 3.0
+    opened, filmed = lip_gap(landmarker, frame), lip_gap(landmarker, before)
+    assert opened > 1.3 * filmed and opened > filmed + 3.0
     changed = np.abs(frame.astype(int) - before).sum(axis=-1) > 0
     ys, xs = np.nonzero(changed)
     mouth_y = np.asarray(track["landmarks"])[frame_index].reshape(-1, 3)[UPPER_LIP_INNER, 1]

@@ -1,46 +1,47 @@
 """render: re-drive each dubbed face's lower face in its aligned crops (SadTalker's renderer role).
 
-Per frame, the target landmarks are the measured ones plus the change the track's blendshape map
-predicts between the measured and the driven coefficients, applied below the nose only. The
-source crop is warped onto them on the mesh triangulation; where the new mouth opens wider than
-the source's, the opening is filled from the track's own frame with the most similar open mouth.
+Dub mode, per frame of a track:
+1. Shape (``shape``): the lower face's target landmarks come from the driven coefficients alone
+   (the track's face model under the filmed head pose); above the mouth they blend into the
+   measured mesh, so eyes, brows, blinks and pose stay as filmed.
+2. Base (``warp``): the current crop warped onto that shape on the mesh triangulation; the warp
+   ends in a narrow band around the lower face, so nothing farther out changes.
+3. Mouth (``bank``, ``mouth``): lips, teeth and interior from the track's own frame whose mouth
+   shape best matches the driven one (a Viterbi path with a cost per change of donor, changes
+   cross-faded), warped onto the target for the residual difference, its light matched to the
+   current frame, blended in through a feathered mask around the lips.
+Avatar mode (a portrait: one source frame) warps that frame, the whole face following the driven
+pose and expression; the portrait lends its own lips and a drawn interior fills wider openings.
+
 Output crops carry an alpha mask (feathered) saying where composite pastes them back.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
-import torch
 
 from schemas.manifest_io import read_rows, write_manifest
 from schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS, FRAME_CHUNK, RENDERED_TRACKS
 from stages.base import Resources, Stage
 from stages.chunk_images import decode_rgb, encode_rgba
-from stages.faces.geometry import NOSE_TIP, UPPER_LIP_OUTER, project
-from stages.render.warp import INNER_LIPS, backward_grid, mouth_grid, pixel_grid, sample
+from stages.faces.geometry import project
+from stages.render.bank import Blend, choose_donors, crossfades, pick_candidates
+from stages.render.mouth import Donor, inner_gap, iod, mouth_box, mouth_layer, mouth_region, region_triangles
+from stages.render.shape import MouthModel, driven_landmarks, lower_face_weights, mouth_model
+from stages.render.warp import box_grid, lower_face_grid, remap
 
-_BANK_SIZE = 12  # open-mouth frames of the track kept in memory as mouth-interior donors
-_FEATHER = 9  # px of soft edge around the pasted region (crop pixels)
 _AVATAR_CHUNK = 48  # frames per rendered chunk of an avatar
-
-
-def lower_face_weights(identity: np.ndarray) -> np.ndarray:
-    """478 weights: 0 at and above the nose tip, rising to 1 at the top of the upper lip.
-
-    The ramp is this face's own nose-to-lip distance: a fixed one left the lips of short-philtrum
-    faces half-weighted, which kept a third of the filmed mouth motion in the output.
-    """
-    y = identity.reshape(-1, 3)[:, 1]
-    ramp = max(float(y[NOSE_TIP] - y[UPPER_LIP_OUTER]), 0.05)
-    return np.clip((y[NOSE_TIP] - y) / ramp, 0.0, 1.0)
-
-
-def opening_area(landmarks: np.ndarray) -> float:
-    ring = landmarks[list(INNER_LIPS)]
-    return float(cv2.contourArea(ring.astype(np.float32)))
+#: IOD beyond the moving points where the warp has faded out. In dub mode it is inside the region
+#: dubbing may change (the lower face grown by 0.35 IOD from its centre, ``report.mouth``); an
+#: avatar's whole head moves with the generated pose, so the neck follows over a wider band.
+_BAND_DUB, _BAND_AVATAR = 0.1, 0.5
+#: Face-oval vertices of MediaPipe's mesh: how far they move is what the warp carries outside the face.
+_FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,
+              148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
 
 
 def _to_crop(affine: list[float]) -> np.ndarray:
@@ -51,6 +52,19 @@ def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:, :2].T + matrix[:, 2]
 
 
+@dataclass
+class TrackPlan:
+    """What to render for one track, decided before any pixel is read."""
+
+    targets: np.ndarray  # T×478×2 target landmarks, frame px
+    sources: list[int]  # T source frame positions in the track
+    moving: np.ndarray  # 478 bool: points that may move
+    band: float  # IOD of fade-out beyond the moving points
+    blends: list[Blend]  # T donor blends (indices into ``donors``)
+    donors: list[int]  # donor frame positions in the track
+    model: MouthModel | None  # None for an avatar
+
+
 class RenderStage(Stage):
     """One row per (title, language) -> ``rendered_tracks`` rows + RGBA frame chunks.
 
@@ -58,161 +72,188 @@ class RenderStage(Stage):
     """
 
     name = "render"
-    version = "5"
-    resources = Resources(cpus=1.0, gpus=0.5, memory_gb=2.0)
+    version = "6"
+    resources = Resources(cpus=1.0, memory_gb=2.0)  # OpenCV warps on a box around the mouth: no GPU
     output_schema = RENDERED_TRACKS
     defaults = {"webp_quality": 92}
 
     def setup(self) -> None:
-        self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        from stages.render.warp import mesh_triangles
+
+        mesh_triangles()  # MediaPipe's tessellation, read once per worker
 
     def process_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [out for row in rows for out in self._render_title(row)]
 
     def _render_title(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         tracks = {t["track_id"]: t for t in read_rows(row["faces_url"], FACE_TRACKS)}
-        outputs, flicker_in, flicker_out = [], [], []
+        outputs, figures = [], []
         for driven in read_rows(row["coeffs_url"], DRIVEN_COEFFS):
             track = tracks[driven["track_id"]]
-            urls, figures = self._render_track(track, driven, f"{row['chunks_url']}/track{track['track_id']:04d}")
-            flicker_in.append(figures[0])
-            flicker_out.append(figures[1])
+            urls, track_figures = self._render_track(track, driven, f"{row['chunks_url']}/track{track['track_id']:04d}")
+            figures.append(track_figures)
             outputs.append({k: driven[k] for k in ("title_id", "language", "shot_index", "track_id", "frame_index")}
                            | {"chunk_urls": urls})
         if outputs:
-            self.report(tracks_rendered=len(outputs), flicker_source=float(np.mean(flicker_in)),
-                        flicker_output=float(np.mean(flicker_out)))
+            self.report(tracks_rendered=len(outputs), **_summary(figures),
+                        **{f"track{d['track_id']}_{k}": f[k] for d, f in zip(outputs, figures)
+                           for k in ("lip_fit_r2", "prior_weight") if np.isfinite(f[k])})
         return outputs
 
-    def _render_track(self, track: dict[str, Any], driven: dict[str, Any], prefix: str) -> tuple[list[str], tuple[float, float]]:
-        """Render one track's crops for the driven coefficients; returns chunk URLs and flicker figures.
-
-        Dub: output frame i warps source frame i, below the nose only. Avatar (one source frame,
-        a portrait): every output frame warps that frame, the whole face following the driven pose.
-        """
-        identity = np.asarray(track["identity"])
-        blendshapes = np.asarray(track["blendshapes"])
-        avatar = len(track["frame_index"]) == 1 and len(driven["frame_index"]) > 1
+    def _plan(self, track: dict[str, Any], driven: dict[str, Any]) -> TrackPlan:
+        """Target shapes and donors of a track (see the module docstring)."""
         frames = len(driven["frame_index"])
-        source_at = (lambda i: 0) if avatar else (lambda i: i)
-        source_coeffs = np.hstack([np.asarray(track["expression"]), np.asarray(track["blink"])])
-        source_pose = np.asarray(track["pose"], dtype=np.float64)
+        measured = np.asarray(track["landmarks"]).reshape(len(track["frame_index"]), -1, 3)[..., :2].astype(np.float64)
+        identity = np.asarray(track["identity"])
         target_coeffs = np.hstack([np.asarray(driven["expression"]), np.asarray(driven["blink"])])
         target_pose = np.asarray(driven["pose"], dtype=np.float64)
-        sources = [source_at(i) for i in range(frames)]
-        # The map's own error cancels in the difference: only the change of expression (and, for
-        # an avatar, of pose) moves points.
-        delta = project(identity, blendshapes, target_coeffs, target_pose) - project(
-            identity, blendshapes, source_coeffs[sources], source_pose[sources])
-        if not avatar:
-            delta *= lower_face_weights(identity)[None, :, None]
+        if len(track["frame_index"]) == 1 and frames > 1:  # avatar: the portrait is every frame's source
+            blendshapes = np.asarray(track["blendshapes"])
+            source_coeffs = np.hstack([np.asarray(track["expression"]), np.asarray(track["blink"])])
+            source_pose = np.asarray(track["pose"], dtype=np.float64)
+            # The map's own error cancels in the difference: only the change of expression and pose moves points.
+            delta = project(identity, blendshapes, target_coeffs, target_pose) - project(
+                identity, blendshapes, source_coeffs, source_pose)
+            return TrackPlan(measured[0] + delta, [0] * frames, np.ones(len(identity) // 3, bool), _BAND_AVATAR,
+                             [Blend((0,), (1.0,))] * frames, [0], None)
+        model = mouth_model(track)
+        weights = lower_face_weights(model.mean_shape)
+        targets = driven_landmarks(model, measured, track["pose"], target_coeffs, weights)
+        expression = np.asarray(track["expression"])
+        pose = np.asarray(track["pose"])
+        candidates = pick_candidates(expression)
+        path = choose_donors(np.asarray(driven["expression"]), pose, expression[candidates], pose[candidates])
+        used, path = np.unique(path, return_inverse=True)
+        return TrackPlan(targets, list(range(frames)), weights > 0, _BAND_DUB, crossfades(path),
+                         candidates[used].tolist(), model)
+
+    def _render_track(self, track: dict[str, Any], driven: dict[str, Any], prefix: str) -> tuple[list[str], dict[str, float]]:
+        """Render one track's crops for the driven coefficients; returns chunk URLs and figures."""
+        plan = self._plan(track, driven)
+        frames = len(driven["frame_index"])
+        avatar = plan.model is None
         measured = np.asarray(track["landmarks"]).reshape(len(track["frame_index"]), -1, 3)[..., :2]
-        source_rows = [r for url in track["chunk_urls"] for r in read_rows(url, FRAME_CHUNK)] if avatar else None
-        bank = self._mouth_bank(track, measured)
+        donors = self._donors(track, plan.donors, measured)
+        region = mouth_region(self._mean_shape(track) if avatar else plan.model.mean_shape)
+        triangles = region_triangles(region)
 
         urls, flicker_in, flicker_out = [], FlickerMeter(), FlickerMeter()
         chunks = (
-            [source_rows[:1] * min(_AVATAR_CHUNK, frames - start) for start in range(0, frames, _AVATAR_CHUNK)]
+            [self._source_rows(track)[:1] * min(_AVATAR_CHUNK, frames - start) for start in range(0, frames, _AVATAR_CHUNK)]
             if avatar else (read_rows(url, FRAME_CHUNK) for url in track["chunk_urls"])
         )
-        position = 0
+        position, outside = 0, []
         for chunk in chunks:
-            crops, grids, interiors, alphas, indices = [], [], [], [], []
+            out_rows = []
             for row in chunk:
                 i = position
                 position += 1
                 to_crop = _to_crop(row["affine"])
-                source = _apply(to_crop, measured[source_at(i)])
-                target = source + delta[i] @ to_crop[:, :2].T
+                source = _apply(to_crop, measured[plan.sources[i]])
+                target = _apply(to_crop, plan.targets[i])
                 crop = decode_rgb(row["image"])
-                crops.append(crop)
-                grids.append(backward_grid(source, target, crop.shape[0]))
-                interiors.append(self._interior(bank, source, target, target_coeffs[i, 0], crop))
-                alphas.append(self._alpha(source, target, grids[-1]))
-                indices.append(driven["frame_index"][i] if avatar else row["frame_index"])
-            rendered = self._warp_batch(crops, grids)
-            for k, interior in enumerate(interiors):
-                if interior is not None:
-                    image, mask = interior
-                    rendered[k] = (rendered[k] * (1 - mask[..., None]) + image * mask[..., None]).astype(np.uint8)
-            out_rows = []
-            for row, image, alpha, crop, index in zip(chunk, rendered, alphas, crops, indices):
+                blend = [(donors[d], w) for d, w in zip(plan.blends[i].donors, plan.blends[i].weights)]
+                image, alpha = self._frame(crop, source, target, plan, blend, region, triangles)
+                scale = iod(source)
+                outside.append(float(np.linalg.norm(target[list(_FACE_OVAL)] - source[list(_FACE_OVAL)], axis=1).max()) / scale)
                 # Only the changed region is stored: its box, with the affine moved to match.
                 ys, xs = np.nonzero(alpha > 0)
                 y0, y1, x0, x1 = (ys.min(), ys.max() + 1, xs.min(), xs.max() + 1) if len(ys) else (0, 1, 0, 1)
                 rgba = np.dstack([image, (alpha * 255).astype(np.uint8)])[y0:y1, x0:x1]
-                webp = encode_rgba(rgba, self.params["webp_quality"])
                 to_frame = np.asarray(row["affine"], dtype=np.float64).reshape(2, 3)
                 to_frame[:, 2] += to_frame[:, :2] @ [x0, y0]
-                out_rows.append({**row, "frame_index": index, "image": webp, "image_format": "webp",
-                                 "affine": to_frame.astype(np.float32).ravel().tolist()})
+                index = driven["frame_index"][i] if avatar else row["frame_index"]
+                out_rows.append({**row, "frame_index": index, "image": encode_rgba(rgba, self.params["webp_quality"]),
+                                 "image_format": "webp", "affine": to_frame.astype(np.float32).ravel().tolist()})
                 flicker_in.add(_lower_face(crop, alpha))
                 flicker_out.add(_lower_face(image, alpha))
             url = f"{prefix}_{len(urls):04d}.parquet"
             write_manifest(out_rows, FRAME_CHUNK, url)
             urls.append(url)
-        return urls, (flicker_in.value, flicker_out.value)
-
-    def _interior(self, bank, source: np.ndarray, target: np.ndarray, target_jaw: float,
-                  crop: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Fill for a mouth that opens wider than in the source frame: (image, soft mask) or None.
-
-        From the bank frame whose mouth is open most like the target's; without a bank (a
-        portrait with closed lips) a synthetic interior: a dark cavity with a hint of upper teeth.
-        """
-        if opening_area(target) <= 1.15 * opening_area(source) + 4.0:
-            return None
-        size = crop.shape[0]
-        if bank:
-            jaw, donor, donor_landmarks = min(bank, key=lambda b: abs(b[0] - target_jaw))
-            grid, mask = mouth_grid(donor_landmarks, target, size)
-            image = self._warp_batch([donor], [grid])[0].astype(np.float32)
-        else:
-            mask = np.zeros((size, size), np.float32)
-            ring = target[list(INNER_LIPS)]
-            cv2.fillPoly(mask, [np.round(ring).astype(np.int32)], 1.0)
-            top, bottom = ring[:, 1].min(), ring[:, 1].max()
-            lips = crop[cv2.dilate(mask, np.ones((9, 9), np.uint8)) > mask].reshape(-1, 3).mean(axis=0)
-            rows = np.clip((np.arange(size) - top) / max(bottom - top, 1.0), 0.0, 1.0)[:, None, None]
-            teeth = np.array([205.0, 198.0, 188.0]) * (rows < 0.25)
-            image = np.broadcast_to(np.where(rows < 0.25, teeth, lips * 0.28 * (1.2 - rows)), (size, size, 3))
-        return image, cv2.GaussianBlur(mask, (0, 0), 1.5)
-
-    def _mouth_bank(self, track: dict[str, Any], measured: np.ndarray) -> list[tuple[float, np.ndarray, np.ndarray]]:
-        """Up to _BANK_SIZE frames spread over the track's open-mouth range: (jaw_open, crop, crop landmarks)."""
-        jaw = np.asarray(track["expression"])[:, 0]
-        if len(jaw) == 0 or jaw.max() < 0.05:
-            return []  # this person never opens the mouth on screen: nothing real to borrow
-        wanted = sorted({int(i) for i in np.argsort(jaw)[-max(1, len(jaw) // 2):][:: max(1, len(jaw) // (2 * _BANK_SIZE))]})
-        bank, position = [], 0
-        for chunk_url in track["chunk_urls"]:
-            chunk = read_rows(chunk_url, FRAME_CHUNK)
-            for row in chunk:
-                if position in wanted:
-                    to_crop = _to_crop(row["affine"])
-                    bank.append((float(jaw[position]), decode_rgb(row["image"]), _apply(to_crop, measured[position])))
-                position += 1
-        return bank
-
-    def _warp_batch(self, crops: list[np.ndarray], grids: list[np.ndarray]) -> np.ndarray:
-        images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().to(self._device)
-        warped = sample(images, np.stack(grids))
-        return warped.permute(0, 2, 3, 1).round().clamp(0, 255).byte().cpu().numpy()
+        changes = sum(b.donors[-1] != a.donors[-1] for a, b in zip(plan.blends, plan.blends[1:]))
+        figures = {
+            "flicker_source": flicker_in.value, "flicker_output": flicker_out.value,
+            "outside_shift_iod": float(np.mean(outside)), "outside_shift_iod_max": float(np.max(outside)),
+            "donor_changes_per_100_frames": 100.0 * changes / max(frames, 1),
+            "lip_fit_r2": float("nan") if avatar else plan.model.lip_fit_r2,
+            "prior_weight": 0.0 if avatar else plan.model.prior_weight,
+        }
+        if not avatar and plan.model.prior_weight > 0:
+            self.drop("tracks with a weak blendshape fit (anatomical prior mixed in)")
+        return urls, figures
 
     @staticmethod
-    def _alpha(source: np.ndarray, target: np.ndarray, grid: np.ndarray) -> np.ndarray:
-        """Where the crop changed: the hull of moved landmarks (both shapes) and wherever the warp
-        moves pixels by more than half a pixel (the fading displacement around the face), feathered."""
-        size = grid.shape[0]
-        moved = np.linalg.norm(target - source, axis=1) > 0.05
-        mask = np.zeros((size, size), np.float32)
-        if moved.any():
-            points = np.vstack([source[moved], target[moved]]).astype(np.int32)
-            cv2.fillConvexPoly(mask, cv2.convexHull(points), 1.0)
-            shift = grid - pixel_grid(size)
-            mask[(shift * shift).sum(axis=-1) > 0.25] = 1.0  # moved by more than half a pixel
-            mask = cv2.GaussianBlur(cv2.erode(mask, np.ones((3, 3), np.uint8)), (0, 0), _FEATHER / 2)
-        return mask
+    def _mean_shape(track: dict[str, Any]) -> np.ndarray:
+        """The track's mean canonical mesh (478·3) from its map at its mean coefficients."""
+        coefficients = np.hstack([np.asarray(track["expression"]), np.asarray(track["blink"])]).mean(axis=0)
+        return np.asarray(track["identity"]) + coefficients @ np.asarray(track["blendshapes"]).reshape(len(coefficients), -1)
+
+    @staticmethod
+    def _source_rows(track: dict[str, Any]) -> list[dict[str, Any]]:
+        return [r for url in track["chunk_urls"] for r in read_rows(url, FRAME_CHUNK)]
+
+    @staticmethod
+    def _donors(track: dict[str, Any], positions: list[int], measured: np.ndarray) -> list[Donor]:
+        """The donor frames' crops and crop landmarks, read in one pass over the track's chunks."""
+        wanted = {p: k for k, p in enumerate(positions)}
+        donors: list[Donor | None] = [None] * len(positions)
+        position = 0
+        for url in track["chunk_urls"]:
+            chunk = read_rows(url, FRAME_CHUNK)
+            for row in chunk:
+                if position in wanted:
+                    landmarks = _apply(_to_crop(row["affine"]), measured[position])
+                    donors[wanted[position]] = Donor(decode_rgb(row["image"]), landmarks, inner_gap(landmarks) / iod(landmarks))
+                position += 1
+            if position > max(positions):
+                break
+        return donors
+
+    @staticmethod
+    def _frame(crop: np.ndarray, source: np.ndarray, target: np.ndarray, plan: TrackPlan,
+               donors: list[tuple[Donor, float]], region: np.ndarray, triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One output crop and its alpha (S×S×3 uint8, S×S float32 in [0, 1]).
+
+        crop: the source crop; source, target: 478×2 crop px.
+        """
+        size = crop.shape[0]
+        scale = iod(source)
+        box, grid = lower_face_grid(source, target, plan.moving, plan.band * scale, size)
+        x0, y0, x1, y1 = box
+        base = remap(crop, grid)
+        shift = grid - box_grid(box)
+        changed = ((shift * shift).sum(axis=-1) > 0.09).astype(np.uint8)  # moved by more than 0.3 px
+        alpha_box = cv2.GaussianBlur(cv2.dilate(changed, np.ones((3, 3), np.uint8)).astype(np.float32), (0, 0), 1.5)
+        mx0, my0, mx1, my1 = mouth_box(target, region, size)
+        mx0, my0, mx1, my1 = max(mx0, x0), max(my0, y0), min(mx1, x1), min(my1, y1)
+        if mx1 - mx0 > 4 and my1 - my0 > 4:
+            inner = (slice(my0 - y0, my1 - y0), slice(mx0 - x0, mx1 - x0))
+            mouth, mask = mouth_layer(base[inner], donors, target, triangles, (mx0, my0, mx1, my1), scale)
+            base[inner] = np.clip(base[inner] * (1 - mask[..., None]) + mouth * mask[..., None], 0, 255).round().astype(np.uint8)
+            alpha_box[inner] = np.maximum(alpha_box[inner], mask)
+        image = crop.copy()
+        image[y0:y1, x0:x1] = base
+        alpha = np.zeros(crop.shape[:2], np.float32)
+        alpha[y0:y1, x0:x1] = np.clip(alpha_box, 0.0, 1.0)
+        return image, alpha
+
+
+def _summary(figures: list[dict[str, float]]) -> dict[str, float]:
+    """Stage figures over a title's tracks: means, and the worst case of fit and outside shift.
+
+    lip_fit_r2_min (held-out R² of the lips from the coefficients; absent when no track was long
+    enough to tell) and prior_weight_max (0: own map, 1: anatomical prior) say how much the
+    driven shapes rest on the prior; outside_shift_iod is how far the face outline moves, i.e.
+    what the warp carries outside the face (IOD).
+    """
+    values = {k: np.array([f[k] for f in figures], dtype=np.float64) for k in figures[0]}
+    summary = {k: float(values[k].mean()) for k in ("flicker_source", "flicker_output", "outside_shift_iod",
+                                                    "donor_changes_per_100_frames")}
+    summary |= {"outside_shift_iod_max": float(values["outside_shift_iod_max"].max()),
+                "prior_weight_max": float(values["prior_weight"].max())}
+    if np.isfinite(values["lip_fit_r2"]).any():
+        summary["lip_fit_r2_min"] = float(np.nanmin(values["lip_fit_r2"]))
+    return summary
 
 
 def _lower_face(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:

@@ -1,12 +1,10 @@
-"""Geometry-aware warping of an aligned face crop, on the face mesh's own triangulation.
+"""Geometry-aware warping of aligned face crops on the face mesh's own triangulation.
 
-For every pixel of the output (target geometry) the backward map says where to sample the
-source crop: inside a moved mesh triangle it is the barycentric image of the pixel in the same
-triangle of the source mesh; everywhere else it is the pixel itself, so regions whose landmarks do
-not move are copied exactly. The mouth opening is a hole in MediaPipe's mesh; it gets a fan of
-triangles around the inner-lip polygon, mapped into a *bank* frame of the same track whose mouth
-is open like the target's, so teeth and tongue are the person's own. Sampling is one batched
-``torch.nn.functional.grid_sample`` call (CPU here, CUDA when available).
+A warp is a *backward map*: for every output pixel of a box of the crop, the (x, y) to sample in
+a source image. Inside a triangle of the target mesh it is the barycentric image of the pixel in
+the same triangle of the source mesh. The lower face's map ends inside a bounded band around the
+face (the neck follows a raised or lowered chin there), so every pixel farther out is copied
+exactly. Maps are applied with ``cv2.remap`` on boxes, not whole crops: only the lower face moves.
 """
 
 from __future__ import annotations
@@ -15,15 +13,41 @@ import functools
 
 import cv2
 import numpy as np
-import torch
 
 #: Inner-lip contour of MediaPipe's mesh, in order around the mouth opening.
 INNER_LIPS = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
+#: Outer-lip contour, in order around the mouth.
+OUTER_LIPS = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146)
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive) in crop pixels
+
+
+#: Inner-lip vertex pairs facing each other across the mouth opening (upper, lower), corner to corner.
+INNER_PAIRS = ((191, 95), (80, 88), (81, 178), (82, 87), (13, 14), (312, 317), (311, 402), (310, 318), (415, 324))
+_MOUTH_CORNERS = (78, 308)
+
+
+def opening_triangles() -> np.ndarray:
+    """F×3 vertex indices of a strip over the mouth opening, which MediaPipe's mesh leaves open.
+
+    Each triangle joins facing upper and lower inner-lip points, so the strip never leaves the
+    opening however thin or curved it is (a fan from the centroid of a closed, curved mouth
+    reaches over the lips).
+    """
+    (right, left), pairs = _MOUTH_CORNERS, INNER_PAIRS
+    strip = [(right, pairs[0][0], pairs[0][1]), (left, pairs[-1][1], pairs[-1][0])]
+    for (upper, lower), (next_upper, next_lower) in zip(pairs, pairs[1:]):
+        strip += [(upper, next_upper, next_lower), (upper, next_lower, lower)]
+    return np.array(strip, dtype=np.int64)
 
 
 @functools.cache
 def mesh_triangles() -> np.ndarray:
-    """F×3 vertex indices of the face mesh's triangles (from MediaPipe's tessellation edges)."""
+    """F×3 vertex indices of the face mesh's triangles (from MediaPipe's tessellation edges).
+
+    The mouth opening's strip comes first: where a closed mouth flattens it to a line, the lips
+    drawn after it own those pixels.
+    """
     from mediapipe.python.solutions.face_mesh_connections import FACEMESH_TESSELATION
 
     neighbours: dict[int, set[int]] = {}
@@ -31,101 +55,105 @@ def mesh_triangles() -> np.ndarray:
         neighbours.setdefault(a, set()).add(b)
         neighbours.setdefault(b, set()).add(a)
     triangles = {tuple(sorted((a, b, c))) for a, b in FACEMESH_TESSELATION for c in neighbours[a] & neighbours[b]}
-    return np.array(sorted(triangles), dtype=np.int64)
+    return np.vstack([opening_triangles(), np.array(sorted(triangles), dtype=np.int64)])
 
 
-@functools.cache
-def pixel_grid(size: int) -> np.ndarray:
-    """size×size×2 (x, y) of every pixel, float32; shared, read-only."""
-    grid = np.stack(np.meshgrid(np.arange(size), np.arange(size)), axis=-1).astype(np.float32)
-    grid.flags.writeable = False
-    return grid
+def bounding_box(points: np.ndarray, margin: float, size: int) -> Box:
+    """Integer box around points N×2 (px) grown by ``margin`` px, clipped to a size×size crop."""
+    x0, y0 = np.floor(points.min(axis=0) - margin).astype(int)
+    x1, y1 = np.ceil(points.max(axis=0) + margin).astype(int) + 1
+    return max(x0, 0), max(y0, 0), min(max(x1, 1), size), min(max(y1, 1), size)
 
 
-def _barycentric_map(target: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Rasterise target triangles (F×3×2 px). Returns (pixel ys, xs, triangle index, weights P×3)."""
-    ids = np.zeros((size, size), np.int32)
-    for i, tri in enumerate(target):
-        cv2.fillConvexPoly(ids, np.round(tri * 16).astype(np.int32), i + 1, lineType=cv2.LINE_8, shift=4)
+def box_grid(box: Box) -> np.ndarray:
+    """h×w×2 float32 (x, y) crop coordinates of every pixel of ``box``."""
+    x0, y0, x1, y1 = box
+    return np.stack(np.meshgrid(np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32)), axis=-1)
+
+
+def triangle_map(source: np.ndarray, target: np.ndarray, box: Box, grid: np.ndarray) -> np.ndarray:
+    """Write the barycentric map of triangles into ``grid`` (in place); returns the covered mask.
+
+    source, target: F×3×2 triangle corners (crop px); grid: the box's h×w×2 backward map. Where
+    target triangles overlap (a fold), the later one wins.
+    """
+    x0, y0, x1, y1 = box
+    ids = np.zeros((y1 - y0, x1 - x0), np.int32)
+    corners = np.round((target - [x0, y0]) * 16).astype(np.int32)
+    for i, triangle in enumerate(corners):
+        cv2.fillConvexPoly(ids, triangle, i + 1, lineType=cv2.LINE_8, shift=4)
     ys, xs = np.nonzero(ids)
     index = ids[ys, xs] - 1
     a, b, c = target[index, 0], target[index, 1], target[index, 2]
-    p = np.stack([xs, ys], axis=1).astype(np.float64)
+    p = np.stack([xs + x0, ys + y0], axis=1).astype(np.float64)
     v0, v1, v2 = b - a, c - a, p - a
     den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
     den = np.where(np.abs(den) < 1e-9, 1e-9, den)
     wb = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
     wc = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
-    return ys, xs, index, np.stack([1 - wb - wc, wb, wc], axis=1)
+    weights = np.clip(np.stack([1 - wb - wc, wb, wc], axis=1), 0.0, 1.0)  # pixel centres on an edge
+    weights /= weights.sum(axis=1, keepdims=True)
+    grid[ys, xs] = np.einsum("pk,pkd->pd", weights, source[index])
+    return ids > 0
 
 
-def backward_grid(source: np.ndarray, target: np.ndarray, size: int, moved: float = 0.05,
-                  falloff: float = 0.08) -> np.ndarray:
-    """size×size×2 source pixel (x, y) to sample for each target pixel.
+def lower_face_grid(source: np.ndarray, target: np.ndarray, moving: np.ndarray, band: float,
+                    size: int) -> tuple[Box, np.ndarray]:
+    """(box, backward map h×w×2 in crop px) that moves the face from ``source`` to ``target``.
 
-    ``source`` and ``target`` are 478×2 crop-pixel landmarks. Only triangles with a vertex that
-    moves more than ``moved`` px are remapped. Outside the face the displacement continues and
-    fades over ``falloff`` × size px, so the neck follows a raised or lowered chin instead of
-    leaving the filmed chin's edge behind as a fold.
+    ``source``, ``target``: 478×2 crop-px landmarks; ``moving``: 478 bool, the points allowed to
+    move (the lower face). Triangles with a moved corner are remapped. Outside the face the
+    displacement continues and falls linearly to zero at ``band`` px beyond the hull of the
+    moving points of both shapes, so the neck follows the chin (no fold at the filmed chin's edge)
+    while nothing farther out changes. Where the target chin is higher than the filmed one the
+    band starts at the filmed chin: the fall-off is never steeper than the chin's own move.
+    The box holds every pixel that may change; ``size`` is the crop's side.
     """
-    identity = pixel_grid(size)
-    grid = identity.copy()
     triangles = mesh_triangles()
-    shift = np.linalg.norm(target - source, axis=1)
-    active = triangles[(shift[triangles] > moved).any(axis=1)]
+    moved = np.linalg.norm(target - source, axis=1) > 0.05
+    active = triangles[moved[triangles].any(axis=1)]
+    corners = np.vstack([source[active].reshape(-1, 2), target[active].reshape(-1, 2)]) if len(active) else target
+    box = bounding_box(corners, band + 2, size)
+    grid = box_grid(box)
     if not len(active):
-        return grid
-    ys, xs, index, weights = _barycentric_map(target[active], size)
-    grid[ys, xs] = np.einsum("pk,pkd->pd", weights, source[active[index]])
-    face = np.zeros((size, size), np.float32)
-    cv2.fillConvexPoly(face, cv2.convexHull(target.astype(np.int32)), 1.0)
-    face[ys, xs] = 1.0
-    outside = face == 0
-    grid[outside] = identity[outside] + _spread_outwards(grid - identity, face, falloff * size)[outside]
-    return grid
+        return box, grid
+    identity = grid.copy()
+    covered = triangle_map(source[active], target[active], box, grid)
+    x0, y0, x1, y1 = box
+    offset = np.array([x0, y0])
+    # The face: moved triangles and the still ones (not its convex hull, which reaches past the
+    # chin's curve and would carry a zero displacement outwards from there).
+    face = np.zeros(covered.shape, np.uint8)
+    still = triangles[~moved[triangles].any(axis=1)]
+    cv2.fillPoly(face, list(np.round(target[still] - offset).astype(np.int32)), 1)
+    face[covered] = 1
+    reach = np.zeros(covered.shape, np.uint8)
+    cv2.fillConvexPoly(reach, cv2.convexHull(np.round(np.vstack([source[moving], target[moving]]) - offset).astype(np.int32)), 1)
+    to_face = cv2.distanceTransform(1 - face, cv2.DIST_L2, 5)
+    grown = (cv2.distanceTransform(1 - reach, cv2.DIST_L2, 5) < band).astype(np.uint8)
+    to_edge = cv2.distanceTransform(grown, cv2.DIST_L2, 5)  # inside the grown reach: distance to its edge
+    outside = (face == 0) & (to_edge > 0)
+    if outside.any():
+        grid[outside] = identity[outside] + _edge_shift(grid - identity, face, band)[outside] * (
+            to_edge / np.maximum(to_edge + to_face, 1e-6))[outside, None]
+    return box, grid
 
 
-def _spread_outwards(displacement: np.ndarray, face: np.ndarray, sigma: float) -> np.ndarray:
-    """The face's displacement continued outside it, fading with distance (size×size×2).
+def _edge_shift(shift: np.ndarray, face: np.ndarray, band: float) -> np.ndarray:
+    """The displacement of the nearest face pixel, for every pixel of the box (h×w×2).
 
-    Normalised convolution (zero where the face stays still), at a quarter of the resolution: the
-    field is smooth out there, and a full-size blur this wide would cost more than the warp.
+    Nearest, not a blur of the face's displacement: a blur mixes in the face's smaller moves
+    further in, lags behind the chin, and leaves the filmed chin's edge as a second contour.
+    A light blur afterwards smooths the seams between nearest-pixel cells.
     """
-    size, step = face.shape[0], 4
-    small = (size // step, size // step)
-    face_small = cv2.resize(face, small, interpolation=cv2.INTER_AREA)
-    moved = cv2.resize(displacement * face[..., None], small, interpolation=cv2.INTER_AREA)
-    spread = cv2.GaussianBlur(moved, (0, 0), sigma / step)
-    weight = cv2.GaussianBlur(face_small, (0, 0), sigma / step)
-    distance = cv2.distanceTransform((face_small < 0.5).astype(np.uint8), cv2.DIST_L2, 5) * step
-    field = spread * (np.exp(-((distance / sigma) ** 2)) / np.maximum(weight, 1e-3))[..., None]
-    return cv2.resize(field, (size, size), interpolation=cv2.INTER_LINEAR)
+    _, labels = cv2.distanceTransformWithLabels(1 - face, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    ys, xs = np.nonzero(face)
+    table = np.zeros((labels.max() + 1, 2), np.float32)
+    table[labels[ys, xs]] = shift[ys, xs]
+    nearest = table[labels]
+    return cv2.GaussianBlur(nearest, (0, 0), max(band / 3, 0.5))
 
 
-def mouth_fan(landmarks: np.ndarray) -> np.ndarray:
-    """Triangles (K×3×2 px) filling the inner-lip polygon, fanned from its centroid."""
-    ring = landmarks[list(INNER_LIPS)]
-    centre = ring.mean(axis=0)
-    return np.stack([np.stack([centre, ring[i], ring[(i + 1) % len(ring)]]) for i in range(len(ring))])
-
-
-def mouth_grid(bank: np.ndarray, target: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Backward map of the target's mouth opening into a bank frame's mouth opening.
-
-    Returns (grid size×size×2, mask size×size float32 in [0, 1] covering the target opening).
-    """
-    grid = pixel_grid(size).copy()
-    source_fan, target_fan = mouth_fan(bank), mouth_fan(target)
-    ys, xs, index, weights = _barycentric_map(target_fan, size)
-    grid[ys, xs] = np.einsum("pk,pkd->pd", weights, source_fan[index])
-    mask = np.zeros((size, size), np.float32)
-    mask[ys, xs] = 1.0
-    return grid, mask
-
-
-def sample(images: torch.Tensor, grids: np.ndarray) -> torch.Tensor:
-    """Bilinear sampling: images B×3×S×S float, grids B×S×S×2 (source px) -> B×3×S×S."""
-    size = images.shape[-1]
-    normalised = torch.from_numpy(grids).to(images.device) * (2.0 / (size - 1)) - 1.0
-    with torch.inference_mode():
-        return torch.nn.functional.grid_sample(images, normalised, mode="bilinear", padding_mode="border", align_corners=True)
+def remap(image: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Bilinear sampling of ``image`` (H×W×C) at ``grid`` (h×w×2 px) -> h×w×C, edges replicated."""
+    return cv2.remap(image, grid[..., 0], grid[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
