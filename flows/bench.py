@@ -1,11 +1,15 @@
 """Lip-sync benchmark: cross-dub real talking-head clips and measure whose mouth the output follows.
 
 For every ordered pair (A, B) of clips, video A is dubbed with the audio of clip B through the
-real catalogue flow. The mouth opening measured on the output (face mesh) should follow B's own
-recorded mouth (``r_B``, resampled to A's frame clock, best lag within ±2 frames) and no longer
-A's (``r_A``). Two controls run in the same flow: *passthrough* (A's source unchanged) and the dub
-with B's audio delayed by 0.5 s; a working lip sync beats both on ``r_B``. ``psnr_outside_db``
-compares the output with the source outside the lower face (only the encoder's loss should show).
+real catalogue flow. B's audio is fitted to A's picture first (cut when longer, padded with
+silence when shorter), so clips of any lengths pair up. The mouth opening measured on the output
+(face mesh) should follow B's own recorded mouth (``r_B``, B's curve resampled to A's frame
+clock, best lag within ±2 frames) and no longer A's (``r_A``). ``r_B`` and its controls are
+computed only over A's frames where B's recorded mouth and B's audio both exist; ``r_A`` over
+all of A's frames. Two controls run in the same flow: *passthrough* (A's source unchanged) and
+the dub with B's audio delayed by 0.5 s; a working lip sync beats both on ``r_B``.
+``psnr_outside_db`` compares the output with the source outside the lower face (only the
+encoder's loss should show).
 """
 
 from __future__ import annotations
@@ -19,32 +23,42 @@ from typing import Any
 import numpy as np
 import yaml
 
-from schemas.catalogue_folder import VIDEO_EXTENSIONS
 from schemas.catalogue import safe_title_id
+from schemas.catalogue_folder import VIDEO_EXTENSIONS
 from stages.audio.espeak import Speech, write_wav
+from stages.audio.fit import fit_samples
 from stages.faces.landmarks import FaceLandmarker
-from stages.media import open_media, read_audio, stream_rate
+from stages.media import audio_duration, open_media, read_audio, stream_rate
 from stages.report.mouth import MouthCurve, best_lag, measure_mouths
 from stages.report.stage import plain_json
 
 SHIFT_S = 0.5
 MAX_LAG = 2
-_AUDIO_RATE = 48_000
+AUDIO_RATE = 48_000  # Hz of the benchmark's dub WAVs
 
 
 @dataclass
 class PairResult:
-    """One cross-dub: video ``a`` with the audio of ``b``."""
+    """One cross-dub: video ``a`` with the audio of ``b``. Correlations are NaN when undefined."""
 
     a: str
     b: str
-    r_b: float  # output mouth vs B's recorded mouth
+    r_b: float  # output mouth vs B's recorded mouth, over the frames where B's mouth and audio exist
     lag: int  # frames at the r_B peak (> 0: output late)
-    r_a: float  # output mouth vs A's original mouth
+    frames_b: int  # A's frames where both the output mouth and B's recorded mouth are known (r_B's sample)
+    r_a: float  # output mouth vs A's original mouth, over all of A's frames
     psnr_outside_db: float  # output vs source outside the lower face
     control_passthrough_r_b: float  # A's source mouth vs B's
     control_shifted_r_b: float  # dub with B's audio 0.5 s late, vs B's mouth
     beats_controls: bool
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A clip's video clock: nominal frame rate and the number of frames (as the probe stage counts them)."""
+
+    fps: float
+    frames: int
 
 
 def _safe(name: str) -> str:
@@ -52,54 +66,73 @@ def _safe(name: str) -> str:
 
 
 def _write_wav(samples: np.ndarray, path: Path) -> None:
-    write_wav(Speech(samples, _AUDIO_RATE, ()), str(path))
+    write_wav(Speech(samples, AUDIO_RATE, ()), str(path))
 
 
-def _fps(url: str) -> float:
+def picture(url: str) -> Picture:
+    """Frame rate and frame count of ``url``'s first video stream (demuxed packets, no decoding)."""
     with open_media(url) as container:
-        return float(stream_rate(container.streams.video[0]))
+        stream = container.streams.video[0]
+        frames = sum(1 for p in container.demux(stream) if p.size > 0 and p.pts is not None)
+        return Picture(float(stream_rate(stream)), frames)
+
+
+def fitted_dub_audio(audio_b: np.ndarray, picture_a: Picture, delay_s: float = 0.0) -> np.ndarray:
+    """B's audio (mono, ``AUDIO_RATE``) delayed by ``delay_s`` and then cut or padded with silence
+    at the end to exactly A's picture duration, so the flow accepts any pair of clip lengths."""
+    delayed = np.concatenate([np.zeros(round(delay_s * AUDIO_RATE), np.float32), audio_b])
+    return fit_samples(delayed, picture_a.frames, picture_a.fps, AUDIO_RATE)
 
 
 def build_catalogue(clips: list[Path], work: Path, language: str) -> tuple[Path, list[tuple[str, str]]]:
     """The benchmark's catalogue: per ordered pair (A, B) a dub of A with B's audio, and with B's
-    audio 0.5 s late. Returns the catalogue path and the pairs (by clip stem)."""
+    audio 0.5 s late, both fitted to A's picture (``work/A--B.wav``, ``work/A--B.shifted.wav``).
+    Returns the catalogue path and the pairs (by safe clip name)."""
     work.mkdir(parents=True, exist_ok=True)
-    for clip in clips:
-        audio = read_audio(str(clip), _AUDIO_RATE)
-        _write_wav(audio, work / f"{_safe(clip.stem)}.wav")
-        delay = int(SHIFT_S * _AUDIO_RATE)
-        _write_wav(np.concatenate([np.zeros(delay, np.float32), audio[: len(audio) - delay]]),
-                   work / f"{_safe(clip.stem)}.shifted.wav")
+    pictures = {clip: picture(str(clip)) for clip in clips}
+    audio = {clip: read_audio(str(clip), AUDIO_RATE) for clip in clips}
     rows, pairs = [], []
     for a, b in itertools.permutations(clips, 2):
+        pair = f"{_safe(a.stem)}--{_safe(b.stem)}"
         pairs.append((_safe(a.stem), _safe(b.stem)))
-        for suffix, audio in (("", f"{_safe(b.stem)}.wav"), ("--shifted", f"{_safe(b.stem)}.shifted.wav")):
-            rows.append({"title_id": f"{_safe(a.stem)}--{_safe(b.stem)}{suffix}", "video": str(a.resolve()),
-                         "language": language, "dub_audio": str((work / audio).resolve())})
+        for suffix, delay_s in (("", 0.0), ("--shifted", SHIFT_S)):
+            wav = work / f"{pair}{suffix.replace('--', '.')}.wav"
+            _write_wav(fitted_dub_audio(audio[b], pictures[a], delay_s), wav)
+            rows.append({"title_id": pair + suffix, "video": str(a.resolve()), "language": language,
+                         "dub_audio": str(wav.resolve())})
     catalogue = work / "catalogue.yaml"
     catalogue.write_text(yaml.safe_dump(rows))
     return catalogue, pairs
 
 
-def _on_clock(curve: MouthCurve, fps: float, frames: int, target_fps: float) -> np.ndarray:
-    """``curve`` (at ``fps``) resampled to ``frames`` frames at ``target_fps``; NaN outside it."""
-    if len(curve.frame_index) < 2:
-        return np.full(frames, np.nan)
+def _on_clock(curve: MouthCurve, fps: float, frames: int, target_fps: float, end_s: float = np.inf) -> np.ndarray:
+    """``curve`` (at ``fps``) linearly resampled to ``frames`` frames at ``target_fps``.
+
+    NaN where it is not known: outside the curve, across frames where the face was not measured
+    (both neighbouring source frames must exist), and from ``end_s`` seconds on (where B's audio ends).
+    """
     t = np.arange(frames) / target_fps
-    source_t = curve.frame_index / fps
-    values = np.interp(t, source_t, curve.jaw_open)
-    values[(t < source_t[0]) | (t > source_t[-1])] = np.nan
+    if len(curve.frame_index) == 0:
+        return np.full(frames, np.nan)
+    position = t * fps  # in source frames
+    measured = np.isin(np.floor(position + 1e-6), curve.frame_index) & np.isin(np.ceil(position - 1e-6),
+                                                                               curve.frame_index)
+    values = np.interp(position, curve.frame_index, curve.jaw_open)
+    values[~measured | (t >= end_s)] = np.nan
     return values
 
 
 def _dense(curve: MouthCurve, frames: int) -> np.ndarray:
+    """``curve`` on frames 0 … ``frames`` − 1 of its own clip, NaN where the face was not measured."""
     values = np.full(frames, np.nan)
-    values[curve.frame_index[curve.frame_index < frames]] = curve.jaw_open[curve.frame_index < frames]
+    inside = curve.frame_index < frames
+    values[curve.frame_index[inside]] = curve.jaw_open[inside]
     return values
 
 
 def psnr_outside_lower_face(source_url: str, output_url: str, hulls: dict[int, np.ndarray]) -> float:
-    """PSNR (dB) of the output against the source over every pixel outside the lower-face polygon."""
+    """PSNR (dB) of the output against the source over every pixel outside the lower-face polygon
+    (``hulls``: frame -> N×2 polygon in pixels; frames without one are compared whole)."""
     import cv2
 
     squared, count = 0.0, 0
@@ -120,54 +153,92 @@ def psnr_outside_lower_face(source_url: str, output_url: str, hulls: dict[int, n
 def measure(clips: list[Path], pairs: list[tuple[str, str]], outputs: dict[str, str]) -> list[PairResult]:
     """Measure every pair; ``outputs`` maps title ids of the benchmark catalogue to dubbed videos."""
     landmarker = FaceLandmarker()
-    by_stem = {_safe(c.stem): c for c in clips}
-    sources = {}
-    for stem, clip in by_stem.items():
-        with open_media(str(clip)) as container:
-            frames = container.streams.video[0].frames or sum(1 for _ in container.decode(video=0))
-        sources[stem] = (measure_mouths(landmarker, str(clip), keep_hulls=True)[0], _fps(str(clip)), frames)
+    by_name = {_safe(c.stem): c for c in clips}
+    sources = {}  # name -> (mouth curve with lower-face hulls, picture, audio seconds)
+    for name, clip in by_name.items():
+        curve = measure_mouths(landmarker, str(clip), keep_hulls=True)[0]
+        sources[name] = (curve, picture(str(clip)), audio_duration(str(clip)))
     results = []
     for a, b in pairs:
-        curve_a, fps_a, frames_a = sources[a]
-        curve_b, fps_b, _ = sources[b]
-        b_on_a = _on_clock(curve_b, fps_b, frames_a, fps_a)
-        dubbed = _dense(measure_mouths(landmarker, outputs[f"{a}--{b}"])[0], frames_a)
-        shifted = _dense(measure_mouths(landmarker, outputs[f"{a}--{b}--shifted"])[0], frames_a)
+        curve_a, picture_a, _ = sources[a]
+        curve_b, picture_b, audio_b_s = sources[b]
+        b_on_a = _on_clock(curve_b, picture_b.fps, picture_a.frames, picture_a.fps, end_s=audio_b_s)
+        a_filmed = _dense(curve_a, picture_a.frames)
+        dubbed = _dense(measure_mouths(landmarker, outputs[f"{a}--{b}"])[0], picture_a.frames)
+        shifted = _dense(measure_mouths(landmarker, outputs[f"{a}--{b}--shifted"])[0], picture_a.frames)
         r_b, lag = best_lag(dubbed, b_on_a, MAX_LAG)
-        r_a, _ = best_lag(dubbed, _dense(curve_a, frames_a), MAX_LAG)
-        passthrough, _ = best_lag(_dense(curve_a, frames_a), b_on_a, MAX_LAG)
+        r_a, _ = best_lag(dubbed, a_filmed, MAX_LAG)
+        passthrough, _ = best_lag(a_filmed, b_on_a, MAX_LAG)
         shifted_r, _ = best_lag(shifted, b_on_a, MAX_LAG)
         results.append(PairResult(
-            a=a, b=b, r_b=r_b, lag=lag, r_a=r_a,
-            psnr_outside_db=psnr_outside_lower_face(str(by_stem[a]), outputs[f"{a}--{b}"], curve_a.lower_face),
+            a=a, b=b, r_b=r_b, lag=lag, frames_b=int((np.isfinite(dubbed) & np.isfinite(b_on_a)).sum()), r_a=r_a,
+            psnr_outside_db=psnr_outside_lower_face(str(by_name[a]), outputs[f"{a}--{b}"], curve_a.lower_face),
             control_passthrough_r_b=passthrough, control_shifted_r_b=shifted_r,
+            # An undefined r (NaN) never counts as beating a control.
             beats_controls=bool(r_b > passthrough and r_b > shifted_r),
         ))
     landmarker.close()
     return results
 
 
+_MEANS = ("r_b", "r_a", "psnr_outside_db", "control_passthrough_r_b", "control_shifted_r_b")
+
+
+def _means(results: list[PairResult]) -> dict[str, float]:
+    """Means over ``results`` of the figures in ``_MEANS`` and of |lag| (frames), each over the
+    pairs where it is defined (NaN when it is defined for none)."""
+    means = {}
+    for key in _MEANS:
+        values = np.array([getattr(r, key) for r in results], dtype=np.float64)
+        means[key] = float(values[~np.isnan(values)].mean()) if (~np.isnan(values)).any() else float("nan")
+    lags = [abs(r.lag) for r in results if np.isfinite(r.r_b)]  # no r_B, no lag
+    means["abs_lag"] = float(np.mean(lags)) if lags else float("nan")
+    return means
+
+
 def summarize(results: list[PairResult]) -> dict[str, Any]:
-    numeric = ("r_b", "r_a", "psnr_outside_db", "control_passthrough_r_b", "control_shifted_r_b")
-    mean = {k: float(np.nanmean([getattr(r, k) for r in results])) for k in numeric}
-    return {"pairs": [asdict(r) for r in results], "mean": mean,
-            "beats_controls": all(r.beats_controls for r in results), "shift_s": SHIFT_S, "max_lag": MAX_LAG}
+    """Per pair, overall means, per video A means (with how many of its pairs beat both controls)."""
+    by_a: dict[str, list[PairResult]] = {}
+    for r in results:
+        by_a.setdefault(r.a, []).append(r)
+    per_video_a = {a: {**_means(rs), "pairs": len(rs), "beats_controls": sum(r.beats_controls for r in rs)}
+                   for a, rs in by_a.items()}
+    return {"pairs": [asdict(r) for r in results], "mean": _means(results), "per_video_a": per_video_a,
+            "beats_controls": all(r.beats_controls for r in results),
+            "pairs_beating_controls": sum(r.beats_controls for r in results),
+            "shift_s": SHIFT_S, "max_lag": MAX_LAG}
+
+
+def _cell(value: float, digits: int = 2) -> str:
+    return f"{value:.{digits}f}" if value is not None and np.isfinite(value) else "–"
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    header = f"{'video A':<22} {'audio B':<22} {'r_B':>6} {'lag':>4} {'r_A':>6} {'PSNR out':>9} {'pass r_B':>9} {'shift r_B':>9}"
-    lines = [header, "-" * len(header)]
-    for p in summary["pairs"]:
-        lines.append(f"{p['a']:<22} {p['b']:<22} {p['r_b']:6.2f} {p['lag']:4d} {p['r_a']:6.2f} "
-                     f"{p['psnr_outside_db']:8.1f}  {p['control_passthrough_r_b']:9.2f} {p['control_shifted_r_b']:9.2f}")
+    """The results as two Markdown tables (per pair with the mean; per video A), ready for the README."""
+    pair_rows = [[p["a"], p["b"], _cell(p["r_b"]), str(p["lag"]), str(p["frames_b"]), _cell(p["r_a"]),
+                  _cell(p["psnr_outside_db"], 1), _cell(p["control_passthrough_r_b"]),
+                  _cell(p["control_shifted_r_b"])] for p in summary["pairs"]]
     m = summary["mean"]
-    lines.append(f"{'mean':<45} {m['r_b']:6.2f} {'':>4} {m['r_a']:6.2f} {m['psnr_outside_db']:8.1f}  "
-                 f"{m['control_passthrough_r_b']:9.2f} {m['control_shifted_r_b']:9.2f}")
-    lines.append("output beats both controls on r_B: " + ("yes" if summary["beats_controls"] else "NO"))
+    pair_rows.append(["**mean**", "", f"**{_cell(m['r_b'])}**", f"{_cell(m['abs_lag'], 1)} (abs)", "",
+                      _cell(m["r_a"]), _cell(m["psnr_outside_db"], 1), _cell(m["control_passthrough_r_b"]),
+                      _cell(m["control_shifted_r_b"])])
+    lines = _markdown(["video A", "audio B", "r_B", "lag", "frames", "r_A", "PSNR outside lower face (dB)",
+                       "passthrough r_B", f"B's audio +{SHIFT_S:g} s r_B"], pair_rows)
+    video_rows = [[a, _cell(v["r_b"]), _cell(v["r_a"]), _cell(v["abs_lag"], 1), _cell(v["psnr_outside_db"], 1),
+                   f"{v['beats_controls']} of {v['pairs']}"] for a, v in summary["per_video_a"].items()]
+    lines += [""] + _markdown(["video A", "mean r_B", "mean r_A", "mean abs lag", "PSNR outside (dB)",
+                               "pairs beating both controls"], video_rows)
+    lines.append(f"\noutput beats both controls on r_B in {summary['pairs_beating_controls']} of "
+                 f"{len(summary['pairs'])} pairs")
     return "\n".join(lines)
 
 
 def list_clips(folder: Path) -> list[Path]:
+    """The folder's video clips (at least two, names distinct as title ids), sorted by name."""
     clips = sorted(p for p in folder.iterdir() if p.suffix.lower().lstrip(".") in VIDEO_EXTENSIONS)
     if len(clips) < 2:
         raise ValueError(f"{folder}: the lip-sync benchmark needs at least two video clips, found {len(clips)}")
