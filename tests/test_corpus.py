@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from stages.audio.espeak import synthesize
-from stages.audio.features import SAMPLE_RATE
+from stages.audio.features import SAMPLE_RATE, loudness_db
 from stages.coeffs.training.corpus import (
     DEFAULT_VOICES,
     HELD_OUT_VOICES,
@@ -22,9 +22,11 @@ from stages.coeffs.training.corpus import (
     speed_and_pitch,
 )
 from stages.coeffs.training.sentences import SENTENCES
+from stages.coeffs.visemes import VISEME_CLASSES
 
 LANGUAGES = sorted(SENTENCES)
 FIRST_VOICES = {language: [voices[0]] for language, voices in DEFAULT_VOICES.items()}
+RATE = 25.0  # a video frame rate: the clock targets are checked on
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,7 @@ def _envelope(audio: np.ndarray, hop: int = 160) -> np.ndarray:
 
 
 def _energy(example: Example) -> np.ndarray:
-    return example.features.mean(axis=1)
+    return loudness_db(example.audio, RATE, example.steps(RATE))
 
 
 def test_sentences_cover_nine_languages_with_bilabials_and_pauses() -> None:
@@ -65,14 +67,18 @@ def test_sentences_cover_nine_languages_with_bilabials_and_pauses() -> None:
 
 def test_example_shapes_are_consistent(augmented: list[Example]) -> None:
     for example in augmented:
-        frames = len(example.targets)
-        assert example.features.shape == (frames, 80) and example.features.dtype == np.float32
-        assert example.targets.shape == (frames, 4) and example.targets.dtype == np.float32
-        assert example.silent.shape == (frames,) and example.silent.dtype == bool
-        assert example.bilabial_frames.dtype.kind == "i"
-        assert np.all((example.bilabial_frames >= 0) & (example.bilabial_frames < frames))
-        assert np.isfinite(example.features).all() and np.isfinite(example.targets).all()
-        assert 24.0 <= example.fps <= 30.0 and 1.0 < example.duration_s < 10.0
+        assert example.audio.dtype == np.float32 and example.audio.ndim == 1 and np.isfinite(example.audio).all()
+        assert 1.0 < example.duration_s < 10.0 and example.text.strip()
+        for rate in (RATE, 50.0):
+            steps = example.steps(rate)
+            assert steps == int(example.duration_s * rate)
+            assert example.targets(rate).shape == (steps, 4) and example.targets(rate).dtype == np.float32
+            assert example.labels(rate).shape == (steps,) and example.labels(rate).dtype == np.int64
+            assert example.silent(rate).shape == (steps,) and example.silent(rate).dtype == bool
+            bilabials = example.bilabial_steps(rate)
+            assert bilabials.dtype.kind == "i" and np.all((bilabials >= 0) & (bilabials < steps))
+        starts = [start for _, start, _ in example.segments]
+        assert starts == sorted(starts) and example.segments[-1][2] <= example.duration_s + 1e-6
         kind, language, voice, index = example.source.split(":")
         assert (kind, language, index) == ("espeak", example.language, "0")
         assert voice in DEFAULT_VOICES[language]
@@ -83,23 +89,28 @@ def test_every_language_yields_speech_bilabials_and_rest(augmented: list[Example
     assert by_language == set(LANGUAGES)
     assert len(augmented) == sum(len(DEFAULT_VOICES[language]) for language in LANGUAGES)
     for example in augmented:
-        assert len(example.bilabial_frames) >= 1, example.source
-        # At least 0.2 s of padding, sped up by at most 1.2: 4 frames at 24 fps.
-        assert example.silent[:4].all() and example.silent[-3:].all(), example.source
-        assert (~example.silent).sum() > example.fps, example.source  # over a second of speech
+        silent = example.silent(RATE)
+        assert len(example.bilabial_steps(RATE)) >= 1, example.source
+        # At least 0.2 s of padding, sped up by at most 1.2: 4 frames at 25 fps.
+        assert silent[:4].all() and silent[-3:].all(), example.source
+        assert (~silent).sum() > RATE, example.source  # over a second of speech
+        labels = example.labels(50.0)
+        assert labels[0] == labels[-1] == VISEME_CLASSES.index("rest"), example.source
+        assert VISEME_CLASSES.index("bilabial") in labels, example.source
 
 
 def test_bilabials_are_shut_and_silence_rests(augmented: list[Example]) -> None:
-    bilabial = np.concatenate([e.targets[e.bilabial_frames, 0] for e in augmented])
-    speech = np.concatenate([e.targets[~e.silent, 0] for e in augmented])
+    bilabial = np.concatenate([e.targets(RATE)[e.bilabial_steps(RATE), 0] for e in augmented])
+    speech = np.concatenate([e.targets(RATE)[~e.silent(RATE), 0] for e in augmented])
     # A short p/b/m (< 30 ms) shuts only part of its frame, so some centre frames stay ajar.
     assert np.median(bilabial) < 0.03 and np.percentile(bilabial, 90) < 0.1
     assert np.median(bilabial) < 0.4 * np.median(speech)
-    silent = np.concatenate([e.targets[e.silent, 0] for e in augmented])
+    silent = np.concatenate([e.targets(RATE)[e.silent(RATE), 0] for e in augmented])
     assert silent.mean() < 0.01 and silent.max() < 0.1  # frames next to speech get coarticulation
     for example in augmented:
-        inner = example.silent[1:-1] & example.silent[:-2] & example.silent[2:]
-        assert np.all(example.targets[1:-1][inner, 0] < 0.01), example.source
+        quiet = example.silent(RATE)
+        inner = quiet[1:-1] & quiet[:-2] & quiet[2:]
+        assert np.all(example.targets(RATE)[1:-1][inner, 0] < 0.01), example.source
 
 
 def test_same_seed_gives_same_examples_whatever_else_is_built(augmented: list[Example]) -> None:
@@ -107,11 +118,10 @@ def test_same_seed_gives_same_examples_whatever_else_is_built(augmented: list[Ex
     among_all = [e for e in augmented if e.language == "fr"]
     assert [e.source for e in alone] == [e.source for e in among_all]
     for a, b in zip(alone, among_all):
-        np.testing.assert_array_equal(a.features, b.features)
-        np.testing.assert_array_equal(a.targets, b.targets)
-        assert a.fps == b.fps
+        np.testing.assert_array_equal(a.audio, b.audio)
+        assert a.segments == b.segments and a.text == b.text
     other_seed = espeak_examples(["fr"], None, per_voice=1, seed=8, augment=True)
-    assert any(a.features.shape != b.features.shape for a, b in zip(alone, other_seed))
+    assert any(a.audio.shape != b.audio.shape for a, b in zip(alone, other_seed))
 
 
 def test_speed_and_pitch_scale_times_and_frequency() -> None:
@@ -151,16 +161,18 @@ def test_augmented_examples_are_time_scaled_clean_ones(
 ) -> None:
     ratios, contrasts = [], []
     for aug, ref in zip(augmented, clean):
-        assert (aug.source, aug.fps) == (ref.source, ref.fps)
-        ratio = len(aug.targets) / len(ref.targets)
+        assert (aug.source, aug.text) == (ref.source, ref.text)
+        aug_targets, ref_targets = aug.targets(RATE), ref.targets(RATE)
+        ratio = len(aug_targets) / len(ref_targets)
         ratios.append(ratio)
         # The jaw targets are the clean ones on a clock sped up or slowed down by the same factor.
-        times = np.arange(len(aug.targets)) / ratio
-        warped = np.interp(times, np.arange(len(ref.targets)), ref.targets[:, 0])
-        assert np.corrcoef(warped, aug.targets[:, 0])[0, 1] > 0.9, aug.source
+        times = np.arange(len(aug_targets)) / ratio
+        warped = np.interp(times, np.arange(len(ref_targets)), ref_targets[:, 0])
+        assert np.corrcoef(warped, aug_targets[:, 0])[0, 1] > 0.9, aug.source
         # And the (noisy, reverberant) audio is loud where the targets say speech, quiet in pauses.
-        inner = aug.silent[1:-1] & aug.silent[:-2] & aug.silent[2:]
-        contrasts.append(_energy(aug)[~aug.silent].mean() - _energy(aug)[1:-1][inner].mean())
+        quiet = aug.silent(RATE)
+        inner = quiet[1:-1] & quiet[:-2] & quiet[2:]
+        contrasts.append(_energy(aug)[~quiet].mean() - _energy(aug)[1:-1][inner].mean())
         assert contrasts[-1] > 3, aug.source  # dB; 10 dB SNR plus reverb in pauses is the worst case
     assert np.median(contrasts) > 10
     assert min(ratios) < 0.95 and max(ratios) > 1.05  # some sped up (fewer frames), some slowed
@@ -205,19 +217,20 @@ def test_every_voice_is_reproducible_after_other_work() -> None:
 def test_librivox_clips_give_english_examples() -> None:
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dubline"
     try:
-        examples = librivox_examples(cache, fps=25.0)
+        examples = librivox_examples(cache)
     except RuntimeError as error:  # no network and no cached tarball
         pytest.skip(str(error))
     assert [e.source for e in examples] == [
         f"librivox:{n}" for n in ("0870", "0880", "0890", "0920", "0930")
     ]
     first = examples[0]
-    assert abs(first.duration_s - 7.1) < 0.05 and first.language == "en" and first.fps == 25.0
-    assert first.features.shape == (len(first.targets), 80)
-    assert first.silent[:4].all() and not first.silent[10:20].any()  # "<sil>" for 0.2 s, then "and"
-    bilabial = np.concatenate([e.targets[e.bilabial_frames, 0] for e in examples])
+    assert abs(first.duration_s - 7.1) < 0.05 and first.language == "en"
+    assert first.text.startswith("and mister john dashwood had then leisure to consider")
+    quiet = first.silent(RATE)
+    assert quiet[:4].all() and not quiet[10:20].any()  # "<sil>" for 0.2 s, then "and"
+    bilabial = np.concatenate([e.targets(RATE)[e.bilabial_steps(RATE), 0] for e in examples])
     assert len(bilabial) >= 20 and np.median(bilabial) < 0.03
-    assert max(e.targets[e.silent, 0].max() for e in examples) < 0.1
-    speech = np.concatenate([_energy(e)[~e.silent] for e in examples]).mean()
-    pauses = np.concatenate([_energy(e)[e.silent] for e in examples]).mean()
+    assert max(e.targets(RATE)[e.silent(RATE), 0].max() for e in examples) < 0.1
+    speech = np.concatenate([_energy(e)[~e.silent(RATE)] for e in examples]).mean()
+    pauses = np.concatenate([_energy(e)[e.silent(RATE)] for e in examples]).mean()
     assert speech - pauses > 10  # the alignment's silences are the recording's quiet parts

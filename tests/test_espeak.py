@@ -49,7 +49,7 @@ def test_sentence_gives_speech_with_ordered_phonemes(voice: str, text: str) -> N
 
 def test_papa_phonemes_start_with_p() -> None:
     phonemes = synthesize("papa").phonemes
-    assert phonemes[0] == PhonemeEvent("p", phonemes[0].start_s)
+    assert phonemes[0] == PhonemeEvent("p", phonemes[0].start_s, 1)
     assert [p.phoneme for p in phonemes].count("p") == 2
 
 

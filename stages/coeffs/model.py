@@ -1,86 +1,104 @@
-"""The audio -> mouth network (SadTalker's ExpNet role) and its packaged weights.
+"""The audio -> mouth network (SadTalker's ExpNet role) over a frozen speech encoder.
 
-A small non-causal temporal convolution network over log-mel frames on the video's frame clock:
-it sees about ±0.7 s of audio around each frame and predicts ``visemes.MOUTH_COEFFS`` for it.
-Weights are trained by ``python -m stages.coeffs.training.train`` and shipped as safetensors with a
-model card beside them (``stages/coeffs/weights/``).
+``SpeechToMouth`` listens to Whisper's encoder states (``stages.audio.speech_encoder``: 50 per
+second, speaker-independent) and gives, per state, two things:
+- **viseme posteriors** over ``visemes.VISEME_CLASSES``: what the mouth is articulating (p/b/m,
+  an open vowel, a rounded one, rest...), the input of the forced aligner (``alignment``);
+- **mouth coefficients** ``visemes.MOUTH_COEFFS`` (jaw_open absolute, the others offsets from the
+  speaker's resting mouth, inter-ocular distances).
+
+``MouthNet`` is a small temporal convolution network (about ±0.35 s of context) trained by
+``python -m stages.coeffs.training.train``; weights ship as safetensors with a model card in
+``stages/coeffs/weights/``.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from stages.audio.features import N_MELS
-from stages.coeffs.visemes import MOUTH_COEFFS
+from stages.audio.speech_encoder import SpeechEncoder
+from stages.audio.whisper_models import BASE_PACKAGED
+from stages.coeffs.visemes import MOUTH_COEFFS, VISEME_CLASSES
 
 WEIGHTS = Path(__file__).parent / "weights" / "mouthnet.safetensors"
-_INPUT = N_MELS + 1  # mel bins relative to their utterance mean, plus loudness
-
-
-def normalise_features(log_mel: np.ndarray) -> np.ndarray:
-    """T×80 log-mel dB -> T×81 network input.
-
-    Each mel bin is centred on its utterance mean (removes microphone EQ and gain), and one
-    loudness channel says how far each frame is below the utterance's loud frames (silence).
-    """
-    loudness = log_mel.mean(axis=1, keepdims=True)
-    reference = np.percentile(loudness, 95)
-    centred = log_mel - log_mel.mean(axis=0, keepdims=True)
-    return np.clip(np.hstack([centred / 20.0, (loudness - reference) / 20.0]), -5.0, 5.0).astype(np.float32)
 
 
 class _Block(nn.Module):
-    def __init__(self, channels: int, dilation: int):
+    def __init__(self, channels: int, dilation: int, dropout: float):
         super().__init__()
-        self.conv = nn.Conv1d(channels, channels, kernel_size=3, padding=dilation, dilation=dilation)
+        self.conv = nn.Conv1d(channels, channels, kernel_size=5, padding=2 * dilation, dilation=dilation)
         self.norm = nn.GroupNorm(8, channels)
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + torch.nn.functional.gelu(self.norm(self.conv(x)))
+        return x + self.drop(nn.functional.gelu(self.norm(self.conv(x))))
 
 
 class MouthNet(nn.Module):
-    """B×T×81 normalised features -> B×T×4 mouth coefficients."""
+    """B×N×D encoder states -> (B×N×C viseme logits, B×N×4 mouth coefficients)."""
 
-    def __init__(self, channels: int = 96, dilations: tuple[int, ...] = (1, 2, 4, 8, 1, 2)):
+    def __init__(self, input_dim: int = 512, channels: int = 128, dilations: tuple[int, ...] = (1, 2, 4, 1),
+                 dropout: float = 0.1):
         super().__init__()
-        self.config = {"channels": channels, "dilations": list(dilations)}
-        self.inp = nn.Conv1d(_INPUT, channels, kernel_size=1)
-        self.blocks = nn.Sequential(*[_Block(channels, d) for d in dilations])
-        self.out = nn.Conv1d(channels, len(MOUTH_COEFFS), kernel_size=1)
+        self.config = {"input_dim": input_dim, "channels": channels, "dilations": list(dilations), "dropout": dropout}
+        self.norm = nn.LayerNorm(input_dim)
+        self.inp = nn.Linear(input_dim, channels)
+        self.drop = nn.Dropout(2 * dropout)
+        self.blocks = nn.Sequential(*[_Block(channels, d, dropout) for d in dilations])
+        self.visemes = nn.Conv1d(channels, len(VISEME_CLASSES), kernel_size=1)
+        self.mouth = nn.Conv1d(channels, len(MOUTH_COEFFS), kernel_size=1)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = self.inp(features.transpose(1, 2))
-        return self.out(self.blocks(x)).transpose(1, 2)
+    def forward(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.drop(nn.functional.gelu(self.inp(self.norm(states)))).transpose(1, 2)
+        hidden = self.blocks(hidden)
+        return self.visemes(hidden).transpose(1, 2), self.mouth(hidden).transpose(1, 2)
 
 
-def save_weights(model: MouthNet, path: Path, metadata: dict[str, str]) -> None:
-    save_file(model.state_dict(), str(path), metadata={"config": json.dumps(model.config), **metadata})
+def save_weights(model: MouthNet, log_priors: np.ndarray, path: Path, metadata: dict[str, str]) -> None:
+    """Weights plus the config and the training set's viseme class log-priors (C) as metadata."""
+    save_file(model.state_dict(), str(path), metadata={
+        "config": json.dumps(model.config), "log_priors": json.dumps([round(float(p), 5) for p in log_priors]),
+        **metadata,
+    })
 
 
-class MouthPredictor:
-    """Loads the weights once; predicts per-frame mouth coefficients, deterministically."""
+@dataclass(frozen=True)
+class SpeechAnalysis:
+    """What the network heard, 50 states per second from the start of the audio."""
 
-    def __init__(self, weights: Path = WEIGHTS, device: str | None = None):
-        from safetensors import safe_open
+    log_posteriors: np.ndarray  # N×C float32, ``VISEME_CLASSES`` order
+    mouth: np.ndarray  # N×4 float32, ``MOUTH_COEFFS``
 
+
+class SpeechToMouth:
+    """The Whisper encoder and MouthNet, loaded once (CUDA when present); deterministic."""
+
+    def __init__(self, weights: Path | str = WEIGHTS, encoder_model: str = BASE_PACKAGED, device: str | None = None):
         with safe_open(str(weights), framework="pt") as f:
-            config = json.loads(f.metadata()["config"])
+            metadata = f.metadata()
+        config = json.loads(metadata["config"])
+        self.log_priors = np.asarray(json.loads(metadata["log_priors"]), dtype=np.float32)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = MouthNet(config["channels"], tuple(config["dilations"]))
+        self.encoder = SpeechEncoder(encoder_model, device="cuda" if self.device.type == "cuda" else "cpu")
+        self.model = MouthNet(config["input_dim"], config["channels"], tuple(config["dilations"]), config["dropout"])
         self.model.load_state_dict(load_file(str(weights)))
         self.model.to(self.device).eval()
 
-    def predict(self, log_mel: np.ndarray) -> np.ndarray:
-        """T×80 log-mel (one row per video frame) -> T×4 mouth coefficients (``MOUTH_COEFFS``)."""
-        if len(log_mel) == 0:
-            return np.zeros((0, len(MOUTH_COEFFS)), np.float32)
-        features = torch.from_numpy(normalise_features(log_mel))[None].to(self.device)
+    def analyse(self, samples: np.ndarray) -> SpeechAnalysis:
+        """Mono 16 kHz float samples (N) -> ``SpeechAnalysis`` of ceil(N / 320) states."""
+        return self.analyse_states(self.encoder.encode(samples))
+
+    def analyse_states(self, states: np.ndarray) -> SpeechAnalysis:
+        """Encoder states N×D -> ``SpeechAnalysis``."""
         with torch.inference_mode():
-            return self.model(features)[0].float().cpu().numpy()
+            logits, mouth = self.model(torch.from_numpy(np.asarray(states, np.float32))[None].to(self.device))
+            log_posteriors = torch.log_softmax(logits[0].float(), dim=-1)
+        return SpeechAnalysis(log_posteriors.cpu().numpy(), mouth[0].float().cpu().numpy())

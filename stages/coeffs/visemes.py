@@ -36,6 +36,8 @@ VISEMES: dict[str, tuple[float, float, float, float]] = {
     "front_rounded": (0.07, -0.06, 0.018, 0.00),  # French u, German ü/ö
     "mid": (0.12, 0.00, 0.000, 0.00),  # schwa, uh, er
 }
+#: Viseme classes in a fixed order: the mouth model's class outputs and the aligner's columns.
+VISEME_CLASSES: tuple[str, ...] = tuple(VISEMES)
 
 _ARPABET = {
     "P": "bilabial", "B": "bilabial", "M": "bilabial",

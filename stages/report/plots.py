@@ -35,7 +35,7 @@ def lipsync_figure(fps: float, energy: np.ndarray, speech: list[tuple[float, flo
     axes[0].plot(seconds, energy, color="#555", lw=0.8)
     for start, end in speech:
         axes[0].axvspan(start, end, color="#8fbf8f", alpha=0.35, lw=0)
-    axes[0].set_ylabel("dub energy\n(mean log-mel)")
+    axes[0].set_ylabel("dub loudness\n(dB re full scale)")
     axes[0].set_title("Dub audio (green: speech) and mouth opening (jaw_open, inter-ocular distances)", fontsize=10)
     if not tracks:
         axes[1].text(0.5, 0.5, "no face was dubbed", ha="center", va="center", transform=axes[1].transAxes)

@@ -82,13 +82,14 @@ class ReportStage(Stage):
                 "audio_fit": audio["audio_fit"],
                 "speech_segments": [[s["start_s"], s["end_s"]] for s in audio["speech_segments"]],
                 "transcript": audio["transcript"],
+                "script_url": audio["script_url"],
                 "detected_language": audio["detected_language"],
                 "language_probability": audio["language_probability"],
                 "language_matches": audio["language_matches"],
                 "subtitles": [u for u in (audio["srt_url"], audio["vtt_url"]) if u],
             },
         }
-        energy = np.asarray(audio["features"], dtype=np.float32).mean(axis=1) if len(audio["features"]) else np.zeros(0)
+        energy = np.asarray(audio["loudness_db"], dtype=np.float32)
         figures = {
             "Lip sync": plots.lipsync_figure(fps, energy, summary["audio"]["speech_segments"],
                                              [t["curves"] for t in tracks]),
@@ -129,6 +130,9 @@ class ReportStage(Stage):
             "frames": len(frames),
             "frames_measured": int(np.isfinite(on_output).sum()),
             "lipsync_r": r,
+            "mouth_path": driven["mouth_path"],
+            "mouth_path_note": driven["mouth_path_note"],
+            "alignment_score": driven["alignment_score"],
             "mouth_open_driven_mean": float(jaw.mean()),
             "mouth_open_output_mean": float(np.nanmean(on_output)) if np.isfinite(on_output).any() else None,
             "curves": curves,
@@ -197,7 +201,7 @@ def render_html(summary: dict[str, Any], figures: dict[str, bytes]) -> str:
     r = summary["lipsync_r"]
     audio = summary["audio"]
     language_check = (
-        "no transcript (run without --whisper-model, or an English-only model on another language)"
+        "no transcript (Whisper turned off, or an English-only model on another language)"
         if audio["detected_language"] is None
         else f"detected {audio['detected_language']} (p={audio['language_probability']:.2f}): "
         + ("matches the catalogue" if audio["language_matches"] else "DOES NOT match the catalogue")
@@ -218,9 +222,14 @@ def render_html(summary: dict[str, Any], figures: dict[str, bytes]) -> str:
         f"<p>Output: <a href='{html.escape(summary['video_url'])}'>{html.escape(summary['video_url'])}</a> — "
         + html.escape(_cell(summary["output"])) + "</p>",
         "<h2>Tracks</h2>",
-        _table(["track", "shot", "frames", "measured on output", "lip-sync r", "mean opening driven", "mean opening output"],
+        _table(["track", "shot", "frames", "measured on output", "lip-sync r", "mean opening driven", "mean opening output",
+                "mouth made from", "alignment score", "why"],
                [[t["track_id"], t["shot_index"], t["frames"], t["frames_measured"], t["lipsync_r"],
-                 t["mouth_open_driven_mean"], t["mouth_open_output_mean"]] for t in summary["tracks"]]),
+                 t["mouth_open_driven_mean"], t["mouth_open_output_mean"], t["mouth_path"], t["alignment_score"],
+                 t["mouth_path_note"] or None] for t in summary["tracks"]]),
+        "<p>The mouth is made from the dub's script aligned to its audio (<i>script-aligned</i>), else from "
+        "Whisper's transcript aligned to it (<i>transcript-aligned</i>), else from the audio->mouth model alone "
+        "(<i>model-only</i>); aligned p/b/m close the lips.</p>",
         _table(["skipped track", "shot", "reason"],
                [[t["track_id"], t["shot_index"], t["reason"]] for t in summary["tracks_skipped"]])
         if summary["tracks_skipped"] else "",
@@ -238,6 +247,7 @@ def render_html(summary: dict[str, Any], figures: dict[str, bytes]) -> str:
         "<h2>Dub audio and transcript</h2>",
         f"<p>{html.escape(_cell({k: audio[k] for k in ('duration_s', 'audio_fit')}))}; "
         f"speech segments: {len(audio['speech_segments'])}; language check: {html.escape(language_check)}</p>",
+        f"<p>Dub script: {html.escape(audio['script_url'] or 'none')}</p>",
         f"<blockquote>{html.escape(audio['transcript'] or '(no transcript)')}</blockquote>",
         "</body></html>",
     ]

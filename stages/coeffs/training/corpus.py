@@ -1,9 +1,10 @@
-"""Training examples for the audio->mouth network: log-mel frames paired with viseme targets.
+"""Training examples for the audio->mouth network: speech paired with its viseme timeline.
 
 Two sources: espeak-ng speech in many languages, voices, rates and pitches, with its own phoneme
 timings, optionally degraded like real recordings (speed, pitch, EQ, reverb, noise, level); and
 real English speech with reference phone alignments (LibriVox clips in pocketsphinx's source
-package). Every example starts and ends with silence so that the mouth learns to rest.
+package). Every example starts and ends with silence so that the mouth learns to rest. The
+network's inputs (Whisper encoder states) are computed from ``Example.audio`` by ``encode``.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from scipy import fft
 from scipy.signal import fftconvolve
 
 from stages.audio.espeak import synthesize
-from stages.audio.features import SAMPLE_RATE, log_mel_frames
+from stages.audio.features import SAMPLE_RATE
 from stages.coeffs.training.sentences import SENTENCES
-from stages.coeffs.visemes import arpabet_viseme, espeak_viseme, target_curve
+from stages.coeffs.visemes import VISEME_CLASSES, arpabet_viseme, espeak_viseme, target_curve
 
 Segment = tuple[str, float, float]  # viseme class, start_s, end_s
 
@@ -65,17 +66,46 @@ _POCKETSPHINX_TARBALL = "pocketsphinx-5.1.1.tar.gz"
 
 @dataclass
 class Example:
-    features: np.ndarray  # T×80 float32: log_mel_frames of the (augmented) audio at fps
-    targets: np.ndarray  # T×4 float32: target_curve, MOUTH_COEFFS order
-    source: str  # e.g. "espeak:fr:fr-BE:3", "librivox:0870"
+    """One utterance: its audio and what the mouth does when, as viseme segments."""
+
+    audio: np.ndarray  # mono float32 at SAMPLE_RATE
+    segments: list[Segment]  # (viseme, start_s, end_s), in time order; may be empty (real clips)
+    source: str  # e.g. "espeak:fr:fr-BE:3", "librivox:0870", "clip:address_man_20s"
     language: str  # BCP-47 primary tag, e.g. "fr"
-    fps: float
-    bilabial_frames: np.ndarray  # int frame indices of the centres of p/b/m segments
-    silent: np.ndarray  # bool T: frames entirely inside pauses/silence
+    text: str = ""  # what is said, when known
 
     @property
     def duration_s(self) -> float:
-        return len(self.targets) / self.fps
+        return len(self.audio) / SAMPLE_RATE
+
+    def steps(self, rate: float) -> int:
+        """Whole steps of 1/rate s that the audio covers."""
+        return int(len(self.audio) / SAMPLE_RATE * rate)
+
+    def targets(self, rate: float) -> np.ndarray:
+        """steps×4 float32 mouth targets (``visemes.target_curve``, MOUTH_COEFFS order)."""
+        return target_curve(self.segments, self.steps(rate), rate)
+
+    def labels(self, rate: float) -> np.ndarray:
+        """steps int64 viseme class (``VISEME_CLASSES`` index) at the centre of each step; rest elsewhere."""
+        labels = np.full(self.steps(rate), VISEME_CLASSES.index("rest"), dtype=np.int64)
+        for viseme, start, end in self.segments:
+            labels[int(round(start * rate)) : int(round(end * rate))] = VISEME_CLASSES.index(viseme)
+        return labels
+
+    def bilabial_steps(self, rate: float) -> np.ndarray:
+        """int step indices of the centres of p/b/m segments."""
+        centres = {int((start + end) / 2 * rate) for viseme, start, end in self.segments if viseme == "bilabial"}
+        return np.array(sorted(c for c in centres if c < self.steps(rate)), dtype=np.int64)
+
+    def silent(self, rate: float) -> np.ndarray:
+        """bool steps: steps entirely inside pauses or silence."""
+        edges = np.arange(self.steps(rate) + 1) / rate
+        silent = np.ones(self.steps(rate), dtype=bool)
+        for viseme, start, end in self.segments:
+            if viseme != "rest":
+                silent &= (edges[1:] <= start) | (edges[:-1] >= end)
+        return silent
 
 
 def espeak_examples(
@@ -84,7 +114,6 @@ def espeak_examples(
     per_voice: int,
     seed: int,
     augment: bool,
-    fps_range: tuple[float, float] = (24.0, 30.0),
 ) -> list[Example]:
     """``per_voice`` examples for each voice of each language (``voices`` None: DEFAULT_VOICES).
 
@@ -104,7 +133,7 @@ def espeak_examples(
                 source = f"espeak:{language}:{voice}:{k}"
                 rng = np.random.default_rng([seed, _key(source)])
                 text = sentences[order[k % len(sentences)]]
-                examples.append(_espeak_example(text, voice, language, source, rng, augment, fps_range))
+                examples.append(_espeak_example(text, voice, language, source, rng, augment))
     return examples
 
 
@@ -114,13 +143,11 @@ def _key(name: str) -> int:
 
 def _espeak_example(
     text: str, voice: str, language: str, source: str, rng: np.random.Generator, augment: bool,
-    fps_range: tuple[float, float],
 ) -> Example:
     # Everything but the augmentation is drawn first, so augment=False gives the clean version.
     rate = int(rng.integers(_RATE_WPM[0], _RATE_WPM[1] + 1))
     pitch = int(rng.integers(_PITCH[0], _PITCH[1] + 1))
     lead, tail = (int(rng.uniform(*_PAD_S) * SAMPLE_RATE) for _ in range(2))
-    fps = float(rng.uniform(*fps_range))
     speech = synthesize(text, voice, rate, pitch)
     audio = librosa.resample(speech.samples, orig_sr=speech.sample_rate, target_sr=SAMPLE_RATE)
     audio = np.concatenate([np.zeros(lead, np.float32), audio, np.zeros(tail, np.float32)])
@@ -135,26 +162,7 @@ def _espeak_example(
     if augment:
         audio, scale = augment_audio(audio, SAMPLE_RATE, rng)
         segments = [(viseme, start * scale, end * scale) for viseme, start, end in segments]
-    return _example(audio, segments, source, language, fps)
-
-
-def _example(audio: np.ndarray, segments: list[Segment], source: str, language: str, fps: float) -> Example:
-    frames = int(len(audio) / SAMPLE_RATE * fps)  # whole frames only: each has audio all through
-    edges = np.arange(frames + 1) / fps
-    silent = np.ones(frames, dtype=bool)
-    for viseme, start, end in segments:
-        if viseme != "rest":
-            silent &= (edges[1:] <= start) | (edges[:-1] >= end)
-    centres = [int((start + end) / 2 * fps) for viseme, start, end in segments if viseme == "bilabial"]
-    return Example(
-        features=log_mel_frames(audio, fps, frames),
-        targets=target_curve(segments, frames, fps),
-        source=source,
-        language=language,
-        fps=fps,
-        bilabial_frames=np.unique(np.asarray([c for c in centres if c < frames], dtype=np.int64)),
-        silent=silent,
-    )
+    return Example(audio.astype(np.float32), segments, source, language, text)
 
 
 def augment_audio(
@@ -235,7 +243,7 @@ def _speech_power(audio: np.ndarray, sample_rate: int) -> float:
     return float(np.mean(powers[powers >= powers.max() / 100]))
 
 
-def librivox_examples(cache_dir: Path, fps: float = 25.0) -> list[Example]:
+def librivox_examples(cache_dir: Path) -> list[Example]:
     """The LibriVox clips of pocketsphinx's source package with their reference phone alignments.
 
     The source tarball is fetched into ``cache_dir`` with pip if it is not there yet, and read in
@@ -252,13 +260,16 @@ def librivox_examples(cache_dir: Path, fps: float = 25.0) -> list[Example]:
     examples = []
     for stem, files in sorted(clips.items()):
         if {"wav", "phone.json"} <= files.keys():
+            words = json.loads(files["phone.json"])["w"]
             segments = [
                 (arpabet_viseme(phone["t"]), phone["b"], phone["b"] + phone["d"])
-                for word in json.loads(files["phone.json"])["w"]
+                for word in words
                 for phone in word.get("w", [])
             ]
+            # Dictionary variants are marked "word(2)"; silences "<sil>".
+            text = " ".join(w["t"].split("(")[0] for w in words if not w["t"].startswith("<"))
             source = f"librivox:{stem.rsplit('-', 1)[-1]}"
-            examples.append(_example(_read_wav(files["wav"]), segments, source, "en", fps))
+            examples.append(Example(_read_wav(files["wav"]), segments, source, "en", text))
     return examples
 
 

