@@ -397,8 +397,8 @@ convolution network of {summary["parameters"]:,} parameters, about ±0.35 s of c
   its scale, which is each speaker's and left to the per-speaker calibration. Real footage is often
   out of sync: a first training phase finds each 10 s window's audio-to-mouth lag (frames, "–" =
   no usable sync, left out): {sync}.
-- Clips of `data/video/eval/` were never used for training or for choosing anything; they are
-  measured below.
+- Clips of `data/video/eval/` were never trained on, and settings were chosen on held-out
+  training clips, not on them; they are measured below.
 
 **Reproduce:** `{summary["command"]}` (seed {summary["seed"]}; {summary["steps"]} + {summary["steps"] // 2} steps of
 AdamW, batch {BATCH} × {CROP} states; {summary["seconds"]} s on {summary["machine"]}, including data and encoding).
