@@ -72,9 +72,12 @@ CATALOGUE = ManifestSchema(
     ),
 )
 
+#: A source as shown (``stages.media.ShownVideo``): ``width``/``height`` are the upright picture with
+#: square pixels; ``fps``/``frame_count``/``duration_s`` its constant frame clock, which every later
+#: stage indexes frames on (a VFR source is resampled onto it: ``variable_frame_rate``).
 TITLES = ManifestSchema(
     "titles",
-    1,
+    2,  # 2: shown size and clock (orientation, pixel aspect, VFR), colour description, stills
     (
         pa.field("title_id", pa.string(), nullable=False),
         pa.field("mode", pa.string(), nullable=False),
@@ -84,14 +87,32 @@ TITLES = ManifestSchema(
         pa.field("container", pa.string(), nullable=False),
         pa.field("video_codec", pa.string(), nullable=False),
         pa.field("pix_fmt", pa.string(), nullable=False),
-        pa.field("width", pa.int32(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),  # shown: upright, square pixels
         pa.field("height", pa.int32(), nullable=False),
-        pa.field("fps_num", pa.int32(), nullable=False),
+        pa.field("coded_width", pa.int32(), nullable=False),  # as stored (a still: before its size bound)
+        pa.field("coded_height", pa.int32(), nullable=False),
+        pa.field("rotation_deg", pa.float64(), nullable=False),  # display matrix: clockwise, after mirroring
+        pa.field("mirrored", pa.bool_(), nullable=False),  # display matrix: mirrored left-right
+        pa.field("sar_num", pa.int32(), nullable=False),  # sample (pixel) aspect ratio of the coded picture
+        pa.field("sar_den", pa.int32(), nullable=False),
+        pa.field("fps_num", pa.int32(), nullable=False),  # the frame clock's rate
         pa.field("fps_den", pa.int32(), nullable=False),
         pa.field("fps", pa.float64(), nullable=False),
-        pa.field("frame_count", pa.int64(), nullable=False),
+        pa.field("frame_count", pa.int64(), nullable=False),  # frames on the clock
         pa.field("duration_s", pa.float64(), nullable=False),
-        pa.field("variable_frame_rate", pa.bool_(), nullable=False),
+        pa.field("start_s", pa.float64(), nullable=False),  # source time of clock frame 0 (the first frame's PTS)
+        pa.field("source_frames", pa.int64(), nullable=False),  # frames stored in the source
+        pa.field("variable_frame_rate", pa.bool_(), nullable=False),  # resampled onto the clock by PTS
+        # Colour description, H.273 code points (FFmpeg's enums): 2 = unspecified; range 0 unspecified,
+        # 1 limited, 2 full; bit depth of the decoded samples.
+        pa.field("color_primaries", pa.int32(), nullable=False),
+        pa.field("color_transfer", pa.int32(), nullable=False),
+        pa.field("color_matrix", pa.int32(), nullable=False),
+        pa.field("color_range", pa.int32(), nullable=False),
+        pa.field("bit_depth", pa.int32(), nullable=False),
+        pa.field("bit_rate", pa.int64()),  # of the video stream, bits/s (None: not known)
+        pa.field("still", pa.bool_(), nullable=False),  # one picture (an image file)
+        pa.field("background", pa.string()),  # a still's alpha is composited on this "#rrggbb"
         pa.field("audio_streams", pa.int32(), nullable=False),
         pa.field("audio_codec", pa.string()),
         pa.field("audio_sample_rate", pa.int32()),
@@ -237,7 +258,7 @@ RENDERED_TRACKS = ManifestSchema(
 
 OUTPUTS = ManifestSchema(
     "outputs",
-    1,
+    2,  # 2: pixel format, colour description and CRF of the encode
     (
         pa.field("title_id", pa.string(), nullable=False),
         pa.field("language", pa.string(), nullable=False),
@@ -248,6 +269,13 @@ OUTPUTS = ManifestSchema(
         pa.field("frame_count", pa.int64(), nullable=False),
         pa.field("duration_s", pa.float64(), nullable=False),
         pa.field("video_codec", pa.string(), nullable=False),
+        # How the video was encoded (the composite stage always fills these; None: not recorded):
+        pa.field("pix_fmt", pa.string()),
+        pa.field("color_primaries", pa.int32()),  # colour description written, H.273 code points as in titles
+        pa.field("color_transfer", pa.int32()),
+        pa.field("color_matrix", pa.int32()),
+        pa.field("color_range", pa.int32()),
+        pa.field("crf", pa.int32()),  # the encoder's constant rate factor
         pa.field("audio_codec", pa.string(), nullable=False),
         pa.field("audio_source_s", pa.float64(), nullable=False),  # dub audio length before fitting
         pa.field("audio_fit", pa.string(), nullable=False),  # "exact", "padded" or "trimmed"

@@ -1,10 +1,11 @@
 """Bad inputs, end to end: every one is a clear error of its own title in the run summary (naming
 the title and the problem) while the other titles finish.
 
-One catalogue holds every row-level bad input beside one good title (odd picture size, which must
-work, with a silent second dub); it runs once on the local Ray (module fixture) and each case
-asserts on that shared summary. Run-level bad inputs (enhancer weights, a run folder of another
-dubline, an output location that cannot be written) get small runs of their own.
+One catalogue holds every row-level bad input beside two good titles (odd picture size, which must
+work, with a silent second dub; a variable frame rate, dubbed on a constant clock); it runs once
+on the local Ray (module fixture) and each case asserts on that shared summary. Run-level bad
+inputs (enhancer weights, a run folder of another dubline, an output location that cannot be
+written) get small runs of their own.
 
 Also covered elsewhere in the suite, and not repeated here: a missing source video and an
 audio-only file as source (tests/test_flow.py), catalogue validation row by row
@@ -97,7 +98,7 @@ def inputs(media, tmp_path_factory) -> dict[str, str]:
     write_audio(path("silent.wav"), np.zeros(16000))
     # A plain 64 px second without a face: the source of titles whose dub audio is bad.
     write_video(path("plain.mp4"), plain_frames(25), list(range(25)), tb25)
-    # 20 frames at 25 fps, then 20 at ~8 fps: the frame clock would drift by 0.7 s.
+    # 20 frames at 25 fps, then 20 at ~8 fps (VFR): dubbed on a 25 fps clock, frames held as shown.
     write_video(path("vfr.mp4"), plain_frames(40), [i * 40 if i < 20 else 800 + (i - 20) * 120 for i in range(40)],
                 Fraction(1, 1000))
     # A fast-start MP4 (index first) cut at 60 %: FFmpeg alone would read the first frames happily.
@@ -127,7 +128,6 @@ def inputs(media, tmp_path_factory) -> dict[str, str]:
 # case -> (title_id, language, changes to a row whose video is the plain clip and dub audio the
 #          French dub, status, words the error must contain ({name}: the path of input ``name``))
 BAD_ROWS: dict[str, tuple[str, str, dict, str, tuple[str, ...]]] = {
-    "vfr": ("vfr", "fr", {"video": "vfr"}, "failed", ("variable frame rate", "drift", "constant frame rate")),
     "truncated": ("truncated", "fr", {"video": "truncated"}, "failed", ("{truncated}", "is truncated", "'mdat' box")),
     "corrupt": ("corrupt", "fr", {"video": "corrupt"}, "failed", ("{corrupt}", "not a readable video", "Invalid data")),
     "empty-video": ("empty_video", "fr", {"video": "empty"}, "failed", ("{empty}", "empty (0 bytes)")),
@@ -155,7 +155,8 @@ BAD_ROWS: dict[str, tuple[str, str, dict, str, tuple[str, ...]]] = {
 def shared_run(inputs, ray_cluster, tmp_path_factory) -> tuple[dict, dict]:
     """One run on Ray over every row-level bad input and the good title; (summary, run.json)."""
     folder = tmp_path_factory.mktemp("bad_run")
-    rows = [{"title_id": "odd_size", "video": inputs["odd"], "dubs": {"fr": inputs["dub"], "de": inputs["silent"]}}]
+    rows = [{"title_id": "odd_size", "video": inputs["odd"], "dubs": {"fr": inputs["dub"], "de": inputs["silent"]}},
+            {"title_id": "vfr", "video": inputs["vfr"], "language": "fr", "dub_audio": inputs["dub"]}]
     for title_id, language, changes, _, _ in BAD_ROWS.values():
         row = {"title_id": title_id, "video": inputs["plain"], "language": language, "dub_audio": inputs["dub"]}
         row.update({k: inputs[v] for k, v in changes.items()})
@@ -182,6 +183,17 @@ def test_the_good_title_with_an_odd_picture_size_is_dubbed_and_padded(shared_run
         # The padding repeats the last column and row of the picture.
         assert np.abs(frames[0][:, -1].astype(int) - frames[0][:, -2]).mean() < 4
     assert state["titles"]["odd_size"]["stages"]["faces"]["metrics"]["tracks"] >= 1, "the face was found"
+
+
+def test_a_variable_frame_rate_source_is_dubbed_on_a_constant_clock(shared_run):
+    summary, _ = shared_run
+    title = summary["titles"]["vfr"]
+    assert title["status"] == "done" and set(title["outputs"]) == {"fr"}, title["error"]
+    with av.open(title["outputs"]["fr"]) as video:
+        stream = video.streams.video[0]
+        times = [float(frame.time) for frame in video.decode(stream)]
+    # 20 frames of 40 ms, 19 of 120 ms and the last one's 40 ms (as muxed): 3.12 s, 78 ticks of 25 fps
+    assert len(times) == 78 and np.allclose(np.diff(times), 0.04)
 
 
 def test_a_silent_dub_is_accepted_and_reported(shared_run):
@@ -214,10 +226,10 @@ def test_bad_input_is_a_clear_error_of_its_own_title(shared_run, inputs, case):
 def test_the_other_titles_finished_and_the_invocation_counts_them(shared_run):
     summary, _ = shared_run
     invocation = summary["invocation"]
-    assert invocation["titles_done"] == 1
+    assert invocation["titles_done"] == 2  # the odd-sized and the VFR title
     failed = {title_id for title_id, _, _, status, _ in BAD_ROWS.values() if status == "failed"}
     assert invocation["titles_failed"] == len(failed)
-    assert set(summary["titles"]) == {"odd_size", *(title_id for title_id, *_ in BAD_ROWS.values())}
+    assert set(summary["titles"]) == {"odd_size", "vfr", *(title_id for title_id, *_ in BAD_ROWS.values())}
 
 
 # --- run-level bad inputs ----------------------------------------------------------------------

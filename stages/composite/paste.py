@@ -13,25 +13,29 @@ from schemas.manifests import FRAME_CHUNK, RENDERED_TRACKS
 from stages.chunk_images import decode_rgba
 
 
-def paste(frame: np.ndarray, rgba: np.ndarray, to_frame: np.ndarray) -> None:
-    """Blend an RGBA crop into an RGB frame (in place) through its 2×3 crop->frame affine.
+def paste(frame: np.ndarray, rgba: np.ndarray, to_frame: np.ndarray) -> np.ndarray:
+    """Blend an 8-bit RGBA crop into an RGB frame (in place) through its 2×3 crop->frame affine;
+    returns the H×W mask of the pixels written.
 
-    Colour is matched on the feathered seam: the pasted pixels are shifted by the mean
-    difference between frame and crop where alpha is partial, so a mouth borrowed from another
-    frame carries no lighting step at its edge. Pixels where the warped alpha is 0 are not
-    written, so they stay bit-identical.
+    ``frame`` is uint8, or uint16 (a frame of more than 8 bits per sample, as ``rgb48``): the crop's
+    values are scaled to its range. Colour is matched on the feathered seam: the pasted pixels are
+    shifted by the mean difference between frame and crop where alpha is partial, so a mouth
+    borrowed from another frame carries no lighting step at its edge. Pixels where the warped
+    alpha is 0 are not written, so they stay bit-identical.
     """
     height, width = frame.shape[:2]
+    peak = float(np.iinfo(frame.dtype).max)
     warped = cv2.warpAffine(rgba, to_frame, (width, height), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
     region = warped[..., 3] > 0
     alpha = warped[region, 3:4].astype(np.float32) / 255.0
-    pixels = warped[region, :3].astype(np.float32)
+    pixels = warped[region, :3].astype(np.float32) * (peak / 255.0)
     original = frame[region].astype(np.float32)
     seam = ((alpha > 0.05) & (alpha < 0.95))[:, 0]
     if seam.sum() > 20:
         pixels += (original[seam] - pixels[seam]).mean(axis=0)
-    frame[region] = np.round(np.clip(original * (1.0 - alpha) + pixels * alpha, 0, 255)).astype(np.uint8)
+    frame[region] = np.round(np.clip(original * (1.0 - alpha) + pixels * alpha, 0, peak)).astype(frame.dtype)
+    return region
 
 
 def rendered_crops(render_url: str | None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:

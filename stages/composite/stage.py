@@ -1,14 +1,17 @@
-"""composite: stream the source picture, re-encode H.264, mux the dub audio.
+"""composite: stream the source picture as shown, paste the rendered faces, encode, mux the dub audio.
 
-Frames are decoded, encoded and written one at a time, so memory stays flat in video length.
-Dub audio is fitted to the picture's duration (see ``fit_policy``), never left to drift.
+Frames are decoded, encoded and written one at a time, so memory stays flat in video length. The
+picture is written upright, on the title's frame clock, in the source's own colour (see
+``encode`` for the output policy); only pixels a rendered face covers are converted through RGB,
+every other pixel goes from decoder to encoder in YUV. Dub audio is fitted to the picture's
+duration (see ``fit_policy``), never left to drift.
 """
 
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from typing import Any
 
 import av
@@ -18,10 +21,24 @@ import numpy as np
 from schemas import storage
 from schemas.manifest_io import read_rows
 from schemas.manifests import FACE_TRACKS, OUTPUTS, TITLES
-from stages.base import Resources, Stage, TitleError
 from stages.audio.fit import fit_policy
+from stages.base import Resources, Stage, TitleError
+from stages.composite.encode import (
+    EncodePlan,
+    add_video_stream,
+    plan_encode,
+    sws_matrix,
+    tag,
+)
 from stages.composite.paste import paste, rendered_crops
-from stages.media import audio_duration, decode_audio, open_media
+from stages.media import (
+    FilterChain,
+    ShownVideo,
+    audio_duration,
+    decode_audio,
+    frames,
+    sdr_filter,
+)
 
 AUDIO_RATE = 48_000
 AUDIO_LAYOUT = "stereo"
@@ -55,77 +72,93 @@ class CompositeStage(Stage):
 
     Input row keys: title_id, language, titles_url, dub_audio_url, output_url, options_json, and
     render_url (the ``rendered_tracks`` manifest; None: the picture passes through unchanged) and,
-    for an avatar, faces_url (its framing needs the face's box).
+    for an avatar, faces_url (its framing needs the face's box). The title's options may set
+    ``crf`` (None or "auto": from the source), ``preset``, ``video_codec`` and ``hdr_output``;
+    the stage parameters are their defaults.
     """
 
     name = "composite"
-    version = "4"
+    version = "5"  # 5: the source as shown; its colour, bit depth and codec kept; faces pasted in YUV
     resources = Resources(cpus=1.0, memory_gb=1.0)
     output_schema = OUTPUTS
+    defaults = {
+        "video_codec": "auto",  # "auto" (close to the source), "h264" or "hevc"
+        "hdr_output": "source",  # an HDR source stays HDR ("source") or is tone-mapped to SDR ("sdr")
+    }
 
     def process_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [self._composite(row) for row in rows]
 
     def _composite(self, row: dict[str, Any]) -> dict[str, Any]:
-        title_id, options = row["title_id"], json.loads(row["options_json"])
+        title_id, options = row["title_id"], {**self.params, **json.loads(row["options_json"])}
         (title,) = read_rows(row["titles_url"], TITLES)
-        fps = Fraction(title["fps_num"], title["fps_den"])
+        video = ShownVideo.from_title(title)
+        fps = video.clock.rate
         try:
             audio_s = audio_duration(row["dub_audio_url"])
         except (av.error.FFmpegError, ValueError, OSError) as exc:
             raise TitleError(title_id, f"dub audio {row['dub_audio_url']} is not readable audio ({exc})") from exc
         if audio_s <= 0:
             raise TitleError(title_id, f"dub audio {row['dub_audio_url']} is empty")
-        if title["mode"] == "avatar":  # the portrait lasts as long as its audio
+        avatar = title["mode"] == "avatar"
+        if avatar:  # the portrait lasts as long as its audio
             audio_fit = "exact"
         else:
             try:
                 audio_fit = fit_policy(audio_s, title["duration_s"], float(fps), options["audio_tolerance_s"])
             except ValueError as exc:
                 raise TitleError(title_id, f"[{row['language']}] {exc}") from exc
+        framing = _avatar_framing(title, options.get("avatar_framing", "full"), row.get("faces_url")) if avatar else None
+        width, height = (framing[1], framing[2]) if framing else (video.width, video.height)
+        try:
+            plan = plan_encode(video, title["video_codec"], options, width, height)
+        except ValueError as exc:
+            raise TitleError(title_id, f"[{row['language']}] {exc}") from exc
 
         try:
             with storage.local_output(row["output_url"], ".mp4") as local_file:
-                avatar = title["mode"] == "avatar"
-                pictures = (_portrait(title["source_url"], max(1, round(audio_s * fps)))
-                            if avatar else _decoded(title["source_url"]))
-                framing = _avatar_framing(title, options.get("avatar_framing", "full"), row.get("faces_url")) if avatar else None
-                frames, width, height, faces = self._encode(title, row["dub_audio_url"], local_file, options,
-                                                            pictures, row.get("render_url"), framing)
+                pictures = _portrait(video, max(1, round(audio_s * fps))) if avatar else frames(video, "native")
+                written, faces = self._encode(title_id, video, plan, row["dub_audio_url"], local_file, pictures,
+                                              row.get("render_url"), framing)
         except storage.OutputLocationError as exc:
             raise TitleError(title_id, f"[{row['language']}] {exc}") from exc
         except (av.error.FFmpegError, OSError) as exc:
             raise TitleError(title_id, f"[{row['language']}] encoding failed ({exc})") from exc
+        self.report(crf=plan.crf, bit_depth=plan.colour.bit_depth, tone_mapped=plan.to_sdr)
         return {
             "title_id": title_id,
             "language": row["language"],
             "video_url": row["output_url"],
-            "width": width,
-            "height": height,
+            "width": plan.width,
+            "height": plan.height,
             "fps": float(fps),
-            "frame_count": frames,
-            "duration_s": frames / float(fps),
-            "video_codec": "h264",
+            "frame_count": written,
+            "duration_s": written / float(fps),
+            "video_codec": plan.codec,
+            "pix_fmt": plan.pix_fmt,
+            "color_primaries": plan.colour.primaries,
+            "color_transfer": plan.colour.transfer,
+            "color_matrix": plan.colour.matrix,
+            "color_range": plan.colour.range,
+            "crf": plan.crf,
             "audio_codec": "aac",
             "audio_source_s": audio_s,
             "audio_fit": audio_fit,
             "faces_dubbed": faces,
         }
 
-    def _encode(self, title: dict[str, Any], audio_url: str, path: str, options: dict[str, Any],
-                pictures: Iterator[av.VideoFrame], render_url: str | None,
-                framing: tuple[Callable[[np.ndarray], np.ndarray], int, int] | None = None) -> tuple[int, int, int, int]:
-        fps = Fraction(title["fps_num"], title["fps_den"])
-        # yuv420p needs even sides: an odd source gains one replicated row/column.
-        width, height = (framing[1], framing[2]) if framing else (title["width"], title["height"])
-        width, height = width + width % 2, height + height % 2
-        audio = _AudioFeed(audio_url, title["title_id"])
+    @staticmethod
+    def _encode(title_id: str, video: ShownVideo, plan: EncodePlan, audio_url: str, path: str,
+                pictures: Iterator[av.VideoFrame],
+                render_url: str | None, framing: tuple[Callable[[np.ndarray], np.ndarray], int, int] | None
+                ) -> tuple[int, int]:
+        """Encode ``pictures`` with the rendered faces pasted and the dub audio beside them;
+        returns (frames written, face crops pasted)."""
+        fps = video.clock.rate
+        audio = _AudioFeed(audio_url, title_id)
         audio_written = 0
         with av.open(path, "w", format="mp4", options={"movflags": "+faststart"}) as out:
-            video_out = out.add_stream("libx264", rate=fps)
-            video_out.width, video_out.height, video_out.pix_fmt = width, height, "yuv420p"
-            video_out.options = {"crf": str(options["crf"]), "preset": options["preset"]}
-            video_out.codec_context.time_base = 1 / fps
+            video_out = add_video_stream(out, plan, fps)
             audio_out = out.add_stream("aac", rate=AUDIO_RATE, layout=AUDIO_LAYOUT)
 
             def write_audio_until(sample: int, final: bool) -> None:
@@ -138,49 +171,103 @@ class CompositeStage(Stage):
                     out.mux(audio_out.encode(frame))
                     audio_written += count
 
-            frames = pasted = 0
+            frames_written = pasted = 0
             crops = rendered_crops(render_url)
             pending = next(crops, None)
+            output = _Output(plan, video)
             for frame in pictures:
-                if pending is not None and pending[0] == frames:
+                due = []
+                while pending is not None and pending[0] == frames_written:
+                    due.append(pending[1:])
+                    pending = next(crops, None)
+                pasted += len(due)
+                if framing:  # an avatar: the still portrait is RGB anyway
                     rgb = frame.to_ndarray(format="rgb24")
-                    while pending is not None and pending[0] == frames:
-                        paste(rgb, pending[1], pending[2])
-                        pasted += 1
-                        pending = next(crops, None)
-                    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-                if framing:
-                    frame = av.VideoFrame.from_ndarray(framing[0](frame.to_ndarray(format="rgb24")), format="rgb24")
-                picture = self._even_yuv(frame, width, height)
-                picture.pts, picture.time_base = frames, 1 / fps
+                    for rgba, affine in due:
+                        paste(rgb, rgba, affine)
+                    picture = output.from_rgb(framing[0](rgb))
+                else:
+                    picture = output.finish(output.paste(output.base(frame), due))
+                picture.pts, picture.time_base = frames_written, 1 / fps
                 out.mux(video_out.encode(picture))
-                frames += 1
-                write_audio_until(round(frames * AUDIO_RATE / fps), final=False)
+                frames_written += 1
+                write_audio_until(round(frames_written * AUDIO_RATE / fps), final=False)
             out.mux(video_out.encode(None))
-            write_audio_until(round(frames * AUDIO_RATE / fps), final=True)
+            write_audio_until(round(frames_written * AUDIO_RATE / fps), final=True)
             out.mux(audio_out.encode(None))
-        return frames, width, height, pasted
-
-    @staticmethod
-    def _even_yuv(frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
-        if (frame.width, frame.height) == (width, height):
-            return frame.reformat(format="yuv420p")
-        rgb = frame.to_ndarray(format="rgb24")
-        padded = np.pad(rgb, ((0, height - frame.height), (0, width - frame.width), (0, 0)), mode="edge")
-        return av.VideoFrame.from_ndarray(padded, format="rgb24").reformat(format="yuv420p")
+        return frames_written, pasted
 
 
-def _decoded(url: str) -> Iterator[av.VideoFrame]:
-    with open_media(url) as source:
-        yield from source.decode(source.streams.video[0])
+class _Output:
+    """Shown frames -> what the encoder is fed: even-sized (the last row/column repeated), in the
+    output's pixel format, faces pasted, tone-mapped when SDR delivery was asked, colour-tagged."""
+
+    def __init__(self, plan: EncodePlan, video: ShownVideo):
+        self._plan = plan
+        self._shape: FilterChain | None = None
+        self._sdr: FilterChain | None = None
+        if plan.to_sdr:  # faces are pasted in the source's own colour, tone-mapped after
+            self._work, self._work_fmt = video.colour, "yuv420p10le" if video.colour.bit_depth > 8 else "yuv420p"
+            name, arguments = sdr_filter("perceptual")
+            self._sdr = FilterChain([(name, f"{arguments}:out_range=tv"), ("format", plan.pix_fmt)])
+        else:
+            self._work, self._work_fmt = plan.colour, plan.pix_fmt
+
+    def base(self, frame: av.VideoFrame) -> av.VideoFrame:
+        """A shown frame, even-sized, in the working pixel format (the source's colour)."""
+        if self._shape is None:
+            chain = []
+            pad_w, pad_h = self._plan.width - frame.width, self._plan.height - frame.height
+            if pad_w or pad_h:
+                chain += [("pad", f"{self._plan.width}:{self._plan.height}:0:0"),
+                          ("fillborders", f"right={pad_w}:bottom={pad_h}:mode=smear")]
+            if frame.format.is_rgb:  # RGB sources become YUV through the matrix they are written with
+                chain.append(("scale", f"out_color_matrix={self._work.matrix}:out_range={self._work.range or 1}"))
+            self._shape = FilterChain(chain + [("format", self._work_fmt)])
+        return self._shape(frame)
+
+    def paste(self, base: av.VideoFrame, crops: list[tuple[np.ndarray, np.ndarray]]) -> av.VideoFrame:
+        """``base`` with the RGBA ``crops`` (crop, crop->frame affine) pasted: only the pixels they
+        cover (luma) and the chroma samples those touch change; the rest stay bit-identical."""
+        if not crops:
+            return base
+        deep = self._work_fmt != "yuv420p"
+        rgb = base.to_ndarray(format="rgb48le" if deep else "rgb24")
+        covered = np.zeros(rgb.shape[:2], bool)
+        for rgba, affine in crops:
+            covered |= paste(rgb, rgba, affine)
+        pasted = av.VideoFrame.from_ndarray(rgb, format="rgb48le" if deep else "rgb24").reformat(
+            format=self._work_fmt, dst_colorspace=sws_matrix(self._work), dst_color_range=self._work.range or None)
+        planes, new = base.to_ndarray(), pasted.to_ndarray()
+        height, width = rgb.shape[:2]
+        chroma_covered = covered.reshape(height // 2, 2, width // 2, 2).any(axis=(1, 3))
+        planes[:height][covered] = new[:height][covered]
+        chroma, new_chroma = (p[height:].reshape(2, height // 2, width // 2) for p in (planes, new))
+        chroma[:, chroma_covered] = new_chroma[:, chroma_covered]
+        return tag(av.VideoFrame.from_ndarray(planes, format=self._work_fmt), self._work)
+
+    def finish(self, frame: av.VideoFrame) -> av.VideoFrame:
+        """The frame the encoder gets: tone-mapped for SDR delivery, tagged with the output's colour."""
+        if self._sdr is not None:
+            frame = self._sdr(tag(frame, self._work))
+        return tag(frame, self._plan.colour)
+
+    def from_rgb(self, rgb: np.ndarray) -> av.VideoFrame:
+        """An RGB picture (an avatar's) as the encoder's frame: even-sized by repeating the last
+        row/column, then YUV through the output's matrix and range."""
+        height, width = self._plan.height, self._plan.width
+        rgb = np.pad(rgb, ((0, height - rgb.shape[0]), (0, width - rgb.shape[1]), (0, 0)), mode="edge")
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+            format=self._plan.pix_fmt, dst_colorspace=sws_matrix(self._plan.colour),
+            dst_color_range=self._plan.colour.range or None)
+        return tag(frame, self._plan.colour)
 
 
-def _portrait(url: str, frames: int) -> Iterator[av.VideoFrame]:
-    """The portrait as a still picture ``frames`` long (the rendered face is pasted onto it)."""
-    with open_media(url) as source:
-        still = next(source.decode(video=0)).to_ndarray(format="rgb24")
-    for _ in range(frames):
-        yield av.VideoFrame.from_ndarray(still, format="rgb24")
+def _portrait(video: ShownVideo, count: int) -> Iterator[av.VideoFrame]:
+    """The portrait as a still picture ``count`` frames long (the rendered face is pasted onto it)."""
+    still = next(frames(video, "rgb"))
+    for _ in range(count):
+        yield still
 
 
 def _avatar_framing(title: dict[str, Any], framing: str, faces_url: str | None):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_right
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 import av
@@ -23,23 +24,23 @@ from stages.faces.crops import ChunkWriter, crop_face, crop_transforms
 from stages.faces.landmarks import FaceLandmarker
 from stages.faces.smoothing import jitter, lag_frames, one_euro
 from stages.faces.tracking import TrackLinker, distinct, mesh_box
-from stages.media import open_media
+from stages.media import ShownVideo, describe, rgb_frames
 
 
-def decode_rgb(url: str):
-    """Yield (frame index, RGB H×W×3 uint8) for every frame of the first video stream."""
-    with open_media(url) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for index, frame in enumerate(container.decode(stream)):
-            yield index, frame.to_ndarray(format="rgb24")
+def decode_rgb(source: str | dict[str, Any], view: str = "sdr") -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (frame index, RGB H×W×3 uint8) of a source as shown: upright, square pixels, on the
+    title's constant frame clock (``stages.media``). ``source``: a ``titles`` row, or a URL (then
+    described first). ``view``: "sdr" (BT.709 SDR, what the face models expect) or "rgb" (the
+    source's own code values, what is pasted back into it)."""
+    video = describe(source) if isinstance(source, str) else ShownVideo.from_title(source)
+    yield from rgb_frames(video, view)
 
 
 class FaceStage(Stage):
     """One row per title (title_id, titles_url, shots_url, chunks_url) -> ``face_tracks`` rows."""
 
     name = "faces"
-    version = "4"
+    version = "5"  # 5: frames as shown (upright, on the frame clock, SDR view for analysis)
     resources = Resources(cpus=1.0, memory_gb=2.0)
     output_schema = FACE_TRACKS
     defaults = {
@@ -104,7 +105,7 @@ class FaceStage(Stage):
         linkers = [TrackLinker(self.params["max_gap"], max_length=self.params["max_track_frames"]) for _ in shots]
         analysed: list[tuple[int, int, dict[str, Any]]] = []
         frames = faces = 0
-        for index, rgb in decode_rgb(title["source_url"]):
+        for index, rgb in decode_rgb(title):  # analysed in the SDR view
             frames += 1
             shot_index = max(0, bisect_right(starts, index) - 1)
             linker = linkers[shot_index]
@@ -197,7 +198,9 @@ class FaceStage(Stage):
                 due[frame].append((writer, to_crop))
         if due:
             last = max(due)
-            for index, rgb in decode_rgb(title["source_url"]):
+            # Crops hold the source's own code values (for HDR: not the SDR view), as they are
+            # pasted back into the source's own picture.
+            for index, rgb in decode_rgb(title, view="rgb"):
                 for writer, to_crop in due.pop(index, ()):
                     writer.add(index, crop_face(rgb, to_crop, size), to_crop)
                 if index >= last:

@@ -1,4 +1,4 @@
-"""probe: what a source file is — container and stream facts, frame count, content hash."""
+"""probe: what a source is, as shown — container and stream facts, the frame clock, colour, content hash."""
 
 from __future__ import annotations
 
@@ -6,36 +6,52 @@ import re
 from typing import Any
 
 import av
-import numpy as np
+from PIL import Image
 
 from schemas import storage
 from schemas.manifests import TITLES
 from stages.base import Resources, Stage, TitleError
-from stages.media import iso_truncation, media_error, open_media, stream_rate
+from stages.media import (
+    MAX_LEVEL_PIXELS,
+    ShownVideo,
+    StillHeader,
+    describe,
+    hex_colour,
+    iso_truncation,
+    media_error,
+    open_media,
+    parse_colour,
+    still_header,
+)
 
 _FFMPEG_PICTURE_SIZE = re.compile(r"Picture size (\d+)x(\d+) is invalid")
 
 
 class ProbeStage(Stage):
-    """Catalogue rows (title_id, mode, source_url) -> ``titles`` rows.
+    """Catalogue rows (title_id, mode, source_url) -> ``titles`` rows: the source as shown
+    (``stages.media.describe``).
 
-    Frame count and frame-rate regularity come from demuxing packets (no decoding); the first
-    frame is decoded to prove the stream is readable. A portrait image reads as one frame.
+    Packets are demuxed (no decoding) for the frame count, the frame clock and the bit rate; the
+    first frame is decoded for the display matrix, the colour description and proof that the
+    stream is readable. A still image (anything Pillow reads as one picture) is one frame, its
+    longer side bounded by ``still_max_side``, transparency over ``background``.
 
     Refused, each with a message naming the title and the problem: empty, truncated (MP4/MOV cut
     short) or unreadable files, no video stream, a codec FFmpeg cannot decode, absurd resolutions,
-    and frame timing so variable that the constant frame clock every later stage works on would
-    drift from the picture by more than ``max_vfr_drift_s`` (the dub would not stay in sync).
+    and pictures larger than H.264/HEVC allow. Variable frame rate is not refused: the title is put
+    on a constant frame clock (see ``stages.media.FrameClock``).
     """
 
     name = "probe"
-    version = "2"  # 2: VFR flag ignores timestamp rounding; truncated and drifting-VFR sources refused
+    version = "3"  # 3: the source as shown (orientation, VFR on a clock, colour, stills); VFR accepted
     resources = Resources(cpus=0.5, memory_gb=0.5)
     output_schema = TITLES
     defaults = {
-        "max_side": 8192,  # refuse absurd resolutions before anything decodes them
+        "max_side": 8192,  # refuse absurd video resolutions before anything decodes them
         "vfr_tolerance": 0.02,  # relative spread of frame durations above which a stream is VFR
-        "max_vfr_drift_s": 0.1,  # refuse frame times further than this from the constant-rate clock
+        "max_clock_fps": 60.0,  # a VFR clock runs at the stream's base rate up to this, else its average
+        "still_max_side": 1920,  # px: a still image (portrait) is analysed and written at most this large
+        "background": "#ffffff",  # what a still's transparent pixels are shown over
     }
 
     def process_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -50,12 +66,19 @@ class ProbeStage(Stage):
             if truncation:
                 raise TitleError(title_id, f"source {url} is truncated: {truncation}")
             content_hash = storage.fingerprint(url)
-            with open_media(url) as container:
-                facts = self._stream_facts(title_id, container)
-            with open_media(url) as container:  # anew: image pipes cannot seek back after demuxing
-                self._decode_first_frame(title_id, container)
+            video = describe(url, still_max_side=self.params["still_max_side"],
+                             background=parse_colour(self.params["background"]),
+                             vfr_tolerance=self.params["vfr_tolerance"], max_fps=self.params["max_clock_fps"],
+                             check=lambda container: self._check_streams(title_id, container))
+            if video.still:
+                facts = _still_facts(still_header(url))
+            else:
+                with open_media(url) as container:
+                    facts = self._container_facts(container)
         except FileNotFoundError as exc:
             raise TitleError(title_id, f"source not found: {url}") from exc
+        except Image.DecompressionBombError as exc:
+            raise TitleError(title_id, f"source {url} is too large an image to read safely ({exc})") from exc
         except (av.error.FFmpegError, ValueError, OSError) as exc:
             reason = media_error(exc, url)
             size = _FFMPEG_PICTURE_SIZE.search(reason)  # too large for FFmpeg even to open
@@ -63,6 +86,11 @@ class ProbeStage(Stage):
                 raise TitleError(title_id, f"resolution {size[1]}x{size[2]} is above the limit of "
                                            f"{self.params['max_side']} px per side (FFmpeg cannot even open it)") from exc
             raise TitleError(title_id, f"source {url} is not a readable video ({reason})") from exc
+        if not video.still and video.width * video.height > MAX_LEVEL_PIXELS:
+            raise TitleError(title_id, f"picture {video.width}x{video.height} is larger than H.264 and HEVC allow "
+                                       f"({MAX_LEVEL_PIXELS:,} pixels at level 6.2, e.g. 8192x4352)")
+        self.report(variable_frame_rate=video.clock.resampled, rotation_deg=video.orientation.degrees,
+                    hdr=video.colour.hdr, still=video.still)
         return {
             "title_id": title_id,
             "mode": mode,
@@ -70,13 +98,14 @@ class ProbeStage(Stage):
             "content_hash": content_hash,
             "size_bytes": size_bytes,
             **facts,
+            **_shown_facts(video),
         }
 
-    def _stream_facts(self, title_id: str, container: av.container.InputContainer) -> dict[str, Any]:
+    def _check_streams(self, title_id: str, container: av.container.InputContainer) -> None:
+        """Refuse what no later stage could use, before anything is decoded."""
         if not container.streams.video:
             raise TitleError(title_id, "source has no video stream")
-        video = container.streams.video[0]
-        ctx = video.codec_context
+        ctx = container.streams.video[0].codec_context
         if ctx is None:  # demuxed, but FFmpeg has no decoder for it
             raise TitleError(title_id, "video stream uses a codec this FFmpeg build cannot decode (unsupported codec)")
         width, height = int(ctx.width), int(ctx.height)
@@ -86,68 +115,56 @@ class ProbeStage(Stage):
             raise TitleError(
                 title_id, f"resolution {width}x{height} is above the limit of {self.params['max_side']} px per side"
             )
-        rate = stream_rate(video)
+
+    @staticmethod
+    def _container_facts(container: av.container.InputContainer) -> dict[str, Any]:
+        video = container.streams.video[0] if container.streams.video else None
+        ctx = video.codec_context if video else None
         audio = container.streams.audio[0] if container.streams.audio else None
         audio_ctx = audio.codec_context if audio else None  # None too for an audio codec without decoder
-        audio_facts = {
+        return {
+            "container": container.format.name,
+            "video_codec": ctx.name if ctx else "unknown",
+            "pix_fmt": (ctx.pix_fmt if ctx else None) or "unknown",
             "audio_streams": len(container.streams.audio),
             "audio_codec": audio_ctx.name if audio_ctx else ("unknown" if audio else None),
             "audio_sample_rate": int(audio_ctx.sample_rate) if audio_ctx else None,
             "audio_channels": int(audio_ctx.channels) if audio_ctx else None,
         }
 
-        pts = [p.pts for p in container.demux(video) if p.size > 0 and p.pts is not None]
-        if not pts:
-            raise TitleError(title_id, "video stream has no frames")
 
-        frame_count = len(pts)
-        drift = self._clock_drift(pts, video.time_base, rate)
-        if drift > self.params["max_vfr_drift_s"]:
-            raise TitleError(
-                title_id,
-                f"variable frame rate: frame times drift up to {drift:.2f} s from a constant {float(rate):.3g} fps "
-                f"clock (limit {self.params['max_vfr_drift_s']:g} s), so the dub would go out of sync; convert "
-                "the source to a constant frame rate first (e.g. ffmpeg -i in.mp4 -fps_mode cfr out.mp4)",
-            )
-        return {
-            "container": container.format.name,
-            "video_codec": ctx.name,
-            "pix_fmt": ctx.pix_fmt or "unknown",
-            "width": width,
-            "height": height,
-            "fps_num": rate.numerator,
-            "fps_den": rate.denominator,
-            "fps": float(rate),
-            "frame_count": frame_count,
-            "duration_s": frame_count / float(rate),
-            "variable_frame_rate": self._is_variable_rate(pts),
-            **audio_facts,
-        }
+def _still_facts(header: StillHeader) -> dict[str, Any]:
+    """Container and stream facts of a still image, as Pillow reads them (e.g. JPEG, CMYK)."""
+    return {"container": header.format.lower(), "video_codec": header.format.lower(), "pix_fmt": header.mode,
+            "audio_streams": 0, "audio_codec": None, "audio_sample_rate": None, "audio_channels": None}
 
-    @staticmethod
-    def _decode_first_frame(title_id: str, container: av.container.InputContainer) -> None:
-        try:
-            next(container.decode(video=0))
-        except (StopIteration, av.error.FFmpegError) as exc:
-            raise TitleError(title_id, f"video stream cannot be decoded ({exc or 'no frame'})") from exc
 
-    def _is_variable_rate(self, pts: list[int]) -> bool:
-        if len(pts) < 3:
-            return False
-        durations = np.diff(np.sort(np.asarray(pts, dtype=np.int64)))
-        median = float(np.median(durations))
-        if median <= 0:
-            return True
-        # One tick is timestamp rounding, not a rate change (29.97 fps in ms: 33, 33, 34, ...).
-        spread = max(0.0, float(np.percentile(np.abs(durations - median), 95)) - 1.0) / median
-        return bool(spread > self.params["vfr_tolerance"])
-
-    @staticmethod
-    def _clock_drift(pts: list[int], time_base, rate) -> float:
-        """Largest distance in seconds between a frame's own time and where the constant frame
-        clock of the later stages (frame i at i / rate) puts it."""
-        if time_base is None or len(pts) < 2:
-            return 0.0
-        ticks = np.sort(np.asarray(pts, dtype=np.int64))
-        times = (ticks - ticks[0]) * float(time_base)
-        return float(np.abs(times - np.arange(len(ticks)) / float(rate)).max())
+def _shown_facts(video: ShownVideo) -> dict[str, Any]:
+    """The ``titles`` columns of a shown video (read back by ``ShownVideo.from_title``)."""
+    clock, colour = video.clock, video.colour
+    return {
+        "width": video.width,
+        "height": video.height,
+        "coded_width": video.coded_width,
+        "coded_height": video.coded_height,
+        "rotation_deg": video.orientation.degrees,
+        "mirrored": video.orientation.mirrored,
+        "sar_num": video.sample_aspect.numerator,
+        "sar_den": video.sample_aspect.denominator,
+        "fps_num": clock.rate.numerator,
+        "fps_den": clock.rate.denominator,
+        "fps": float(clock.rate),
+        "frame_count": clock.frame_count,
+        "duration_s": video.duration_s,
+        "start_s": clock.start_s,
+        "source_frames": video.source_frames,
+        "variable_frame_rate": clock.resampled,
+        "color_primaries": colour.primaries,
+        "color_transfer": colour.transfer,
+        "color_matrix": colour.matrix,
+        "color_range": colour.range,
+        "bit_depth": colour.bit_depth,
+        "bit_rate": video.bit_rate,
+        "still": video.still,
+        "background": hex_colour(video.background) if video.still else None,
+    }
