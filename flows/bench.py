@@ -28,7 +28,7 @@ from schemas.catalogue_folder import VIDEO_EXTENSIONS
 from stages.audio.espeak import Speech, write_wav
 from stages.audio.fit import fit_samples
 from stages.faces.landmarks import FaceLandmarker
-from stages.media import audio_duration, open_media, read_audio, stream_rate
+from stages.media import audio_duration, describe, read_audio, rgb_frames
 from stages.report.mouth import MouthCurve, best_lag, measure_mouths
 from stages.report.stage import plain_json
 
@@ -70,11 +70,9 @@ def _write_wav(samples: np.ndarray, path: Path) -> None:
 
 
 def picture(url: str) -> Picture:
-    """Frame rate and frame count of ``url``'s first video stream (demuxed packets, no decoding)."""
-    with open_media(url) as container:
-        stream = container.streams.video[0]
-        frames = sum(1 for p in container.demux(stream) if p.size > 0 and p.pts is not None)
-        return Picture(float(stream_rate(stream)), frames)
+    """Frame rate and frame count of ``url`` as shown: the frame clock every stage works on."""
+    clock = describe(url).clock
+    return Picture(float(clock.rate), clock.frame_count)
 
 
 def fitted_dub_audio(audio_b: np.ndarray, picture_a: Picture, delay_s: float = 0.0) -> np.ndarray:
@@ -136,16 +134,16 @@ def psnr_outside_lower_face(source_url: str, output_url: str, hulls: dict[int, n
     import cv2
 
     squared, count = 0.0, 0
-    with open_media(source_url) as src, open_media(output_url) as out:
-        for index, (a, b) in enumerate(zip(src.decode(video=0), out.decode(video=0))):
-            x, y = a.to_ndarray(format="rgb24"), b.to_ndarray(format="rgb24")
-            y = y[: x.shape[0], : x.shape[1]]  # the encoder pads odd sizes by one pixel
-            keep = np.ones(x.shape[:2], np.uint8)
-            if index in hulls:
-                cv2.fillPoly(keep, [hulls[index]], 0)
-            diff = (x.astype(np.float64) - y)[keep.astype(bool)]
-            squared += float((diff**2).sum())
-            count += diff.size
+    # Both as shown (upright, on their clocks) in the source's own code values ("rgb" view).
+    shown = zip(rgb_frames(describe(source_url), "rgb"), rgb_frames(describe(output_url), "rgb"))
+    for (index, x), (_, y) in shown:
+        y = y[: x.shape[0], : x.shape[1]]  # the encoder pads odd sizes by one pixel
+        keep = np.ones(x.shape[:2], np.uint8)
+        if index in hulls:
+            cv2.fillPoly(keep, [hulls[index]], 0)
+        diff = (x.astype(np.float64) - y)[keep.astype(bool)]
+        squared += float((diff**2).sum())
+        count += diff.size
     mse = squared / max(count, 1)
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 

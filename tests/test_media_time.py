@@ -207,3 +207,24 @@ def test_flash_and_click_stay_within_one_frame_through_a_vfr_dub(tmp_path, start
     click_s = first_audio + click_time(sound, rate)
     assert flash_s == pytest.approx(2.0, abs=0.5 / 25)
     assert abs(flash_s - click_s) <= 1 / 25, (flash_s, click_s)
+
+
+def test_shot_cuts_are_numbered_on_the_titles_clock(tmp_path):
+    """A VFR source that starts late: the shots stage's cut is the clock frame the other stages
+    see the new shot on (the first bright one), not a frame count of the source's own."""
+    from schemas.manifests import SHOTS
+    from stages.media import ShownVideo
+    from stages.shots import ShotsStage
+
+    times = [t for t in range(300, 2000, 40) if not 1500 <= t < 1700] + list(range(2000, 2800, 80))  # a gap, then 80 ms steps
+    levels = [40 if t < 1700 else 210 for t in times]
+    source = grey_clip(tmp_path / "vfr_cut.mp4", times, levels)
+    runner = SequentialRunner()
+    titles, shots = str(tmp_path / "titles.parquet"), str(tmp_path / "shots.parquet")
+    runner.run(StageJob(ProbeStage, {}, titles, "t", rows=({"title_id": "t", "mode": "dub", "source_url": str(source)},)))
+    runner.run(StageJob(ShotsStage, {}, shots, "t", input_url=titles))
+    (title,) = read_rows(titles, TITLES)
+    first_bright = next(i for i, rgb in rgb_frames(ShownVideo.from_title(title)) if rgb.mean() > 128)
+    assert [(s["start_frame"], s["end_frame"]) for s in read_rows(shots, SHOTS)] == [
+        (0, first_bright), (first_bright, title["frame_count"])]
+    assert title["variable_frame_rate"] and first_bright != levels.index(210)  # the naive count would be wrong

@@ -8,7 +8,7 @@ from stages.faces import geometry
 from stages.faces.landmarks import FaceLandmarker
 from stages.faces.smoothing import one_euro
 from stages.faces.stage import decode_rgb
-from stages.media import open_media, stream_rate
+from stages.media import describe
 
 
 def reference_motion(url: str, landmarker: FaceLandmarker, fps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -16,8 +16,7 @@ def reference_motion(url: str, landmarker: FaceLandmarker, fps: float) -> tuple[
 
     Frames where no face is found take the nearest measured frame's values.
     """
-    with open_media(url) as container:
-        source_fps = float(stream_rate(container.streams.video[0]))
+    source_fps = float(describe(url).clock.rate)  # the clock decode_rgb yields frames on
     found, meshes = [], []
     for index, rgb in decode_rgb(url):
         boxes = landmarker.detect(rgb)

@@ -15,7 +15,7 @@ import numpy as np
 from stages.faces import geometry
 from stages.faces.landmarks import FaceLandmarker
 from stages.faces.tracking import mesh_box
-from stages.media import open_media
+from stages.media import describe, frames
 
 #: IOD added around the hull of the mesh at and below the nose: the region dubbing may change.
 _LOWER_FACE_MARGIN = 0.35
@@ -64,27 +64,24 @@ def measure_mouths(
     hulls: dict[int, dict[int, np.ndarray]] = {track: {} for track in wanted}
     last_frame = None if follow else max((max(b) for b in wanted.values() if b), default=-1)
     previous: np.ndarray | None = None
-    with open_media(video_url) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for index, frame in enumerate(container.decode(stream)):
-            if last_frame is not None and index > last_frame:
-                break
-            due = [0] if follow else [track for track, boxes in wanted.items() if index in boxes]
-            if not due:
+    for index, frame in enumerate(frames(describe(video_url))):  # as shown, on its clock, SDR
+        if last_frame is not None and index > last_frame:
+            break
+        due = [0] if follow else [track for track, boxes in wanted.items() if index in boxes]
+        if not due:
+            continue
+        rgb = frame.to_ndarray(format="rgb24")
+        for track in due:
+            if follow:
+                mesh = _follow(landmarker, rgb, previous)
+                previous = mesh_box(mesh) if mesh is not None else None
+            else:
+                mesh = landmarker.mesh(rgb, wanted[track][index])
+            if mesh is None:
                 continue
-            rgb = frame.to_ndarray(format="rgb24")
-            for track in due:
-                if follow:
-                    mesh = _follow(landmarker, rgb, previous)
-                    previous = mesh_box(mesh) if mesh is not None else None
-                else:
-                    mesh = landmarker.mesh(rgb, wanted[track][index])
-                if mesh is None:
-                    continue
-                meshes[track].append((index, mesh.astype(np.float32)))
-                if keep_hulls:
-                    hulls[track][index] = _lower_face_hull(mesh)
+            meshes[track].append((index, mesh.astype(np.float32)))
+            if keep_hulls:
+                hulls[track][index] = _lower_face_hull(mesh)
     return {track: _curve(meshes[track], hulls[track]) for track in wanted}
 
 

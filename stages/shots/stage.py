@@ -1,15 +1,21 @@
-"""shots: shot boundaries with PySceneDetect, as frame ranges that cover the whole title."""
+"""shots: shot boundaries with PySceneDetect, as frame ranges that cover the whole title.
+
+Frames are read as every other stage reads them (``stages.media``: shown upright, on the title's
+frame clock, in the SDR view), so a cut's frame number is the same frame the faces, render and
+composite stages see, whatever the source's rotation, frame-rate changes or start time.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from scenedetect import ContentDetector, SceneManager
-from scenedetect.backends.pyav import VideoStreamAv
+import numpy as np
 
-from schemas import storage
+from scenedetect import ContentDetector
+
 from schemas.manifests import SHOTS, TITLES
 from stages.base import Resources, Stage, TitleError
+from stages.media import ShownVideo, rgb_frames
 
 
 class ShotsStage(Stage):
@@ -20,7 +26,7 @@ class ShotsStage(Stage):
     """
 
     name = "shots"
-    version = "1"
+    version = "2"
     resources = Resources(cpus=1.0, memory_gb=1.0)
     input_schema = TITLES
     output_schema = SHOTS
@@ -32,7 +38,7 @@ class ShotsStage(Stage):
     def _shots(self, title: dict[str, Any]) -> list[dict[str, Any]]:
         title_id, frame_count, fps = title["title_id"], title["frame_count"], title["fps"]
         try:
-            cut_frames = self._detect_cuts(title["source_url"])
+            cut_frames = self._detect_cuts(ShownVideo.from_title(title))
         except Exception as exc:  # noqa: BLE001 - decoder errors surface as the title's problem
             raise TitleError(title_id, f"shot detection failed while decoding ({exc})") from exc
         bounds = [0, *[c for c in cut_frames if 0 < c < frame_count], frame_count]
@@ -48,14 +54,10 @@ class ShotsStage(Stage):
             for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:]))
         ]
 
-    def _detect_cuts(self, url: str) -> list[int]:
-        path = storage.local_path(url)
-        with (open(path, "rb") if path else storage.open_url(url, "rb")) as f:
-            video = VideoStreamAv(f, name=url.rsplit("/", 1)[-1], suppress_output=True)
-            manager = SceneManager()
-            manager.add_detector(
-                ContentDetector(threshold=self.params["threshold"], min_scene_len=self.params["min_shot_frames"])
-            )
-            manager.detect_scenes(video, show_progress=False)
-            scenes = manager.get_scene_list(start_in_scene=True)
-        return sorted(start.get_frames() for start, _ in scenes[1:])
+    def _detect_cuts(self, video: ShownVideo) -> list[int]:
+        """Clock frame numbers where a new shot starts."""
+        detector = ContentDetector(threshold=self.params["threshold"], min_scene_len=self.params["min_shot_frames"])
+        cuts: list[int] = []
+        for index, rgb in rgb_frames(video):
+            cuts += detector.process_frame(index, np.ascontiguousarray(rgb[..., ::-1]))  # PySceneDetect wants BGR
+        return sorted(set(cuts))
