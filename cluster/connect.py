@@ -1,14 +1,40 @@
-"""Join an existing Ray cluster or start a local one."""
+"""Join an existing Ray cluster or start a private local one.
+
+The private cluster (no address given) is closed two ways, so nobody else can submit work to it:
+
+- **loopback only**: every Ray port of it (GCS, raylet, object manager, workers, dashboard, its
+  agents and metrics endpoints) listens on 127.0.0.1. Ray binds to the node's address, and takes
+  the loopback address as the node's one in its single-machine mode (the default on macOS and
+  Windows, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), which dubline turns on for this cluster;
+- **token authentication**: ``RAY_AUTH_MODE=token`` with a fresh random token (256 bits) per
+  cluster, held only in the environment of this process and of the Ray processes it starts. It is
+  never printed, logged or written to a file; other local users cannot read it (a process's
+  environment is readable by its own user only).
+
+Both are undone by ``disconnect()``, so a later ``connect(address)`` in the same process joins a
+cluster with the user's own settings.
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
 
 import ray
+from ray._private import ray_constants
+from ray._raylet import AuthenticationTokenLoader, Config
+
+#: Ray's switch between its single-machine mode (False: the node's address is 127.0.0.1) and the
+#: cluster mode (True on Linux: the node's network address). Read by Ray's own processes at start.
+_CLUSTER_MODE_VAR = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+
+#: Environment of the private cluster's processes; values replaced here are restored on disconnect.
+_saved_env: dict[str, str | None] | None = None
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> str:
-    """Connect to ``address`` (or ``$RAY_ADDRESS``); without one, start a private local Ray.
+    """Connect to ``address`` (or ``$RAY_ADDRESS``); without one, start a private local Ray
+    (loopback only, token-authenticated; see the module docstring).
 
     Returns a one-line description of the cluster for logs.
     """
@@ -17,14 +43,69 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
         if address:
             ray.init(address=address, logging_level="WARNING")
         else:
-            # A private, token-less local cluster: address="local" never joins a running one.
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", logging_level="WARNING")
+            _start_private(num_cpus)
     resources = ray.cluster_resources()
     return f"Ray {ray.get_runtime_context().gcs_address}: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU"
 
 
+def _start_private(num_cpus: int | None) -> None:
+    """Start a private cluster: address="local" never joins a running one."""
+    _set_env({
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_AUTH_TOKEN_PATH": None,  # the token above, not a file of the user's
+        _CLUSTER_MODE_VAR: "0",
+        "RAY_USAGE_STATS_ENABLED": os.environ.get("RAY_USAGE_STATS_ENABLED", "0"),
+    })
+    # This process read Ray's settings when it imported ray: the child processes get them from the
+    # environment, this one needs its cached ones refreshed.
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", logging_level="WARNING")
+    except BaseException:
+        _restore_env()
+        raise
+    finally:
+        # Only the start needs it (the node's address is fixed from then on); a later join of a
+        # real cluster from this process must see the network address again.
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+
+
 def disconnect() -> None:
+    """Leave the cluster (stopping it when it is the private one) and restore the environment."""
     if ray.is_initialized():
         ray.shutdown()
+    _restore_env()
+
+
+def _set_env(values: dict[str, str | None]) -> None:
+    global _saved_env
+    if _saved_env is None:
+        _saved_env = {name: os.environ.get(name) for name in values}
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _reload_ray_auth()
+
+
+def _restore_env() -> None:
+    global _saved_env
+    if _saved_env is None:
+        return
+    saved, _saved_env = _saved_env, None
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _reload_ray_auth()
+
+
+def _reload_ray_auth() -> None:
+    """Make this process's Ray core see the authentication mode and token now in the environment
+    (it caches both; Ray's own ``ray.init`` path refreshes them the same way)."""
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()

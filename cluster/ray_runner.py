@@ -7,6 +7,10 @@ given each stage's declared resources; idle workers of other stages are retired 
 a small cluster moves from stage to stage instead of deadlocking on actors that hold CPUs. Workers
 are only started where they fit now, so Ray's autoscaler never sees them pending: while jobs wait
 for room, the runner asks it for nodes explicitly (``request_resources``).
+
+Every job has a time limit (``cluster.policy.job_timeout_s``: generous, scaled by the title's
+duration as probed): a job still running then, e.g. a decoder stuck on a malicious file, has its
+worker ended and fails its title with a message saying so; the other titles go on.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from dataclasses import dataclass
 
 import ray
 from ray.autoscaler.sdk import request_resources
-from ray.exceptions import RayTaskError
+from ray.exceptions import GetTimeoutError, RayTaskError
 
 from cluster.metrics import StageMetrics, stage_work
-from cluster.policy import policy_for
-from stages.base import Stage, StageJob, StageStats, run_job
+from cluster.policy import TIMEOUT_SCALE_VAR, job_timeout_s, policy_for
+from schemas.manifest_io import read_rows
+from schemas.manifests import TITLES
+from stages.base import Stage, StageJob, StageStats, TitleError, run_job
 
 
 class StageWorker:
@@ -77,19 +83,50 @@ class RayRunner:
         self._token = uuid.uuid4().hex[:6]
         self._started = 0
         self._waiting: list[tuple[float, float]] = []  # (CPUs, GPUs) of workers waiting for room
+        self._durations: dict[str, float | None] = {}  # title_id -> duration (s), see _title_duration
+        self._durations_read: set[str] = set()
 
     def run(self, job: StageJob) -> StageStats:
+        """Run ``job`` on a worker of its stage; raises the stage's own exception, or TitleError
+        when the job outlives its time limit (its worker is ended)."""
+        duration = self._title_duration(job)
+        limit = job_timeout_s(job.stage.name, duration)
         worker = self._acquire(job)
         try:
-            return ray.get(worker.actor.run.remote(job))
+            return ray.get(worker.actor.run.remote(job), timeout=limit)
         except RayTaskError as exc:
             # Re-raise the stage's own exception (e.g. TitleError) without Ray's wrapping.
             raise exc.cause from None
         except ray.exceptions.RayActorError:
             self._discard(worker)  # retries exhausted: the worker is gone for good
             raise
+        except GetTimeoutError:
+            self._discard(worker)
+            ray.kill(worker.actor)  # a stuck decoder cannot be interrupted: end its process
+            length = "of unknown length" if duration is None else f"of {duration:.0f} s"
+            raise TitleError(job.title_id, f"the {job.stage.name} job did not finish within its time limit of "
+                                           f"{limit:.0f} s (for a title {length}) and was stopped; "
+                                           f"{TIMEOUT_SCALE_VAR} (--job-timeout-scale) multiplies the limit, "
+                                           f"0 removes it") from None
         finally:
             self._release(worker)
+
+    def _title_duration(self, job: StageJob) -> float | None:
+        """The title's duration (s) from its ``titles`` manifest (the job's input or a row's
+        ``titles_url``), remembered per title for jobs that name no such manifest (render,
+        enhance); None when unknown, or for a still image (its length is the dub's)."""
+        url = job.input_url if job.stage.input_schema is TITLES else next(
+            (row["titles_url"] for row in job.rows if row.get("titles_url")), None)
+        if url is not None and url not in self._durations_read:
+            self._durations_read.add(url)
+            try:
+                titles = read_rows(url, TITLES)
+            except Exception:  # noqa: BLE001 - unreadable here: the job itself will say why
+                titles = []
+            if titles:
+                self._durations[job.title_id] = (None if any(t["still"] for t in titles)
+                                                 else max(float(t["duration_s"]) for t in titles))
+        return self._durations.get(job.title_id)
 
     def shutdown(self) -> None:
         with self._cond:

@@ -31,6 +31,9 @@ def _prepare_env(quiet: bool) -> None:
 def _run_flow(catalogue: str, out: str, options: dict) -> dict:
     quiet = options.pop("quiet")
     _prepare_env(quiet)
+    scale = options.pop("job_timeout_scale")
+    if scale is not None:
+        os.environ["DUBLINE_JOB_TIMEOUT_SCALE"] = f"{scale:g}"  # read by the Ray runner (cluster/policy.py)
     from flows import progress
     from flows.localize import localize_catalogue
 
@@ -103,6 +106,14 @@ _common_run_options = [
         help="A dub whose lip-sync self-check r (driven vs measured mouth on the output) is below this is "
         "marked 'needs review' (its video is kept; the exit code is not changed).",
     ),
+    click.option(
+        "--job-timeout-scale",
+        envvar="DUBLINE_JOB_TIMEOUT_SCALE",
+        type=click.FloatRange(min=0),
+        default=None,
+        help="Multiply the time limit of every stage job on Ray (default 1: 30 min plus 1 min per second "
+        "of the title; enhance 10 min per second; see cluster/README.md). 0: no limit.",
+    ),
     click.option("--quiet", is_flag=True, help="Only warnings and the summary (no progress bars; CI=1 also hides them)."),
 ]
 
@@ -142,8 +153,14 @@ def _single_title(mode: str, source: str, audio: str, script: str | None, output
            **({"dub_script": str(Path(script).resolve())} if script else {}),
            "options": {k: v for k, v in row_options.items() if v is not None}}
     catalogue = run_folder / "catalogue.yaml"
-    catalogue.write_text(json.dumps([row], indent=1))  # JSON is valid YAML
-    summary = _run_flow(str(catalogue), str(run_folder), options)
+    from flows.run_folder import RunFolderBusy, run_lock
+
+    try:
+        with run_lock(str(run_folder)):  # before the catalogue is written; the flow re-enters it
+            catalogue.write_text(json.dumps([row], indent=1))  # JSON is valid YAML
+            summary = _run_flow(str(catalogue), str(run_folder), options)
+    except RunFolderBusy as exc:
+        raise click.ClickException(str(exc)) from exc
     code = _print_summary(summary)
     produced = summary["titles"].get(title_id, {}).get("outputs", {}).get(language)
     if produced:

@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import progress, tasks
-from flows.run_folder import RunFolder
+from flows.run_folder import RunFolder, run_lock
 from schemas import storage
 from schemas.catalogue import CatalogueEntry, load_catalogue
 from schemas.manifest_io import read_rows, write_manifest
@@ -192,7 +192,7 @@ def localize_catalogue(
     errors = [str(e) for e in parsed.errors]
     for error in errors:
         logger.error("catalogue %s", error)
-    with tasks.open_session(out, executor, ray_address) as session:
+    with run_lock(out), tasks.open_session(out, executor, ray_address) as session:  # one writer per run folder
         run = session.run
         write_manifest(parsed.to_rows(), CATALOGUE, storage.join(run.url, "catalogue.parquet"))
         run.begin(catalogue, {"executor": executor, "ray_address": ray_address, "whisper_model": whisper_model,

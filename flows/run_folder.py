@@ -10,19 +10,39 @@ Layout under the output URL::
     manifests/<stage>/<title_id>/<key>.done    completion marker (stage stats), written last
     outputs/<title_id>/<title_id>.<lang>.mp4   the dubbed videos
     logs/<started>.log                         what one invocation did, line by line
+    run.lock                                   the writer's lock, while an invocation writes (below)
 
 A stage output's key hashes the stage name and version, its parameters and the keys or content
 hashes of its inputs. A marker exists only once its manifest is fully written, so resuming after a
 crash and incremental scheduled runs are the same thing: a job whose marker exists is skipped.
+
+One writer at a time: an invocation that writes the folder holds ``run.lock`` (``run_lock``), a
+small JSON object naming it (host, pid, start time, invocation id, command), and refreshes a
+heartbeat beside it every ``HEARTBEAT_S`` seconds from a background thread. A second writer stops
+at once with ``RunFolderBusy`` naming the holder (stopping rather than waiting: a run folder is
+written for minutes to hours, and a scheduler or a person decides better what to do). A lock whose
+heartbeat is older than ``STALE_AFTER_S``, or whose process has ended on this machine (same kernel
+and PID namespace), was left by a killed run: the next writer takes it over (one taker at a time,
+through ``run.lock.takeover``). run.json is replaced atomically on every update
+(``storage.write_bytes``), so readers such as ``dubline status`` never see a part of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
+import logging
+import os
+import socket
+import sys
 import threading
+import time
+import uuid
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from schemas import storage
@@ -50,6 +70,272 @@ def stage_key(stage: type[Stage], params: dict[str, Any], inputs: dict[str, Any]
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --- one writer per run folder ------------------------------------------------------------------
+
+#: Seconds between two heartbeats of a lock's holder.
+HEARTBEAT_S = 10.0
+#: Seconds without a heartbeat after which a lock counts as left by a killed run and is taken
+#: over. Generous against stalls of a busy machine or a slow store; the holders' clocks must agree
+#: within a fraction of it (NTP).
+STALE_AFTER_S = 120.0
+LOCK_NAME = "run.lock"
+
+_log = logging.getLogger(__name__)
+
+
+#: Invocation ids of the locks this process holds now (a lock record of this PID that is not one
+#: of them was left behind, e.g. by a release that failed).
+_LIVE: set[str] = set()
+
+
+class RunFolderBusy(OSError):
+    """Another invocation writes this run folder (the message names it), or this one lost its lock."""
+
+
+def _process_space() -> str:
+    """Where a PID means the same process: this host, and on Linux its kernel boot and PID
+    namespace (containers on one host share a hostname at times, never a PID namespace)."""
+    space = socket.gethostname()
+    with contextlib.suppress(OSError):
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        space += f"/{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    return space
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    with contextlib.suppress(OSError, IndexError):  # Linux: a killed process not yet reaped is a zombie
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def _age(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+class RunLock:
+    """The writer's lock of one run folder (any fsspec URL); see the module docstring.
+
+    ``run.lock`` names the holder and is never rewritten while held; the holder's heartbeat goes to
+    an object of its own (``.run.lock.<invocation>.heartbeat``), so a holder that wakes up from a
+    stall after its lock was taken over cannot overwrite the new holder's lock.
+
+    ``acquire()`` raises ``RunFolderBusy`` naming a live holder; ``release()`` removes the lock if it
+    is still this one's. ``check()`` raises ``RunFolderBusy`` once the heartbeat found the lock taken
+    over by another writer (after this process stalled for longer than ``stale_after_s``).
+    """
+
+    def __init__(self, url: str, heartbeat_s: float | None = None, stale_after_s: float | None = None):
+        self.folder = url.rstrip("/")
+        self.url = storage.join(self.folder, LOCK_NAME)
+        self.heartbeat_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
+        self.stale_after_s = STALE_AFTER_S if stale_after_s is None else stale_after_s
+        self.owner = {
+            "invocation": uuid.uuid4().hex,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "process_space": _process_space(),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:2]]) if sys.argv and sys.argv[0] else "python",
+            "started": _now(),
+            "stale_after_s": self.stale_after_s,
+        }
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- the lock and heartbeat objects ------------------------------------------------------
+    def _beat_url(self, invocation: str) -> str:
+        return storage.join(self.folder, f".{LOCK_NAME}.{invocation}.heartbeat")
+
+    @staticmethod
+    def _stamp() -> dict[str, Any]:
+        now = time.time()
+        return {"heartbeat": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(timespec="seconds"),
+                "heartbeat_unix": now}
+
+    def _record(self) -> bytes:
+        return json.dumps({**self.owner, **self._stamp()}, indent=1).encode()
+
+    @staticmethod
+    def _read(url: str) -> tuple[bytes, dict[str, Any] | None] | None:
+        """(raw bytes, parsed record or None when unreadable) of a lock object, None if absent."""
+        try:
+            raw = storage.read_bytes(url)
+        except FileNotFoundError:
+            return None
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            return raw, None
+        return raw, record if isinstance(record, dict) else None
+
+    def _silence(self, holder: dict[str, Any]) -> float:
+        """Seconds since ``holder``'s last heartbeat (its lock's creation before the first one)."""
+        last = float(holder["heartbeat_unix"])
+        beat = self._read(self._beat_url(str(holder.get("invocation"))))
+        if beat is not None and beat[1] is not None:
+            last = max(last, float(beat[1].get("heartbeat_unix", last)))
+        return time.time() - last
+
+    def _stale(self, holder: dict[str, Any] | None) -> str | None:
+        """Why ``holder``'s lock may be taken over, or None while it is alive."""
+        if holder is None:
+            return "the lock object is not a lock record"
+        try:
+            if holder.get("process_space") == self.owner["process_space"]:
+                if int(holder["pid"]) == os.getpid() and holder.get("invocation") not in _LIVE:
+                    return "it was left by this process"
+                if not _pid_alive(int(holder["pid"])):
+                    return f"its process {holder['pid']} has ended"
+            silence, limit = self._silence(holder), float(holder.get("stale_after_s", self.stale_after_s))
+        except (KeyError, TypeError, ValueError):
+            return "the lock record is incomplete"
+        return f"its last heartbeat is {_age(silence)} old (limit {_age(limit)})" if silence > limit else None
+
+    def _holder(self, holder: dict[str, Any]) -> str:
+        return (f"{holder.get('command', '?')!r}, pid {holder.get('pid')} on {holder.get('host')}, started "
+                f"{holder.get('started')}, invocation {holder.get('invocation')}, last heartbeat "
+                f"{_age(self._silence(holder))} ago")
+
+    def _busy(self, holder: dict[str, Any]) -> str:
+        limit = _age(float(holder.get("stale_after_s", self.stale_after_s)))
+        return (f"{self.folder} is being written by another dubline invocation: {self._holder(holder)}. Wait for "
+                f"it to finish (or stop it); a lock left by a killed run is taken over automatically once its "
+                f"heartbeat is {limit} old, or at once on the same machine when its process has ended")
+
+    # --- acquire, heartbeat, release ---------------------------------------------------------
+    def acquire(self) -> None:
+        """Take the lock, or take over a stale one; raises RunFolderBusy naming a live holder."""
+        _LIVE.add(self.owner["invocation"])  # before the lock exists: no thread may take it for a leftover
+        try:
+            self._take()
+        except BaseException:
+            _LIVE.discard(self.owner["invocation"])
+            raise
+        self._thread = threading.Thread(target=self._beat, name=f"dubline-lock-{self.owner['invocation'][:8]}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _take(self) -> None:
+        for _ in range(50):  # only contention with other takers loops
+            if storage.create_exclusive(self.url, self._record()):
+                return
+            found = self._read(self.url)
+            if found is None:
+                continue  # released meanwhile
+            raw, holder = found
+            reason = self._stale(holder)
+            if reason is None:
+                raise RunFolderBusy(self._busy(holder))
+            if self._take_over(raw, holder):
+                _log.warning("took over the lock of %s: %s (%s)", self.folder, reason,
+                             "unreadable" if holder is None else f"pid {holder.get('pid')} on {holder.get('host')}")
+                return
+            time.sleep(0.1)
+        raise RunFolderBusy(f"{self.folder}: could not take its lock (other writers kept taking it)")
+
+    def _take_over(self, stale_raw: bytes, stale: dict[str, Any] | None) -> bool:
+        """Replace the stale lock whose content is ``stale_raw`` by this one; False when another
+        writer got there first. Takers go one at a time through a guard object."""
+        guard = self.url + ".takeover"
+        if not storage.create_exclusive(guard, self._record()):
+            found = self._read(guard)
+            if found is not None and self._stale(found[1]) is not None:
+                storage.remove(guard)  # left by a taker that was killed in the middle
+            return False
+        try:
+            current = self._read(self.url)
+            if current is not None and current[0] != stale_raw:
+                return False  # changed since it was judged stale: judge again
+            storage.remove(self.url)
+            if stale is not None:
+                storage.remove(self._beat_url(str(stale.get("invocation"))))
+            return storage.create_exclusive(self.url, self._record())
+        finally:
+            storage.remove(guard)
+
+    def _beat(self) -> None:
+        beat_url = self._beat_url(self.owner["invocation"])
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                found = self._read(self.url)
+                holder = found[1] if found else None
+                if holder is None or holder.get("invocation") != self.owner["invocation"]:
+                    self.lost = (f"{self.folder}: this invocation lost its lock (its heartbeat stalled) to "
+                                 + (self._holder(holder) if holder else "nobody (the lock was removed)"))
+                    _log.error("%s", self.lost)
+                    storage.remove(beat_url)
+                    return
+                storage.write_bytes(beat_url, json.dumps(self._stamp()).encode())
+            except Exception as exc:  # noqa: BLE001 - a store hiccup; the next beat tries again
+                _log.warning("heartbeat of %s failed: %s", self.url, exc)
+
+    def check(self) -> None:
+        if self.lost:
+            raise RunFolderBusy(self.lost)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        found = self._read(self.url)
+        if found and found[1] and found[1].get("invocation") == self.owner["invocation"]:
+            storage.remove(self.url)
+        storage.remove(self._beat_url(self.owner["invocation"]))
+        _LIVE.discard(self.owner["invocation"])
+
+
+_HELD: dict[str, tuple[RunLock, int, int]] = {}  # key -> (lock, holding thread, depth)
+_HELD_LOCK = threading.Lock()
+
+
+def _lock_key(url: str) -> str:
+    fs, path = storage.filesystem(url.rstrip("/"))
+    return fs.unstrip_protocol(path.rstrip("/"))
+
+
+def held_lock(url: str) -> RunLock | None:
+    """The lock this process holds on the run folder ``url``, if any."""
+    held = _HELD.get(_lock_key(url))
+    return held[0] if held else None
+
+
+@contextlib.contextmanager
+def run_lock(url: str) -> Iterator[RunLock]:
+    """Hold the writer's lock of the run folder ``url`` for the ``with`` block.
+
+    Re-entrant in the holding thread (``dubline dub`` takes it before writing the catalogue it
+    makes in the run folder; the flow it then runs in that thread takes it again). Raises
+    ``RunFolderBusy`` when another invocation, or another thread of this process, writes there.
+    """
+    key = _lock_key(url)
+    me = threading.get_ident()
+    with _HELD_LOCK:
+        held = _HELD.get(key)
+        if held is not None and held[1] != me:
+            raise RunFolderBusy(f"{url.rstrip('/')} is already being written by another thread of this process")
+        if held is None:
+            lock = RunLock(url)
+            lock.acquire()
+            held = (lock, me, 0)
+        _HELD[key] = (held[0], me, held[2] + 1)
+    try:
+        yield held[0]
+    finally:
+        with _HELD_LOCK:
+            lock, _, depth = _HELD[key]
+            if depth > 1:
+                _HELD[key] = (lock, me, depth - 1)
+            else:
+                del _HELD[key]
+                lock.release()
 
 
 class RunFolder:
@@ -109,6 +395,9 @@ class RunFolder:
         return {"run_state_version": RUN_STATE_VERSION, "created": _now(), "invocations": [], "titles": {}}
 
     def _save(self) -> None:
+        lock = held_lock(self.url)
+        if lock is not None:
+            lock.check()  # a writer that lost its lock stops writing
         self.state["updated"] = _now()
         storage.write_text(self.state_url, json.dumps(self.state, indent=1, sort_keys=True))
 
@@ -116,7 +405,9 @@ class RunFolder:
         started = _now()
         with self._lock:
             self.state.update(catalogue=catalogue_url, parameters=parameters, catalogue_errors=catalogue_errors)
-            self.state["invocations"].append({"started": started, "finished": None})
+            lock = held_lock(self.url)
+            writer = {k: lock.owner[k] for k in ("invocation", "host", "pid")} if lock else None
+            self.state["invocations"].append({"started": started, "finished": None, "writer": writer})
             self._log_url = storage.join(self.url, "logs", started.replace(":", "") + ".log")
             self.state["invocations"][-1]["log"] = self._log_url
             self._save()

@@ -79,11 +79,17 @@ def _partial_path(path: str) -> str:
 
 
 def write_bytes(url: str, data: bytes) -> None:
-    """Write ``data`` to ``url`` atomically (temporary sibling, then move)."""
+    """Write ``data`` to ``url`` atomically (temporary sibling, then move): a reader sees the old
+    content or the new one, never a part. Local files are flushed to disk before the rename, so a
+    crash or power loss cannot leave an empty file in place of the old one either."""
     fs, path = filesystem(url)
     fs.makedirs(path.rpartition("/")[0], exist_ok=True)
     tmp = _partial_path(path)
     try:
+        if isinstance(fs, LocalFileSystem):
+            _write_synced(tmp, data)
+            os.replace(tmp, path)
+            return
         with fs.open(tmp, "wb") as f:
             f.write(data)
         fs.mv(tmp, path)
@@ -91,6 +97,51 @@ def write_bytes(url: str, data: bytes) -> None:
         if fs.exists(tmp):  # never leave a half-written temporary behind (e.g. a full disk)
             fs.rm(tmp)
         raise
+
+
+def _write_synced(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(path, 0o666 & ~_UMASK)
+
+
+def create_exclusive(url: str, data: bytes) -> bool:
+    """Create ``url`` with ``data`` unless it exists; True when this call created it.
+
+    Atomic on local filesystems, NFS included: the complete file is hard-linked into place, which
+    fails when the name exists, so a reader never sees it half-written. On other stores it is the
+    backend's ``pipe_file(mode="create")``: atomic where the backend sends the store's
+    create-if-absent request (a conditional write), else an existence check followed by a write,
+    where two callers within milliseconds of each other may both succeed (fsspec's own default,
+    and memory://).
+    """
+    fs, path = filesystem(url)
+    fs.makedirs(path.rpartition("/")[0], exist_ok=True)
+    if not isinstance(fs, LocalFileSystem):
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+    tmp = _partial_path(path)
+    try:
+        _write_synced(tmp, data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links (FAT, some SMB shares): O_EXCL instead
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        return True
+    finally:
+        os.remove(tmp)
 
 
 def write_text(url: str, text: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -515,11 +516,11 @@ def still_header(url: str) -> StillHeader | None:
     """The stored size of ``url`` if Pillow reads it as a single still image, else None (a video,
     an animation, or an image format left to FFmpeg)."""
     try:
-        with storage.open_url(url, "rb") as f, Image.open(f) as image:
+        with _open_image(url) as image:
             if getattr(image, "n_frames", 1) > 1:
                 return None
             return StillHeader(image.format or "unknown", image.mode, *image.size)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) + _PILLOW_DECODE_ERRORS:
         return None
 
 
@@ -531,11 +532,14 @@ def load_still(url: str, max_side: int = STILL_MAX_SIDE, background: tuple[int, 
     16-bit; an embedded ICC profile (Display P3, Adobe RGB, CMYK press profiles) is converted to
     sRGB. Raises Pillow's errors for unreadable images (DecompressionBombError beyond ~179 MP).
     """
-    with storage.open_url(url, "rb") as f, Image.open(f) as image:
+    with _open_image(url) as image:
         if image.format == "JPEG":  # decode a huge JPEG at a fraction of its size (DCT scaling)
             image.draft(image.mode, (max_side, max_side))
-        image.load()
-        image = ImageOps.exif_transpose(image)
+        try:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+        except _PILLOW_DECODE_ERRORS as exc:
+            raise ValueError(f"unreadable image ({type(exc).__name__}: {exc})") from exc
         image = _to_srgb(image)
         if max(image.size) > max_side:
             scale = max_side / max(image.size)
@@ -546,6 +550,22 @@ def load_still(url: str, max_side: int = STILL_MAX_SIDE, background: tuple[int, 
     alpha = rgba[..., 3:4] / 255.0
     shown = rgba[..., :3] * alpha + np.asarray(background, dtype=np.float32) * (1.0 - alpha)
     return np.round(shown).astype(np.uint8)
+
+
+#: What Pillow raises besides OSError/ValueError on damaged files: SyntaxError (a broken PNG chunk),
+#: TypeError (TIFF tags without dimensions), struct.error (short headers), EOFError.
+_PILLOW_DECODE_ERRORS = (SyntaxError, TypeError, struct.error, EOFError)
+
+
+def _open_image(url: str) -> Image.Image:
+    """Pillow's image of the bytes at ``url``. The bytes are read first: from a file object Pillow
+    reads a chunk's declared length at once, and a damaged length near 2**32 would allocate 4 GB."""
+    with storage.open_url(url, "rb") as f:
+        data = f.read()
+    try:
+        return Image.open(io.BytesIO(data))
+    except _PILLOW_DECODE_ERRORS as exc:
+        raise ValueError(f"unreadable image ({type(exc).__name__}: {exc})") from exc
 
 
 def _to_srgb(image: Image.Image) -> Image.Image:
@@ -607,8 +627,10 @@ def audio_duration(url: str) -> float:
             return float(stream.duration * stream.time_base)
         if container.duration:
             return container.duration / 1_000_000
-        samples = sum(frame.samples for frame in container.decode(stream))
-        return samples / stream.codec_context.sample_rate
+        rate = stream.codec_context.sample_rate if stream.codec_context else 0
+        if not rate:
+            raise ValueError("audio stream has no sample rate")
+        return sum(frame.samples for frame in container.decode(stream)) / rate
 
 
 def _picture_start_s(container: av.container.InputContainer) -> float | None:
@@ -648,8 +670,16 @@ def decode_audio(url: str, sample_rate: int, layout: str = "stereo") -> Iterator
         yield out.to_ndarray()
 
 
-def read_audio(url: str, sample_rate: int) -> np.ndarray:
+def read_audio(url: str, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
     """The first audio stream of ``url`` as one mono float32 array at ``sample_rate`` (on the picture's
-    clock, see ``decode_audio``)."""
-    chunks = [chunk[0] for chunk in decode_audio(url, sample_rate, layout="mono")]
+    clock, see ``decode_audio``). With ``max_seconds``, decoding stops once more than that was read
+    (the result is then one sample longer than ``max_seconds``): a file whose header claims an
+    absurd rate (1 Hz) would otherwise be resampled into hours of audio."""
+    limit = None if max_seconds is None else int(max_seconds * sample_rate) + 1
+    chunks, count = [], 0
+    for chunk in decode_audio(url, sample_rate, layout="mono"):
+        chunks.append(chunk[0])
+        count += chunk.shape[1]
+        if limit is not None and count >= limit:
+            return np.concatenate(chunks)[:limit]
     return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)

@@ -1,26 +1,40 @@
 """The Ray runner's cluster features: metrics of the stage actors (the counts each job contributes,
-their export from real actors to the node's Prometheus endpoint) and autoscaler requests."""
+their export from real actors to the node's Prometheus endpoint), autoscaler requests, and job time limits."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 import threading
 import time
 import urllib.request
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cluster.metrics import StageWork, stage_work
+from cluster.policy import (
+    POLICIES,
+    TIMEOUT_SCALE_VAR,
+    UNKNOWN_DURATION_S,
+    StagePolicy,
+    job_timeout_s,
+    policy_for,
+)
 from cluster.ray_runner import RayRunner
 from schemas import storage
 from schemas.catalogue import OPTION_DEFAULTS
 from schemas.manifest_io import write_manifest
-from schemas.manifests import OUTPUTS, RENDERED_TRACKS
-from stages.base import StageJob, StageStats
+from schemas.manifests import OUTPUTS, RENDERED_TRACKS, SHOTS
+from stages.base import Resources, Stage, StageJob, StageStats, TitleError
 from stages.composite import CompositeStage
 from stages.faces import FaceStage
 from stages.probe import ProbeStage
+from stages.sequential import SequentialRunner
 from stages.shots import ShotsStage
 
 pytestmark = pytest.mark.timeout(300)
@@ -139,3 +153,78 @@ def test_workers_without_a_gpu_share_see_no_gpu(ray_cluster, media, tmp_path) ->
     finally:
         runner.shutdown()
     assert visible == ""
+
+
+# --- job time limits ------------------------------------------------------------------------------
+
+
+class SleepsStage(Stage):
+    """Writes its process id to ``pid_file``, then sleeps ``seconds`` (a decoder stuck on a bad file,
+    as far as the runner can tell)."""
+
+    name = "sleeps"
+    version = "1"
+    resources = Resources(cpus=0.5, memory_gb=0.1)
+    output_schema = SHOTS
+    defaults = {"seconds": 0.0, "pid_file": None}
+
+    def process_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        Path(self.params["pid_file"]).write_text(str(os.getpid()))
+        time.sleep(self.params["seconds"])
+        return [{"title_id": row["title_id"], "shot_index": 0, "start_frame": 0, "end_frame": 1, "start_s": 0.0,
+                 "end_s": 0.04} for row in rows]
+
+
+def test_job_time_limits_grow_with_the_title_and_can_be_scaled_or_turned_off(monkeypatch) -> None:
+    faces = policy_for("faces")
+    assert job_timeout_s("faces", 600.0) == faces.timeout_base_s + 600 * faces.timeout_per_media_s == 37_800
+    assert job_timeout_s("enhance", 10.0) == 1800 + 10 * 600
+    assert job_timeout_s("probe", None) == 1800  # before any duration is known: the base alone
+    assert job_timeout_s("render", None) == 1800 + 60 * UNKNOWN_DURATION_S
+    monkeypatch.setenv(TIMEOUT_SCALE_VAR, "2.5")
+    assert job_timeout_s("faces", 600.0) == 2.5 * 37_800
+    monkeypatch.setenv(TIMEOUT_SCALE_VAR, "0")
+    assert job_timeout_s("faces", 600.0) is None
+    monkeypatch.setenv(TIMEOUT_SCALE_VAR, "-1")
+    with pytest.raises(ValueError, match="DUBLINE_JOB_TIMEOUT_SCALE='-1' is not a number >= 0"):
+        job_timeout_s("faces", 600.0)
+
+
+def test_a_job_past_its_time_limit_fails_its_title_and_its_worker_is_ended(ray_cluster, media, tmp_path,
+                                                                           monkeypatch) -> None:
+    import psutil
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[SleepsStage.__module__])  # workers cannot import tests
+    # 1 s plus 2 s per second of the title: 5.8 s for the 2.4 s clip
+    monkeypatch.setitem(POLICIES, "sleeps", StagePolicy(timeout_base_s=1.0, timeout_per_media_s=2.0))
+    monkeypatch.delenv(TIMEOUT_SCALE_VAR, raising=False)
+    titles = str(tmp_path / "titles.parquet")
+    SequentialRunner().run(StageJob(ProbeStage, {}, titles, "t",
+                                    rows=({"title_id": "t", "mode": "dub", "source_url": str(media["two_shots"])},)))
+
+    def job(seconds: float, name: str) -> StageJob:
+        return StageJob(SleepsStage, {"seconds": seconds, "pid_file": str(tmp_path / f"{name}.pid")},
+                        str(tmp_path / f"{name}.parquet"), "t", rows=({"title_id": "t", "titles_url": titles},))
+
+    runner = RayRunner()
+    try:
+        assert runner.run(job(4.0, "within")).rows_out == 1  # longer than the base alone: the duration counts
+        started = time.monotonic()
+        with pytest.raises(TitleError) as stopped:
+            runner.run(job(120.0, "stuck"))
+        waited = time.monotonic() - started
+        pools = [w.pool[1] for w in runner._workers]
+        after = runner.run(job(0.0, "after"))  # the runner goes on, with a new worker
+    finally:
+        runner.shutdown()
+    assert 5.8 <= waited < 30
+    assert str(stopped.value) == ("t: the sleeps job did not finish within its time limit of 6 s (for a title of 2 s) "
+                                  "and was stopped; DUBLINE_JOB_TIMEOUT_SCALE (--job-timeout-scale) multiplies the "
+                                  "limit, 0 removes it")
+    assert not any("120.0" in pool for pool in pools)  # the stuck worker left its pool
+    assert after.rows_out == 1 and not (tmp_path / "stuck.parquet").exists()
+    stuck_pid = int((tmp_path / "stuck.pid").read_text())
+    assert stuck_pid != int((tmp_path / "after.pid").read_text())
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(stuck_pid).wait(timeout=30)  # its process was ended (raises TimeoutExpired if not)

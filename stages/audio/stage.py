@@ -27,9 +27,11 @@ from stages.audio.subtitles import to_srt, to_vtt
 from stages.audio.transcribe import Transcriber, language_matches, speech_segments, whisper_language
 from stages.audio.whisper_models import BASE_PACKAGED
 from stages.base import Resources, Stage, TitleError
-from stages.media import media_error, read_audio
+from stages.media import audio_duration, media_error, read_audio
 
 
+#: The longest audio an avatar title takes (s): its picture lasts as long as the audio.
+MAX_AVATAR_AUDIO_S = 2 * 3600.0
 #: Language-detection probability above which Whisper's language beats the catalogue's for the transcript.
 _SURE = 0.8
 
@@ -60,9 +62,14 @@ class AudioStage(Stage):
         title_id, language = row["title_id"], row["language"]
         options = json.loads(row["options_json"])
         (title,) = read_rows(row["titles_url"], TITLES)
-        samples = self._decode(title_id, language, row["dub_audio_url"])
+        avatar = title["mode"] == "avatar"
+        # Read no more than could be used: a dub longer than this is refused anyway.
+        longest = MAX_AVATAR_AUDIO_S if avatar else title["duration_s"] + options["audio_tolerance_s"] + 1.0
+        samples = self._decode(title_id, language, row["dub_audio_url"], longest)
         audio_s = len(samples) / SAMPLE_RATE
-        if title["mode"] == "avatar":  # a portrait has no length of its own: the audio sets it
+        if audio_s > longest:
+            self._refuse_long(title_id, language, row["dub_audio_url"], title, options["audio_tolerance_s"], longest)
+        if avatar:  # a portrait has no length of its own: the audio sets it
             frames, audio_fit = max(1, round(audio_s * title["fps"])), "exact"
         else:
             frames = title["frame_count"]
@@ -92,14 +99,14 @@ class AudioStage(Stage):
             # An English-only model would write English gibberish for this dub: better none.
             self.drop("Whisper model is English-only (no subtitles for other languages)")
         else:
-            out.update(self._transcribe(fitted, language, row["subtitles_url"]))
+            out.update(self._transcribe(fitted, title_id, language, row["subtitles_url"]))
         return out
 
-    def _decode(self, title_id: str, language: str, url: str) -> np.ndarray:
+    def _decode(self, title_id: str, language: str, url: str, longest_s: float) -> np.ndarray:
         try:
             if storage.size(url) == 0:
                 raise TitleError(title_id, f"[{language}] dub audio {url} is not readable audio: the file is empty (0 bytes)")
-            samples = read_audio(url, SAMPLE_RATE)
+            samples = read_audio(url, SAMPLE_RATE, max_seconds=longest_s)
         except FileNotFoundError as exc:
             raise TitleError(title_id, f"[{language}] dub audio not found: {url}") from exc
         except (av.error.FFmpegError, ValueError, OSError) as exc:
@@ -113,7 +120,25 @@ class AudioStage(Stage):
             self.drop("silent dub audio")  # legal (a mute title), but worth a line in the report
         return samples
 
-    def _transcribe(self, samples: np.ndarray, language: str, subtitles_url: str) -> dict[str, Any]:
+    @staticmethod
+    def _refuse_long(title_id: str, language: str, url: str, title: dict[str, Any], tolerance_s: float,
+                     longest_s: float) -> None:
+        """Raise TitleError for dub audio longer than ``longest_s``, with its length as its header says."""
+        if title["mode"] == "dub":
+            try:
+                declared = audio_duration(url)
+            except (av.error.FFmpegError, ValueError, OSError):
+                declared = None
+            try:
+                if declared is not None:
+                    fit_policy(declared, title["duration_s"], title["fps"], tolerance_s)
+            except ValueError as exc:  # the usual refusal, with the real length
+                raise TitleError(title_id, f"[{language}] {exc}") from exc
+        raise TitleError(title_id, f"[{language}] dub audio {url} is longer than {longest_s:.2f} s "
+                         + (f"(an avatar's audio may last {MAX_AVATAR_AUDIO_S:.0f} s)" if title["mode"] == "avatar"
+                            else "(reading stopped there), though its header says otherwise"))
+
+    def _transcribe(self, samples: np.ndarray, title_id: str, language: str, subtitles_url: str) -> dict[str, Any]:
         """Transcript in the catalogue's language, unless Whisper is sure the dub speaks another
         (a wrong track): then in the language it hears, so that the text matches the audio."""
         detected, probability = self._transcriber.detect_language(samples)
@@ -122,8 +147,12 @@ class AudioStage(Stage):
         if not matches and probability >= _SURE or spoken is None:
             spoken = detected
         transcript = self._transcriber.transcribe(samples, language=spoken)
-        storage.write_text(subtitles_url + ".srt", to_srt(transcript.segments))
-        storage.write_text(subtitles_url + ".vtt", to_vtt(transcript.segments))
+        for suffix, text in ((".srt", to_srt(transcript.segments)), (".vtt", to_vtt(transcript.segments))):
+            try:
+                storage.write_text(subtitles_url + suffix, text)
+            except OSError as exc:  # the outputs location: a file where a folder goes, a full disk...
+                raise TitleError(title_id, f"[{language}] cannot write {subtitles_url + suffix} "
+                                           f"({exc.strerror or exc})") from exc
         if not matches:
             self.drop("dub language differs from the catalogue")
         return {
