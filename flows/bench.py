@@ -9,7 +9,8 @@ computed only over A's frames where B's recorded mouth and B's audio both exist;
 all of A's frames. Two controls run in the same flow: *passthrough* (A's source unchanged) and
 the dub with B's audio delayed by 0.5 s; a working lip sync beats both on ``r_B``.
 ``psnr_outside_db`` compares the output with the source outside the lower face (only the
-encoder's loss should show).
+encoder's loss should show). ``self_check_r`` is the dub's own report figure (driven jaw vs the
+mouth measured on the output), carried over from the run.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class PairResult:
     frames_b: int  # A's frames where both the output mouth and B's recorded mouth are known (r_B's sample)
     r_a: float  # output mouth vs A's original mouth, over all of A's frames
     psnr_outside_db: float  # output vs source outside the lower face
+    self_check_r: float  # the dub report's lip-sync self-check (driven jaw vs output mouth)
     control_passthrough_r_b: float  # A's source mouth vs B's
     control_shifted_r_b: float  # dub with B's audio 0.5 s late, vs B's mouth
     beats_controls: bool
@@ -148,8 +150,10 @@ def psnr_outside_lower_face(source_url: str, output_url: str, hulls: dict[int, n
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
-def measure(clips: list[Path], pairs: list[tuple[str, str]], outputs: dict[str, str]) -> list[PairResult]:
-    """Measure every pair; ``outputs`` maps title ids of the benchmark catalogue to dubbed videos."""
+def measure(clips: list[Path], pairs: list[tuple[str, str]], outputs: dict[str, str],
+            self_checks: dict[str, float | None]) -> list[PairResult]:
+    """Measure every pair; ``outputs`` maps title ids of the benchmark catalogue to dubbed videos,
+    ``self_checks`` to their reports' lip-sync self-check r (None where it measured nothing)."""
     landmarker = FaceLandmarker()
     by_name = {_safe(c.stem): c for c in clips}
     sources = {}  # name -> (mouth curve with lower-face hulls, picture, audio seconds)
@@ -171,6 +175,7 @@ def measure(clips: list[Path], pairs: list[tuple[str, str]], outputs: dict[str, 
         results.append(PairResult(
             a=a, b=b, r_b=r_b, lag=lag, frames_b=int((np.isfinite(dubbed) & np.isfinite(b_on_a)).sum()), r_a=r_a,
             psnr_outside_db=psnr_outside_lower_face(str(by_name[a]), outputs[f"{a}--{b}"], curve_a.lower_face),
+            self_check_r=float("nan") if self_checks.get(f"{a}--{b}") is None else float(self_checks[f"{a}--{b}"]),
             control_passthrough_r_b=passthrough, control_shifted_r_b=shifted_r,
             # An undefined r (NaN) never counts as beating a control.
             beats_controls=bool(r_b > passthrough and r_b > shifted_r),
@@ -179,7 +184,7 @@ def measure(clips: list[Path], pairs: list[tuple[str, str]], outputs: dict[str, 
     return results
 
 
-_MEANS = ("r_b", "r_a", "psnr_outside_db", "control_passthrough_r_b", "control_shifted_r_b")
+_MEANS = ("r_b", "r_a", "psnr_outside_db", "self_check_r", "control_passthrough_r_b", "control_shifted_r_b")
 
 
 def _means(results: list[PairResult]) -> dict[str, float]:
@@ -191,6 +196,8 @@ def _means(results: list[PairResult]) -> dict[str, float]:
         means[key] = float(values[~np.isnan(values)].mean()) if (~np.isnan(values)).any() else float("nan")
     lags = [abs(r.lag) for r in results if np.isfinite(r.r_b)]  # no r_B, no lag
     means["abs_lag"] = float(np.mean(lags)) if lags else float("nan")
+    checks = np.array([r.self_check_r for r in results], dtype=np.float64)
+    means["min_self_check_r"] = float(np.nanmin(checks)) if np.isfinite(checks).any() else float("nan")
     return means
 
 
@@ -218,18 +225,20 @@ def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
 def format_table(summary: dict[str, Any]) -> str:
     """The results as two Markdown tables (per pair with the mean; per video A), ready for the README."""
     pair_rows = [[p["a"], p["b"], _cell(p["r_b"]), str(p["lag"]), str(p["frames_b"]), _cell(p["r_a"]),
-                  _cell(p["psnr_outside_db"], 1), _cell(p["control_passthrough_r_b"]),
+                  _cell(p["psnr_outside_db"], 1), _cell(p["self_check_r"]), _cell(p["control_passthrough_r_b"]),
                   _cell(p["control_shifted_r_b"])] for p in summary["pairs"]]
     m = summary["mean"]
     pair_rows.append(["**mean**", "", f"**{_cell(m['r_b'])}**", f"{_cell(m['abs_lag'], 1)} (abs)", "",
-                      _cell(m["r_a"]), _cell(m["psnr_outside_db"], 1), _cell(m["control_passthrough_r_b"]),
+                      _cell(m["r_a"]), _cell(m["psnr_outside_db"], 1),
+                      f"{_cell(m['self_check_r'])} (min {_cell(m['min_self_check_r'])})", _cell(m["control_passthrough_r_b"]),
                       _cell(m["control_shifted_r_b"])])
     lines = _markdown(["video A", "audio B", "r_B", "lag", "frames", "r_A", "PSNR outside lower face (dB)",
-                       "passthrough r_B", f"B's audio +{SHIFT_S:g} s r_B"], pair_rows)
+                       "self-check r", "passthrough r_B", f"B's audio +{SHIFT_S:g} s r_B"], pair_rows)
     video_rows = [[a, _cell(v["r_b"]), _cell(v["r_a"]), _cell(v["abs_lag"], 1), _cell(v["psnr_outside_db"], 1),
-                   f"{v['beats_controls']} of {v['pairs']}"] for a, v in summary["per_video_a"].items()]
+                   _cell(v["min_self_check_r"]), f"{v['beats_controls']} of {v['pairs']}"]
+                  for a, v in summary["per_video_a"].items()]
     lines += [""] + _markdown(["video A", "mean r_B", "mean r_A", "mean abs lag", "PSNR outside (dB)",
-                               "pairs beating both controls"], video_rows)
+                               "lowest self-check r", "pairs beating both controls"], video_rows)
     lines.append(f"\noutput beats both controls on r_B in {summary['pairs_beating_controls']} of "
                  f"{len(summary['pairs'])} pairs")
     return "\n".join(lines)

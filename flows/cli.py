@@ -151,7 +151,8 @@ def _single_title(mode: str, source: str, audio: str, script: str | None, output
     row = {"title_id": title_id, mode: str(Path(source).resolve()), "language": language,
            "dub_audio": str(Path(audio).resolve()),
            **({"dub_script": str(Path(script).resolve())} if script else {}),
-           "options": {k: v for k, v in row_options.items() if v is not None}}
+           "options": {k: v for k, v in {**row_options, **{k: options.pop(k) for k in _ENCODE_OPTIONS}}.items()
+                       if v is not None}}
     catalogue = run_folder / "catalogue.yaml"
     from flows.run_folder import RunFolderBusy, run_lock
 
@@ -176,7 +177,15 @@ _single_options = [
     click.option("--script", default=None,
                  help="The dub's text for the audio stage: plain text (.txt) or subtitles (.srt, .vtt), UTF-8."),
     click.option("--run-dir", default=None, help="Run folder (default: OUTPUT's name + '.dubline' beside it)."),
+    click.option("--crf", default=None, help="Constant rate factor of the output video, 0-51, or 'auto' (the "
+                 "default: from the source's own bits per pixel)."),
+    click.option("--video-codec", type=click.Choice(["auto", "h264", "hevc"]), default=None,
+                 help="Output codec (default auto: HEVC for HEVC, deeper than 8-bit or HDR sources, else H.264)."),
+    click.option("--hdr-output", type=click.Choice(["source", "sdr"]), default=None,
+                 help="An HDR source's output: HDR tagged like the source (default), or SDR with a tone map."),
 ]
+#: Options of ``_single_options`` that go into the catalogue row as they are.
+_ENCODE_OPTIONS = ("crf", "video_codec", "hdr_output")
 
 
 def _with_single_options(func):
@@ -185,15 +194,34 @@ def _with_single_options(func):
     return _with_run_options(func)
 
 
+def _speaker_stems(ctx, param, values: tuple[str, ...]) -> dict[str, str] | None:
+    """``--speaker NAME=FILE`` options -> {name: absolute path}, or None when none is given."""
+    stems = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise click.BadParameter(f"{value!r} is not NAME=FILE (e.g. S1=ep1.fr.S1.wav)")
+        stems[name.strip()] = str(Path(path.strip()).resolve())
+    return stems or None
+
+
 @main.command()
 @click.argument("video")
 @click.argument("audio")
+@click.option("--speaker", "speakers", multiple=True, callback=_speaker_stems, metavar="NAME=FILE",
+              help="A dub stem of one speaker (repeat per speaker); AUDIO stays the mix of all of them.")
+@click.option("--speaker-binding", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="YAML or CSV rows (shot, track, speaker) binding face tracks (see `dubline inspect`) to "
+              "speakers, or to 'none' (never driven).")
 @_with_single_options
 def dub(video: str, audio: str, output: str, language: str, script: str | None, run_dir: str | None,
-        expression_scale: float | None, **options) -> None:
-    """Dub VIDEO with the speech in AUDIO: same picture, mouths re-driven by the new audio."""
-    _single_title("video", video, audio, script, output, language, run_dir, {"expression_scale": expression_scale},
-                  options)
+        expression_scale: float | None, speakers: dict[str, str] | None, speaker_binding: str | None,
+        **options) -> None:
+    """Dub VIDEO with the speech in AUDIO: same picture, the mouth of whoever speaks re-driven by the
+    new audio (listeners keep their filmed mouths)."""
+    row_options = {"expression_scale": expression_scale, "dub_speakers": speakers,
+                   "speaker_binding": str(Path(speaker_binding).resolve()) if speaker_binding else None}
+    _single_title("video", video, audio, script, output, language, run_dir, row_options, options)
 
 
 def _angles(text: str | None) -> list[float] | None:
@@ -210,19 +238,22 @@ def _angles(text: str | None) -> list[float] | None:
 @click.option("--yaw", default=None, help="Yaw angles (degrees) visited in order, e.g. 0,20,-20,0.")
 @click.option("--pitch", default=None, help="Pitch angles (degrees) visited in order.")
 @click.option("--roll", default=None, help="Roll angles (degrees) visited in order.")
+@click.option("--background", default=None, help="Colour under the portrait's transparent pixels: #rrggbb or "
+              "white (default), black, grey, green.")
 @click.option("--framing", type=click.Choice(["full", "crop", "resize"]), default=None,
               help="Output picture: the full portrait (default), a crop around the face, or resized to 512 px.")
 @_with_single_options
 def avatar(portrait: str, audio: str, output: str, language: str, script: str | None, run_dir: str | None,
            expression_scale: float | None, still: bool, pose_style: int | None, ref_pose: str | None,
-           ref_blink: str | None, yaw: str | None, pitch: str | None, roll: str | None, framing: str | None,
-           **options) -> None:
+           ref_blink: str | None, yaw: str | None, pitch: str | None, roll: str | None, background: str | None,
+           framing: str | None, **options) -> None:
     """Make a talking video of PORTRAIT speaking AUDIO (head motion and blinks from the audio)."""
     row_options = {
         "expression_scale": expression_scale, "still": still or None, "pose_style": pose_style,
         "ref_pose": str(Path(ref_pose).resolve()) if ref_pose else None,
         "ref_blink": str(Path(ref_blink).resolve()) if ref_blink else None,
         "yaw": _angles(yaw), "pitch": _angles(pitch), "roll": _angles(roll), "avatar_framing": framing,
+        "background": background,
     }
     _single_title("portrait", portrait, audio, script, output, language, run_dir, row_options, options)
 
@@ -284,12 +315,16 @@ def report(out: str) -> None:
 @click.argument("run_folder")
 @click.option("--title", "title_id", required=True, help="Title to draw.")
 @click.option("--frames", default=6, show_default=True, help="Number of evenly spaced frames.")
-def inspect(run_folder: str, title_id: str, frames: int) -> None:
+@click.option("--speakers", is_flag=True, help="Also draw each dubbed language's speaker timeline (who speaks "
+              "when, by shot and track), to bind tracks to speakers; one PNG per language, printed after the sheet.")
+def inspect(run_folder: str, title_id: str, frames: int, speakers: bool) -> None:
     """Draw face meshes, head-pose axes and track ids on sampled frames of a title of RUN_FOLDER."""
-    from flows.inspect import inspect_title
+    from flows.inspect import inspect_title, speaker_timelines
 
     try:
         click.echo(inspect_title(run_folder, title_id, frames))
+        for url in speaker_timelines(run_folder, title_id) if speakers else ():
+            click.echo(url)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -325,7 +360,8 @@ def lipsync(clips: str, out: str, language: str, **options) -> None:
     if missing:
         _print_summary(summary)
         raise click.ClickException(f"the benchmark's dubs failed for {', '.join(missing)}")
-    results = lipsync_bench.summarize(lipsync_bench.measure(videos, pairs, produced))
+    self_checks = {t: title["reports"].get(language, {}).get("lipsync_r") for t, title in summary["titles"].items()}
+    results = lipsync_bench.summarize(lipsync_bench.measure(videos, pairs, produced, self_checks))
     lipsync_bench.write_results(results, work / "lipsync.json")
     click.echo(lipsync_bench.format_table(results))
     click.echo(f"\nwrote {work / 'lipsync.json'}")

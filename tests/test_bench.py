@@ -214,8 +214,8 @@ def test_psnr_counts_only_pixels_outside_the_mask(tmp_path):
 
 
 def _pair(a: str, b: str, r_b: float, lag: int, r_a: float, psnr: float, passthrough: float,
-          shifted: float) -> PairResult:
-    return PairResult(a=a, b=b, r_b=r_b, lag=lag, frames_b=100, r_a=r_a, psnr_outside_db=psnr,
+          shifted: float, self_check: float = 0.9) -> PairResult:
+    return PairResult(a=a, b=b, r_b=r_b, lag=lag, frames_b=100, r_a=r_a, psnr_outside_db=psnr, self_check_r=self_check,
                       control_passthrough_r_b=passthrough, control_shifted_r_b=shifted,
                       beats_controls=bool(r_b > passthrough and r_b > shifted))
 
@@ -224,7 +224,7 @@ def test_summary_means_per_video_a_and_strict_json(tmp_path):
     results = [
         _pair("x", "y", 0.6, 1, 0.1, 41.0, 0.0, 0.2),
         _pair("x", "z", float("nan"), 0, 0.3, 43.0, 0.1, 0.1),  # an undefined r_B is left out of the mean
-        _pair("y", "x", 0.2, -2, 0.5, 39.0, 0.3, float("nan")),  # fails the passthrough control
+        _pair("y", "x", 0.2, -2, 0.5, 39.0, 0.3, float("nan"), self_check=0.7),  # fails the passthrough control
     ]
     summary = summarize(results)
     assert summary["per_video_a"]["x"]["r_b"] == pytest.approx(0.6)
@@ -235,11 +235,14 @@ def test_summary_means_per_video_a_and_strict_json(tmp_path):
     assert summary["mean"]["r_b"] == pytest.approx(0.4) and summary["mean"]["abs_lag"] == pytest.approx(1.5)
     assert summary["mean"]["control_shifted_r_b"] == pytest.approx(0.15)
     assert summary["pairs_beating_controls"] == 1 and summary["beats_controls"] is False
+    assert summary["mean"]["min_self_check_r"] == pytest.approx(0.7)
+    assert summary["per_video_a"]["x"]["min_self_check_r"] == pytest.approx(0.9)
 
     table = format_table(summary)
-    assert "| x | y | 0.60 | 1 | 100 | 0.10 | 41.0 | 0.00 | 0.20 |" in table
+    assert "| x | y | 0.60 | 1 | 100 | 0.10 | 41.0 | 0.90 | 0.00 | 0.20 |" in table
+    assert "0.83 (min 0.70)" in table
     assert "| x | z | – | 0 |" in table  # NaN shows as a dash
-    assert "| x | 0.60 | 0.20 | 1.0 | 42.0 | 1 of 2 |" in table
+    assert "| x | 0.60 | 0.20 | 1.0 | 42.0 | 0.90 | 1 of 2 |" in table
     assert "in 1 of 3 pairs" in table
 
     write_results(summary, tmp_path / "lipsync.json")
@@ -276,6 +279,9 @@ def test_lipsync_command_dubs_clips_of_different_lengths(tmp_path):
     assert "| a | b |" in result.output and "| b | a |" in result.output
     state = json.loads((tmp_path / "bench" / "run" / "run.json").read_text())
     assert set(state["titles"]) == {"a--b", "a--b--shifted", "b--a", "b--a--shifted"}
+    for (a, b), pair in pairs.items():  # each pair carries its dub's own report figure
+        own = state["titles"][f"{a}--{b}"]["languages"]["en"]["lipsync_r"]
+        assert (pair["self_check_r"] is None) if own is None else pair["self_check_r"] == pytest.approx(own)
 
 
 def test_lipsync_command_needs_two_clips(tmp_path):
