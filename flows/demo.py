@@ -20,7 +20,6 @@ from stages.audio.espeak import Speech, synthesize, write_wav
 
 DEMO_SIZE = 512
 DEMO_LINES = {
-    "en": ("en", "Hello and welcome. This picture keeps its face, but speaks a new language."),
     "fr": ("fr", "Bonjour à tous. Cette vidéo parle maintenant français, avec la même image."),
     "de": ("de", "Guten Tag. Dieses Video spricht jetzt Deutsch, mit demselben Bild."),
 }
@@ -108,9 +107,10 @@ def build_demo_catalogue(out_dir: Path) -> Path:
     inputs = out_dir / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
     speech = {lang: synthesize(text, voice=voice) for lang, (voice, text) in DEMO_LINES.items()}
-    # The picture lasts as long as the longest dub; the original English line is fitted to it.
+    # The picture lasts as long as the longest dub. It is silent: still portraits under a voice would
+    # be listeners of an off-screen speaker (who speaks when), and nobody would be dubbed.
     seconds = max(speech[lang].duration_s for lang in ("fr", "de")) / 2 + 0.2
-    write_portrait_clip(inputs / "portraits.mp4", [astronaut(), grace_hopper()], seconds, audio=speech["en"])
+    write_portrait_clip(inputs / "portraits.mp4", [astronaut(), grace_hopper()], seconds)
     dubs = {}
     for lang in ("fr", "de"):
         write_wav(speech[lang], str(inputs / f"dub.{lang}.wav"))

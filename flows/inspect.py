@@ -1,4 +1,6 @@
-"""``dubline inspect``: a contact sheet of a title's face analysis (mesh, pose axes, track ids)."""
+"""``dubline inspect``: a contact sheet of a title's face analysis (mesh, pose axes, track ids) and,
+per dubbed language, its speaker timeline (who speaks when, by shot and track): what an operator
+looks at before binding tracks to speakers."""
 
 from __future__ import annotations
 
@@ -8,9 +10,10 @@ import numpy as np
 from flows.run_folder import RunFolder
 from schemas import storage
 from schemas.manifest_io import read_rows
-from schemas.manifests import FACE_TRACKS, TITLES
+from schemas.manifests import AUDIO_TRACKS, DRIVEN_COEFFS, FACE_TRACKS, SHOTS, TITLES
 from stages.faces.draw import draw_faces
 from stages.faces.stage import decode_rgb
+from stages.report.plots import speaker_timeline
 
 TILE = 360
 
@@ -53,3 +56,32 @@ def inspect_title(run_url: str, title_id: str, frames: int = 6) -> str:
     url = storage.join(run.url, "inspect", f"{title_id}.png")
     storage.write_bytes(url, png.tobytes())
     return url
+
+
+def speaker_timelines(run_url: str, title_id: str) -> list[str]:
+    """Draw the speaker timeline of every language of ``title_id`` whose coefficients are finished
+    (``inspect/<title>.<language>.speakers.png``); returns their URLs (none for an avatar)."""
+    run = RunFolder(run_url)
+    title_state = run.state["titles"].get(title_id, {})
+    stages = title_state.get("stages", {})
+    if "probe" not in stages or "shots" not in stages:
+        return []
+    (title,) = read_rows(run.manifest_url("probe", title_id, stages["probe"]["key"]), TITLES)
+    if title["mode"] == "avatar":
+        return []
+    shots = [(s["start_s"], s["end_s"]) for s in read_rows(run.manifest_url("shots", title_id, stages["shots"]["key"]), SHOTS)]
+    urls = []
+    for language, state in sorted(title_state.get("languages", {}).items()):
+        done = state.get("stages", {})
+        if "coeffs" not in done or "audio" not in done:
+            continue
+        (audio,) = read_rows(run.manifest_url("audio", title_id, done["audio"]["key"]), AUDIO_TRACKS)
+        driven = read_rows(run.manifest_url("coeffs", title_id, done["coeffs"]["key"]), DRIVEN_COEFFS)
+        tracks = [{"label": f"shot {d['shot_index']} · track {d['track_id']}", "frame_index": d["frame_index"],
+                   "probability": d["speaker_probability"], "driven_weight": d["driven_weight"]} for d in driven]
+        png = speaker_timeline(title["fps"], title["frame_count"], shots,
+                               [(s["start_s"], s["end_s"]) for s in audio["speech_segments"]], tracks, audio["words"])
+        url = storage.join(run.url, "inspect", f"{title_id}.{language}.speakers.png")
+        storage.write_bytes(url, png)
+        urls.append(url)
+    return urls

@@ -121,7 +121,7 @@ def localize_title(run_url: str, title_id: str, entries: list[dict[str, Any]], w
     run = tasks.session_for(run_url).run
     first = CatalogueEntry.from_row(entries[0])
     run.update_title(title_id, status="running", mode=first.mode, source_url=first.source_url, error=None)
-    titles_url = tasks.probe(run_url, title_id, first.mode, first.source_url)
+    titles_url = tasks.probe(run_url, title_id, first.mode, first.source_url, first.options["background"])
     shots_url = tasks.shots(run_url, title_id, titles_url)
     faces_url = tasks.faces(run_url, title_id, titles_url, shots_url)
 

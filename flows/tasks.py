@@ -131,9 +131,11 @@ def _execute(
 
 
 @task(name="probe", task_run_name="probe-{title_id}")
-def probe(run_url: str, title_id: str, mode: str, source_url: str) -> str:
+def probe(run_url: str, title_id: str, mode: str, source_url: str, background: str) -> str:
+    """The source's facts; ``background`` (a colour option) goes under a portrait's transparent pixels."""
     row = {"title_id": title_id, "mode": mode, "source_url": source_url}
-    return _execute(run_url, ProbeStage, title_id, {"source": storage.stat_token(source_url)}, rows=(row,))
+    return _execute(run_url, ProbeStage, title_id, {"source": storage.stat_token(source_url)}, rows=(row,),
+                    params={"background": background})
 
 
 @task(name="shots", task_run_name="shots-{title_id}")
@@ -186,6 +188,11 @@ def coeffs(run_url: str, title_id: str, language: str, titles_url: str, faces_ur
     inputs = {"titles": _key_of(titles_url), "faces": _key_of(faces_url), "audio": _key_of(audio_url),
               **{k: options[k] for k in driving},
               **{k: storage.fingerprint(options[k]) for k in ("ref_pose", "ref_blink") if options[k]}}
+    # Who speaks when: the stems' and the binding's content, only when given (other keys stay as they were).
+    if options.get("dub_speakers"):
+        inputs["dub_speakers"] = {name: storage.fingerprint(url) for name, url in sorted(options["dub_speakers"].items())}
+    if options.get("speaker_binding"):
+        inputs["speaker_binding"] = storage.fingerprint(options["speaker_binding"])
     return _execute(run_url, CoeffsStage, title_id, inputs, language=language, rows=(row,))
 
 

@@ -3,8 +3,10 @@
 A catalogue is a YAML, CSV or Parquet file (any fsspec URL) of rows with ``title_id``,
 ``video`` or ``portrait``, ``language`` and ``dub_audio``, an optional ``dub_script`` (the dub's
 text: .txt, .srt or .vtt) and optional per-row options. YAML may also give a title once with a
-``dubs: {language: audio}`` mapping, where a language's value may be ``{audio: …, script: …}``.
-Relative paths are resolved against the catalogue's own folder. A folder of title folders laid
+``dubs: {language: audio}`` mapping, where a language's value may be ``{audio: …, script: …,
+speakers: {S1: …}}`` (``speakers``: one dub stem per speaker, the option ``dub_speakers``).
+A ``speaker_binding`` file (YAML or CSV rows of shot, track, speaker) binds face tracks to those
+speakers, or to ``none``. Relative paths are resolved against the catalogue's own folder. A folder of title folders laid
 out by convention is a catalogue too (``schemas.catalogue_folder``).
 
 Validation never raises for a bad row: it returns the good entries and one ``RowError`` per
@@ -27,11 +29,15 @@ import pyarrow.parquet as pq
 import yaml
 
 from schemas import storage
+from schemas.colour import parse_colour
 
 #: Per-row options a catalogue may set, with their type and default.
 OPTION_DEFAULTS: dict[str, Any] = {
-    "crf": 18,  # H.264 constant rate factor of the output video
-    "preset": "veryfast",  # x264 preset of the output video
+    "crf": "auto",  # constant rate factor of the output video; "auto": from the source's bits per pixel
+    "preset": "veryfast",  # x264/x265 preset of the output video
+    "video_codec": "auto",  # "h264", "hevc", or "auto": HEVC for HEVC, deeper than 8-bit or HDR sources
+    "hdr_output": "source",  # an HDR source's output: "source" (HDR, tagged like it) or "sdr" (tone-mapped)
+    "background": "#ffffff",  # colour under a portrait's transparent pixels: #rrggbb or white/black/grey/green
     "audio_tolerance_s": 2.0,  # refuse dub audio whose length differs more from the picture
     "expression_scale": 1.0,  # multiplies the driven mouth motion (SadTalker's expression scale)
     # Avatar mode (portrait input), as SadTalker has them:
@@ -43,8 +49,12 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "pitch": None,
     "roll": None,
     "avatar_framing": "full",  # output picture: "full" portrait, "crop" around the face, "resize" to 512 px
+    # Who speaks when (dub mode):
+    "dub_speakers": None,  # {speaker: audio}: one dub stem per speaker, beside the mix (dub_audio)
+    "speaker_binding": None,  # YAML/CSV rows (shot, track, speaker): which face each speaker is, or none
 }
 _URL_OPTIONS = ("ref_pose", "ref_blink")
+_CHOICES = {"video_codec": ("auto", "h264", "hevc"), "hdr_output": ("source", "sdr")}
 _X264_PRESETS = {
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
 }
@@ -52,7 +62,12 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CORE_COLUMNS = {"title_id", "video", "portrait", "language", "dub_audio", "dub_script", "options"}
 #: Extensions of dub scripts: plain text, SubRip and WebVTT subtitles (read by ``stages.audio.script``).
 SCRIPT_EXTENSIONS = ("txt", "srt", "vtt")
-_DUB_KEYS = ("audio", "script")  # keys of a language's mapping in a YAML ``dubs`` mapping
+_DUB_KEYS = ("audio", "script", "speakers")  # keys of a language's mapping in a YAML ``dubs`` mapping
+#: Speaker names of dub stems and bindings: safe in file names and reports.
+_SPEAKER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+#: The speaker a face is bound to when it must never be driven (a listener, a screen, a poster).
+SPEAKER_NONE = "none"
+BINDING_EXTENSIONS = ("yaml", "yml", "csv")
 
 
 class _CatalogueYamlLoader(yaml.SafeLoader):
@@ -171,13 +186,16 @@ def validate_rows(
         # A malformed dubs entry has no row to validate: its problems are the row's.
         entry, problems = (None, mapping_problems) if mapping_problems else _validate_row(number, raw, base_url)
         if check_files and entry is not None:
-            references = [entry.options[k] for k in _URL_OPTIONS if entry.options.get(k)]
+            references = [entry.options[k] for k in (*_URL_OPTIONS, "speaker_binding") if entry.options.get(k)]
             script = [entry.dub_script_url] if entry.dub_script_url else []
-            for file_url in (entry.source_url, entry.dub_audio_url, *script, *references):
+            stems = list((entry.options.get("dub_speakers") or {}).values())
+            for file_url in (entry.source_url, entry.dub_audio_url, *script, *references, *stems):
                 if file_url not in url_problems:
                     url_problems[file_url] = _file_problem(file_url)
                 if url_problems[file_url]:
                     problems.append(url_problems[file_url])
+            if not problems and entry.options.get("speaker_binding"):
+                problems.extend(_binding_problems(entry))
         if problems:
             title = raw.get("title_id")
             language = raw.get("language")
@@ -256,13 +274,15 @@ def _expand_dub_mappings(rows: list[dict[str, Any]]) -> list[tuple[int, dict[str
             if isinstance(dub, dict):
                 unknown = sorted(str(key) for key in dub if key not in _DUB_KEYS)
                 if unknown:
-                    problems.append(f"dubs.{language} has unknown keys {unknown} (use 'audio' and 'script')")
+                    problems.append(f"dubs.{language} has unknown keys {unknown} (use 'audio', 'script' and 'speakers')")
                 row.update(dub_audio=dub.get("audio"), dub_script=dub.get("script"))
+                if dub.get("speakers") is not None:
+                    row["dub_speakers"] = dub["speakers"]
             elif dub is None or isinstance(dub, str):
                 row["dub_audio"] = dub
             else:
-                problems.append(f"dubs.{language} must be an audio file or a mapping {{audio: …, script: …}}, "
-                                f"not {dub!r}")
+                problems.append(f"dubs.{language} must be an audio file or a mapping {{audio: …, script: …, "
+                                f"speakers: …}}, not {dub!r}")
             out.append((number, row, problems))
     return out
 
@@ -341,6 +361,13 @@ def _validate_row(number: int, raw: dict[str, Any], base_url: str) -> tuple[Cata
     for key in _URL_OPTIONS:
         if options.get(key):
             options[key] = _resolve(options[key], base_url)
+    if options["dub_speakers"]:
+        options["dub_speakers"] = {name: _resolve(path, base_url) for name, path in options["dub_speakers"].items()}
+    if options["speaker_binding"]:
+        options["speaker_binding"] = _resolve(options["speaker_binding"], base_url)
+    if portrait and (options["dub_speakers"] or options["speaker_binding"]):
+        return None, [("dub_speakers and speaker_binding are for dub mode (a video): an avatar's portrait "
+                       "has one talking face")]
     source = video or portrait
     return (
         CatalogueEntry(
@@ -386,10 +413,19 @@ def _parse_options(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 def _coerce_option(key: str, value: Any) -> Any:
     if key == "crf":
+        if str(value).strip().lower() == "auto":
+            return "auto"
         crf = int(value)
         if not 0 <= crf <= 51:
-            raise ValueError("must be between 0 and 51")
+            raise ValueError("must be 'auto' or between 0 and 51")
         return crf
+    if key in _CHOICES:
+        if str(value) not in _CHOICES[key]:
+            raise ValueError(f"must be one of {', '.join(_CHOICES[key])}")
+        return str(value)
+    if key == "background":
+        parse_colour(str(value))  # ValueError for anything but a colour
+        return str(value)
     if key == "preset":
         if str(value) not in _X264_PRESETS:
             raise ValueError(f"must be one of {sorted(_X264_PRESETS)}")
@@ -424,12 +460,119 @@ def _coerce_option(key: str, value: Any) -> Any:
         if str(value) not in ("full", "crop", "resize"):
             raise ValueError("must be one of 'full', 'crop', 'resize'")
         return str(value)
+    if key == "dub_speakers":
+        return _speaker_stems(value)
+    if key == "speaker_binding":
+        path = str(value)
+        extension = path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
+        if extension not in BINDING_EXTENSIONS:
+            raise ValueError("must be a .yaml, .yml or .csv file of rows (shot, track, speaker)")
+        return path
     if key == "audio_tolerance_s":
         tolerance = float(value)
         if not tolerance >= 0:
             raise ValueError("must be a non-negative number of seconds")
         return tolerance
     raise ValueError("unknown option")
+
+
+def speaker_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a dub stem's speaker, or None."""
+    if name.lower() == SPEAKER_NONE:
+        return f"speaker name {name!r} is reserved (it binds a face to nobody)"
+    if not _SPEAKER_NAME.match(name):
+        return f"speaker name {name!r} is not letters, digits, '_' or '-' (at most 64, starting with a letter or digit)"
+    return None
+
+
+def _speaker_stems(value: Any) -> dict[str, str]:
+    """``dub_speakers`` as {speaker: path}: a mapping (YAML, JSON) or "S1=a.wav;S2=b.wav" (a CSV cell)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            value = json.loads(text)
+        else:
+            pairs = [item.split("=", 1) for item in text.split(";") if item.strip()]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError("must be a mapping {speaker: audio} or 'S1=a.wav;S2=b.wav'")
+            value = {name.strip(): path.strip() for name, path in pairs}
+    if not isinstance(value, dict) or not value:
+        raise ValueError("must be a mapping {speaker: audio} with at least one speaker")
+    stems = {}
+    for name, path in value.items():
+        if problem := speaker_name_problem(str(name)):
+            raise ValueError(problem)
+        if _text(path) is None or not isinstance(path, str):
+            raise ValueError(f"speaker {name}: expected an audio file, not {path!r}")
+        stems[str(name)] = path.strip()
+    return stems
+
+
+@dataclass(frozen=True)
+class SpeakerBinding:
+    """One row of a speaker binding: the face track ``track`` of shot ``shot`` is ``speaker``."""
+
+    shot: int
+    track: int
+    speaker: str  # a dub stem's speaker, or ``SPEAKER_NONE`` (never driven)
+
+
+def read_speaker_binding(url: str) -> list[SpeakerBinding]:
+    """Read a speaker binding: YAML (a list of {shot, track, speaker}) or CSV (header shot,track,speaker).
+
+    Shot and track are the numbers ``dubline inspect`` and the report show. Raises ValueError
+    naming the file and the problem (unreadable, not rows, a bad number or name, a track twice).
+    """
+    try:
+        text = storage.read_text(url)
+        if url.lower().endswith(".csv"):
+            rows: Any = list(csv.DictReader(io.StringIO(text.lstrip("\ufeff"))))
+        else:
+            rows = yaml.load(text, Loader=_CatalogueYamlLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, csv.Error) as exc:
+        raise ValueError(f"speaker binding {url}: cannot be read ({exc})") from exc
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"speaker binding {url}: expected rows of shot, track, speaker")
+    bindings, seen = [], set()
+    for number, row in enumerate(rows, start=1):
+        missing = [k for k in ("shot", "track", "speaker") if _text(row.get(k)) is None]
+        if missing:
+            raise ValueError(f"speaker binding {url}: row {number} has no {', '.join(missing)}")
+        try:
+            shot, track = int(str(row["shot"]).strip()), int(str(row["track"]).strip())
+        except ValueError as exc:
+            raise ValueError(f"speaker binding {url}: row {number}: shot and track must be whole numbers") from exc
+        speaker = str(row["speaker"]).strip()
+        if speaker.lower() == SPEAKER_NONE:
+            speaker = SPEAKER_NONE
+        elif problem := speaker_name_problem(speaker):
+            raise ValueError(f"speaker binding {url}: row {number}: {problem}")
+        if shot < 0 or track < 0:
+            raise ValueError(f"speaker binding {url}: row {number}: shot and track are not negative")
+        if (shot, track) in seen:
+            raise ValueError(f"speaker binding {url}: shot {shot}, track {track} is bound twice")
+        seen.add((shot, track))
+        bindings.append(SpeakerBinding(shot, track, speaker))
+    return bindings
+
+
+def _binding_problems(entry: CatalogueEntry) -> list[str]:
+    """The speaker binding of a row that can be read, against its stems: every stem's speaker is
+    bound to a face, and every speaker bound to a face has a stem (when the row has stems)."""
+    try:
+        bindings = read_speaker_binding(entry.options["speaker_binding"])
+    except ValueError as exc:
+        return [str(exc)]
+    stems = entry.options.get("dub_speakers") or {}
+    if not stems:
+        return []
+    bound = {b.speaker for b in bindings if b.speaker != SPEAKER_NONE}
+    problems = [f"dub stem for unknown speaker {name!r}: the speaker binding {entry.options['speaker_binding']} "
+                f"binds no face to it (speakers bound: {', '.join(sorted(bound)) or 'none'})"
+                for name in sorted(set(stems) - bound)]
+    problems += [f"speaker {name!r} of the speaker binding has no dub stem (stems: {', '.join(sorted(stems))})"
+                 for name in sorted(bound - set(stems))]
+    return problems
 
 
 def _file_problem(url: str) -> str | None:

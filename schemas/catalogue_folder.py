@@ -3,14 +3,17 @@
     <folder>/<title>/<video or portrait image>   exactly one: dub mode (video) or avatar mode (image)
     <folder>/<title>/dub.<lang>.<ext>            one per language, e.g. dub.fr.wav, dub.pt-BR.m4a
     <folder>/<title>/dub.<lang>.txt|srt|vtt      optional: that language's dub script (its text)
+    <folder>/<title>/dub.<lang>.<speaker>.<ext>  optional: one dub stem per speaker, e.g. dub.fr.S1.wav
+    <folder>/<title>/speakers.yaml|yml|csv       optional: the speaker binding (shot, track -> speaker)
     <folder>/<title>/options.yaml                optional: the title's options (see OPTION_DEFAULTS)
 
 The folder name is the title id. Each title becomes one catalogue entry with a ``dubs`` mapping and
 goes through the same row validation as a catalogue file; titles are numbered as rows in name
 order. Problems of a title's folder (no or two sources, no dub tracks, two tracks for a language,
 a dub file without a language, an unsafe folder name, a bad options.yaml) are errors of that
-title alone; a script without a dub track beside it, or two scripts for one language, are errors
-of that language alone. Hidden entries and other files (notes, subtitles) are ignored.
+title alone; a script or a speaker's stem without a dub track beside it, two scripts for one
+language or two stems for one speaker, are errors of that language alone. Hidden entries and
+other files (notes, subtitles) are ignored.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from schemas.catalogue import (
 VIDEO_EXTENSIONS = frozenset({"mp4", "m4v", "mov", "mkv", "webm", "avi", "mxf", "ts", "mts", "mpg", "mpeg", "wmv", "flv"})
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"})
 OPTIONS_FILES = ("options.yaml", "options.yml")
-_URL_OPTIONS = ("ref_pose", "ref_blink")  # option values that are files, relative to the title folder
+BINDING_FILES = ("speakers.yaml", "speakers.yml", "speakers.csv")
+_URL_OPTIONS = ("ref_pose", "ref_blink", "speaker_binding")  # option values that are files, relative to the title folder
 
 
 @dataclass
@@ -48,6 +52,7 @@ class TitleFolder:
     images: list[str] = field(default_factory=list)
     dubs: dict[str, list[str]] = field(default_factory=dict)  # language as written -> file names
     scripts: dict[str, list[str]] = field(default_factory=dict)  # language as written -> script file names
+    stems: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # language -> speaker -> file names
     options: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     language_problems: dict[str, list[str]] = field(default_factory=dict)  # language as written -> problems
@@ -62,8 +67,14 @@ class TitleFolder:
             if language in self.language_problems:
                 continue
             audio = storage.join(self.url, files[0])
-            scripts = self.scripts.get(language)
-            dubs[language] = {"audio": audio, "script": storage.join(self.url, scripts[0])} if scripts else audio
+            scripts, stems = self.scripts.get(language), self.stems.get(language)
+            dubs[language] = audio
+            if scripts or stems:
+                dubs[language] = {"audio": audio}
+                if scripts:
+                    dubs[language]["script"] = storage.join(self.url, scripts[0])
+                if stems:
+                    dubs[language]["speakers"] = {name: storage.join(self.url, f[0]) for name, f in stems.items()}
         return {"title_id": self.title_id, source_key: storage.join(self.url, source), "dubs": dubs,
                 "options": self.options}
 
@@ -120,7 +131,7 @@ def _basename(path: str) -> str:
 
 
 def _scan_title(fs, path: str, title: TitleFolder) -> TitleFolder:
-    options_files, unnamed_dubs = [], []
+    options_files, binding_files, unnamed_dubs = [], [], []
     for entry in sorted(fs.ls(path, detail=True), key=lambda e: e["name"]):
         name = _basename(entry["name"])
         if entry["type"] != "file" or name.startswith("."):
@@ -130,11 +141,16 @@ def _scan_title(fs, path: str, title: TitleFolder) -> TitleFolder:
         if parts[0] == "dub":
             if len(parts) < 3 or not parts[1]:
                 unnamed_dubs.append(name)
-            else:  # a text or subtitle file is the language's script, any other file its audio
-                found = title.scripts if extension in SCRIPT_EXTENSIONS else title.dubs
-                found.setdefault(".".join(parts[1:-1]), []).append(name)
+            elif extension in SCRIPT_EXTENSIONS:  # a text or subtitle file is the language's script
+                title.scripts.setdefault(".".join(parts[1:-1]), []).append(name)
+            elif len(parts) > 3:  # dub.<lang>.<speaker>.<ext>: one speaker's stem (language tags have no dots)
+                title.stems.setdefault(parts[1], {}).setdefault(".".join(parts[2:-1]), []).append(name)
+            else:  # any other file is the language's audio
+                title.dubs.setdefault(parts[1], []).append(name)
         elif name in OPTIONS_FILES:
             options_files.append(name)
+        elif name in BINDING_FILES:
+            binding_files.append(name)
         elif extension in VIDEO_EXTENSIONS:
             title.videos.append(name)
         elif extension in IMAGE_EXTENSIONS:
@@ -156,7 +172,21 @@ def _scan_title(fs, path: str, title: TitleFolder) -> TitleFolder:
     for language, files in title.dubs.items():
         if len(files) > 1:
             title.problems.append(f"more than one dub track for language {language!r}: {', '.join(files)}")
+    for language, speakers in title.stems.items():
+        for speaker, files in speakers.items():
+            if language not in title.dubs:
+                problem = (f"dub stem {', '.join(files)} has no dub track beside it "
+                           f"(dub.{language}.<audio ext>, the mix of every speaker)")
+            elif len(files) > 1:
+                problem = f"more than one dub stem for speaker {speaker!r} of language {language!r}: {', '.join(files)}"
+            else:
+                continue
+            title.language_problems.setdefault(language, []).append(problem)
     for language, files in title.scripts.items():
+        if "." in language:
+            title.language_problems.setdefault(language.split(".")[0], []).append(
+                f"dub script {', '.join(files)}: scripts are per language (dub.<lang>.txt|srt|vtt), not per speaker")
+            continue
         if language not in title.dubs:
             problem = (f"dub script {', '.join(files)} has no dub track beside it "
                        f"(dub.{language}.<audio ext>, e.g. dub.{language}.wav)")
@@ -169,6 +199,12 @@ def _scan_title(fs, path: str, title: TitleFolder) -> TitleFolder:
         title.problems.append(f"both {' and '.join(options_files)}; keep one")
     elif options_files:
         _read_options(fs, f"{path.rstrip('/')}/{options_files[0]}", title)
+    if len(binding_files) > 1:
+        title.problems.append(f"both {' and '.join(binding_files)}; keep one speaker binding")
+    elif binding_files and title.options.get("speaker_binding"):
+        title.problems.append(f"{binding_files[0]} and a speaker_binding in the options; keep one")
+    elif binding_files:
+        title.options = {**title.options, "speaker_binding": storage.join(title.url, binding_files[0])}
     return title
 
 

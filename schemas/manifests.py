@@ -203,7 +203,7 @@ AUDIO_TRACKS = ManifestSchema(
 
 DRIVEN_COEFFS = ManifestSchema(
     "driven_coeffs",
-    2,
+    3,  # 3: who speaks when (speaker_probability, driven_weight, speaker)
     (
         pa.field("title_id", pa.string(), nullable=False),
         pa.field("language", pa.string(), nullable=False),
@@ -225,6 +225,13 @@ DRIVEN_COEFFS = ManifestSchema(
                                 ("end_s", pa.float64())])),
             nullable=False,
         ),
+        # Who speaks when, per frame of the track: the probability that this face is the one speaking
+        # in the source (active speaker detection; None where not measured: an avatar, a source
+        # without audio), and the weight of the driven mouth over the filmed one (0: not driven, the
+        # filmed mouth is kept exactly and nothing is rendered; 1: driven; between: fading in or out).
+        pa.field("speaker_probability", pa.list_(pa.float32())),
+        pa.field("driven_weight", pa.list_(pa.float32()), nullable=False),
+        pa.field("speaker", pa.string()),  # the dub stem driving this face (None: the dub's mix)
     ),
 )
 

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from schemas import storage
+from schemas.colour import hex_to_rgb
 
 
 @contextlib.contextmanager
@@ -371,7 +372,7 @@ class ShownVideo:
             colour=Colour(title["color_primaries"], title["color_transfer"], title["color_matrix"],
                           title["color_range"], title["bit_depth"]),
             still=title["still"],
-            background=_hex_colour(title["background"]) if title["background"] else STILL_BACKGROUND,
+            background=hex_to_rgb(title["background"]) if title["background"] else STILL_BACKGROUND,
             bit_rate=title["bit_rate"],
             source_frames=title["source_frames"],
         )
@@ -594,24 +595,6 @@ def _to_srgb(image: Image.Image) -> Image.Image:
     if image.mode in ("LA", "La", "RGBa", "PA"):
         return image.convert("RGBA")
     return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
-
-
-def _hex_colour(text: str) -> tuple[int, int, int]:
-    """'#rrggbb' (or 'rrggbb') -> (r, g, b); ValueError otherwise."""
-    value = text.strip().removeprefix("#")
-    if len(value) != 6:
-        raise ValueError(f"colour {text!r} is not #rrggbb")
-    return int(value[:2], 16), int(value[2:4], 16), int(value[4:], 16)
-
-
-def parse_colour(text: str) -> tuple[int, int, int]:
-    """A background colour option: '#rrggbb' or one of white, black, grey/gray, green."""
-    named = {"white": "#ffffff", "black": "#000000", "grey": "#808080", "gray": "#808080", "green": "#00ff00"}
-    return _hex_colour(named.get(text.strip().lower(), text))
-
-
-def hex_colour(rgb: tuple[int, int, int]) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
 # --- audio --------------------------------------------------------------------------------------

@@ -25,17 +25,23 @@ SHOT_SECONDS = 1.2  # two shots: 30 frames each at 25 fps
 
 @pytest.fixture(scope="session")
 def media(tmp_path_factory) -> dict[str, Path]:
-    """Generated inputs: a two-shot portrait clip with English audio, and French/German dubs."""
+    """Generated inputs: portrait clips (two shots or one, silent; one shot with English speech),
+    and French/German dubs."""
     folder = tmp_path_factory.mktemp("media")
     original = synthesize("Hello there, how are you?", voice="en")
+    # Still portraits cannot be filmed speakers: with a soundtrack, active speaker detection would
+    # rightly take them for listeners of an off-screen voice. Without one every face is dubbed.
     write_portrait_clip(folder / "two_shots.mp4", [astronaut(), grace_hopper()], SHOT_SECONDS,
-                        fps=CLIP_FPS, audio=original, size=CLIP_SIZE)
+                        fps=CLIP_FPS, size=CLIP_SIZE)
     write_portrait_clip(folder / "one_shot.mp4", [astronaut()], SHOT_SECONDS, fps=CLIP_FPS, size=CLIP_SIZE)
+    write_portrait_clip(folder / "with_audio.mp4", [astronaut()], SHOT_SECONDS, fps=CLIP_FPS, audio=original,
+                        size=CLIP_SIZE)
     write_wav(synthesize("Bonjour, comment allez-vous?", voice="fr"), str(folder / "dub.fr.wav"))
     write_wav(synthesize("Guten Tag, wie geht es?", voice="de"), str(folder / "dub.de.wav"))
     return {
         "two_shots": folder / "two_shots.mp4",
         "one_shot": folder / "one_shot.mp4",
+        "with_audio": folder / "with_audio.mp4",
         "dub_fr": folder / "dub.fr.wav",
         "dub_de": folder / "dub.de.wav",
     }

@@ -238,9 +238,9 @@ def test_yaml_dubs_mapping_takes_audio_and_script_per_language(media: Path) -> N
 BAD_DUBS = {
     # id: (the value of language fr in a dubs mapping, the problem reported for fr)
     "unknown-key": ({"audio": "ep01.fr.wav", "scrpt": "ep01.fr.srt"},
-                    "dubs.fr has unknown keys ['scrpt'] (use 'audio' and 'script')"),
+                    "dubs.fr has unknown keys ['scrpt'] (use 'audio', 'script' and 'speakers')"),
     "script-without-audio": ({"script": "ep01.fr.srt"}, "missing dub_audio"),
-    "list": (["ep01.fr.wav", "ep01.fr.srt"], "dubs.fr must be an audio file or a mapping {audio: …, script: …}"),
+    "list": (["ep01.fr.wav", "ep01.fr.srt"], "dubs.fr must be an audio file or a mapping {audio: …, script: …, speakers: …}"),
     "missing-script": ({"audio": "ep01.fr.wav", "script": "nope.srt"}, "missing file: {media}/nope.srt"),
 }
 
@@ -298,7 +298,10 @@ BAD_ROWS = {
                                  "dub script ep02.fr.wav: unknown script format '.wav' (use .txt, .srt, .vtt)"),
     "unknown-column": ({"colour": "red"}, "unknown option or column 'colour'"),
     "unknown-option": ({"options": {"cfr": 20}}, "unknown option or column 'cfr'"),
-    "crf-out-of-range": ({"crf": 99}, "option crf=99: must be between 0 and 51"),
+    "crf-out-of-range": ({"crf": 99}, "option crf=99: must be 'auto' or between 0 and 51"),
+    "bad-codec": ({"video_codec": "vp9"}, "option video_codec='vp9': must be one of auto, h264, hevc"),
+    "bad-hdr-output": ({"hdr_output": "hdr10"}, "option hdr_output='hdr10': must be one of source, sdr"),
+    "bad-background": ({"background": "mauve"}, "option background='mauve'"),
     "crf-not-a-number": ({"crf": "high"}, "option crf='high'"),
     "bad-preset": ({"preset": "warp"}, "option preset='warp': must be one of"),
     "negative-tolerance": ({"options": {"audio_tolerance_s": -1}}, "option audio_tolerance_s=-1: must be a non-negative"),
@@ -400,6 +403,16 @@ def test_norwegian_stays_a_language_in_yaml(media: Path) -> None:
     assert [e.language for e in catalogue.entries] == ["no", "no", "de"]
 
 
+def test_encode_and_background_options(media: Path) -> None:
+    catalogue = load(media, [{**GOOD, "crf": "AUTO", "video_codec": "hevc", "hdr_output": "sdr", "background": "#00ff00"},
+                             {**GOOD, "language": "de", "crf": 16, "background": "black"}])
+    assert not catalogue.errors
+    fr, de = (entry.options for entry in catalogue.entries)
+    assert (fr["crf"], fr["video_codec"], fr["hdr_output"], fr["background"]) == ("auto", "hevc", "sdr", "#00ff00")
+    assert (de["crf"], de["video_codec"], de["hdr_output"], de["background"]) == (16, "auto", "source", "black")
+    assert OPTION_DEFAULTS["crf"] == "auto"  # the CRF follows the source unless a row says otherwise
+
+
 def test_csv_options_column_as_json(media: Path) -> None:
     rows = [
         {**GOOD, "options": {"crf": 23, "preset": "slow"}},
@@ -470,3 +483,82 @@ def test_unreadable_catalogue_file(tmp_path: Path, name: str, content: bytes | N
 def test_catalogue_url_of_unknown_protocol() -> None:
     with pytest.raises(CatalogueError, match=r"catalogue nosuchproto://x/catalogue\.yaml: cannot be read"):
         load_catalogue("nosuchproto://x/catalogue.yaml")
+
+
+# --- who speaks when: per-speaker dub stems and the speaker binding ---------------------------------
+
+BINDING_YAML = "- {shot: 0, track: 0, speaker: S1}\n- {shot: 0, track: 1, speaker: S2}\n- {shot: 1, track: 2, speaker: none}\n"
+
+
+@pytest.fixture
+def stems(media: Path) -> Path:
+    for name in ("ep01.fr.S1.wav", "ep01.fr.S2.wav"):
+        (media / name).write_bytes(b"stem")
+    (media / "speakers.yaml").write_text(BINDING_YAML)
+    (media / "speakers.csv").write_text("shot,track,speaker\n0,0,S1\n0,1,S2\n1,2,None\n")
+    return media
+
+
+def test_stems_and_a_binding_in_yaml_and_csv_give_the_same_entries(stems: Path) -> None:
+    yaml_doc = [{"title_id": "ep01", "video": "ep01.mp4", "speaker_binding": "speakers.yaml",
+                 "dubs": {"fr": {"audio": "ep01.fr.wav", "speakers": {"S1": "ep01.fr.S1.wav", "S2": "ep01.fr.S2.wav"}}}}]
+    from_yaml = load(stems, yaml_doc)
+    assert from_yaml.errors == []
+    (entry,) = from_yaml.entries
+    assert entry.options["dub_speakers"] == {"S1": f"{stems}/ep01.fr.S1.wav", "S2": f"{stems}/ep01.fr.S2.wav"}
+    assert entry.options["speaker_binding"] == f"{stems}/speakers.yaml"
+    csv_rows = [{"title_id": "ep01", "video": "ep01.mp4", "language": "fr", "dub_audio": "ep01.fr.wav",
+                 "dub_speakers": "S1=ep01.fr.S1.wav; S2=ep01.fr.S2.wav", "speaker_binding": "speakers.csv"}]
+    from_csv = load(stems, csv_rows, "csv")
+    assert from_csv.errors == []
+    assert from_csv.entries[0].options["dub_speakers"] == entry.options["dub_speakers"]
+    from schemas.catalogue import SPEAKER_NONE, SpeakerBinding, read_speaker_binding
+
+    expected = [SpeakerBinding(0, 0, "S1"), SpeakerBinding(0, 1, "S2"), SpeakerBinding(1, 2, SPEAKER_NONE)]
+    assert read_speaker_binding(f"{stems}/speakers.yaml") == read_speaker_binding(f"{stems}/speakers.csv") == expected
+
+
+BAD_SPEAKERS = {
+    # id: (options of an ep01 fr row, binding file content or None, the problem reported)
+    "stem-for-unknown-speaker": ({"dub_speakers": {"S1": "ep01.fr.S1.wav", "S2": "ep01.fr.S2.wav",
+                                                   "S3": "ep01.fr.S2.wav"}}, BINDING_YAML,
+                                 "dub stem for unknown speaker 'S3': the speaker binding {media}/b.yaml binds no face "
+                                 "to it (speakers bound: S1, S2)"),
+    "bound-speaker-without-stem": ({"dub_speakers": {"S1": "ep01.fr.S1.wav"}}, BINDING_YAML,
+                                   "speaker 'S2' of the speaker binding has no dub stem (stems: S1)"),
+    "missing-stem": ({"dub_speakers": {"S1": "nope.wav"}}, None, "missing file: {media}/nope.wav"),
+    "bad-name": ({"dub_speakers": {"S 1": "ep01.fr.S1.wav"}}, None, "option dub_speakers={{'S 1': 'ep01.fr.S1.wav'}}: "
+                 "speaker name 'S 1' is not letters, digits, '_' or '-' (at most 64, starting with a letter or digit)"),
+    "reserved-name": ({"dub_speakers": {"none": "ep01.fr.S1.wav"}}, None,
+                      "option dub_speakers={{'none': 'ep01.fr.S1.wav'}}: speaker name 'none' is reserved (it binds a "
+                      "face to nobody)"),
+    "track-twice": ({}, "- {shot: 0, track: 1, speaker: S1}\n- {shot: 0, track: 1, speaker: S2}\n",
+                    "speaker binding {media}/b.yaml: shot 0, track 1 is bound twice"),
+    "not-a-number": ({}, "- {shot: first, track: 1, speaker: S1}\n",
+                     "speaker binding {media}/b.yaml: row 1: shot and track must be whole numbers"),
+    "no-speaker": ({}, "- {shot: 0, track: 1}\n", "speaker binding {media}/b.yaml: row 1 has no speaker"),
+    "not-rows": ({}, "S1: 0\n", "speaker binding {media}/b.yaml: expected rows of shot, track, speaker"),
+}
+
+
+@pytest.mark.parametrize(("options", "binding", "problem"), list(BAD_SPEAKERS.values()), ids=list(BAD_SPEAKERS))
+def test_bad_stems_and_bindings_are_errors_naming_the_title(stems: Path, options: dict, binding: str | None,
+                                                            problem: str) -> None:
+    if binding is not None:
+        (stems / "b.yaml").write_text(binding)
+        options = {**options, "speaker_binding": "b.yaml"}
+    catalogue = load(stems, [{"title_id": "ep01", "video": "ep01.mp4", "language": "fr", "dub_audio": "ep01.fr.wav",
+                              "options": options}, GOOD])
+    assert [e.title_id for e in catalogue.entries] == ["ep02"]
+    (error,) = catalogue.errors
+    assert (error.title_id, error.language, error.problem) == ("ep01", "fr", problem.format(media=stems))
+    assert str(error).startswith("row 1 (ep01 [fr]): ")
+
+
+def test_stems_and_bindings_are_for_dub_mode_and_bindings_are_yaml_or_csv(stems: Path) -> None:
+    avatar = {**GOOD_ROWS[2], "dub_speakers": "S1=ep01.fr.S1.wav"}
+    text = {**GOOD, "speaker_binding": "face.en.txt"}
+    errors = [e.problem for e in load(stems, [avatar, text]).errors]
+    assert errors == ["dub_speakers and speaker_binding are for dub mode (a video): an avatar's portrait has one "
+                      "talking face", "option speaker_binding='face.en.txt': must be a .yaml, .yml or .csv file of "
+                      "rows (shot, track, speaker)"]

@@ -146,3 +146,31 @@ def test_relative_local_folder(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     (entry, _) = load_catalogue("drop").entries
     assert entry.source_url == str(tmp_path / "drop" / "ep01" / "ep01.mp4")
+
+
+def test_speaker_stems_and_binding_of_a_title_folder(tmp_path: Path) -> None:
+    root = str(tmp_path / "catalogue")
+    write_layout(root, {
+        "talk": {"talk.mp4": b"video", "dub.fr.wav": b"mix", "dub.fr.S1.wav": b"s1", "dub.fr.S2.flac": b"s2",
+                 "dub.de.wav": b"mix", "speakers.csv": "shot,track,speaker\n0,0,S1\n0,1,S2\n"},
+        "stem_alone": {"clip.mp4": b"video", "dub.fr.wav": b"mix", "dub.de.S1.wav": b"no mix beside it",
+                       "dub.fr.S1.srt": b"a script per speaker"},
+        "unknown": {"clip.mp4": b"video", "dub.fr.wav": b"mix", "dub.fr.S1.wav": b"s1", "dub.fr.S3.wav": b"s3",
+                    "speakers.yaml": "- {shot: 0, track: 0, speaker: S1}\n"},
+    })
+    catalogue = load_catalogue(root)
+    entries = {(e.title_id, e.language): e for e in catalogue.entries}
+    assert set(entries) == {("talk", "fr"), ("talk", "de")}
+    fr = entries[("talk", "fr")].options
+    assert fr["dub_speakers"] == {"S1": storage.join(root, "talk", "dub.fr.S1.wav"),
+                                  "S2": storage.join(root, "talk", "dub.fr.S2.flac")}
+    assert fr["speaker_binding"] == storage.join(root, "talk", "speakers.csv")
+    # German has no stems: its mix drives the faces the binding names, by active speaker detection.
+    assert entries[("talk", "de")].options["dub_speakers"] is None
+    errors = {(e.title_id, e.language): e.problem for e in catalogue.errors}
+    assert errors == {
+        ("stem_alone", "de"): "dub stem dub.de.S1.wav has no dub track beside it (dub.de.<audio ext>, the mix of every speaker)",
+        ("stem_alone", "fr"): "dub script dub.fr.S1.srt: scripts are per language (dub.<lang>.txt|srt|vtt), not per speaker",
+        ("unknown", "fr"): f"dub stem for unknown speaker 'S3': the speaker binding "
+                           f"{storage.join(root, 'unknown', 'speakers.yaml')} binds no face to it (speakers bound: S1)",
+    }

@@ -91,7 +91,7 @@ def test_catalogue_flow_dubs_titles_and_reports_bad_ones(catalogue, tmp_path):
     report = titles["portraits"]["reports"]["fr"]
     assert report["html"].endswith("portraits.fr.report.html") and report["lipsync_r"] > 0.6  # 0.78 measured: 5 open frames
     page = Path(report["html"]).read_text()
-    assert page.count("data:image/png;base64,") == 2  # lip sync + the coefficients of the one dubbed track
+    assert page.count("data:image/png;base64,") == 3  # speaker timeline, lip sync, the one dubbed track's coefficients
     details = json.loads(Path(report["html"]).with_suffix(".json").read_text())
     assert [t["track_id"] for t in details["tracks"]] == [1] and details["lipsync_r"] == report["lipsync_r"]
     assert details["tracks_skipped"][0]["reason"].startswith("face too small")  # the 57 px astronaut

@@ -37,18 +37,26 @@ def analysed(tmp_path_factory):
     return runner, folder, urls, track
 
 
-def render(analysed, jaw_change: float):
+def driven_row(track, expression: np.ndarray, weight: np.ndarray | None = None) -> dict:
+    """A driven_coeffs row for ``track`` with ``expression``, driven on every frame unless ``weight``."""
+    return {"title_id": "t", "language": "fr", "shot_index": 0, "track_id": track["track_id"],
+            "frame_index": track["frame_index"], "expression": expression, "pose": np.asarray(track["pose"]),
+            "blink": np.asarray(track["blink"]), "mouth_path": "model-only", "mouth_path_note": "",
+            "alignment_score": None, "visemes": [], "speaker_probability": None,
+            "driven_weight": np.ones(len(expression), np.float32) if weight is None else weight, "speaker": None}
+
+
+def render(analysed, jaw_change: float, weight: np.ndarray | None = None):
     runner, folder, urls, track = analysed
     expression = np.asarray(track["expression"], dtype=np.float32).copy()
     expression[:, JAW] += jaw_change
-    coeffs = str(folder / f"coeffs{jaw_change}.parquet")
-    write_manifest([{"title_id": "t", "language": "fr", "shot_index": 0, "track_id": track["track_id"],
-                     "frame_index": track["frame_index"], "expression": expression,
-                     "pose": np.asarray(track["pose"]), "blink": np.asarray(track["blink"])}], DRIVEN_COEFFS, coeffs)
-    out = str(folder / f"render{jaw_change}.parquet")
-    stats = runner.run(StageJob(RenderStage, {}, out, "t", rows=({"title_id": "t", "language": "fr", "faces_url": urls["faces"], "coeffs_url": coeffs, "chunks_url": str(folder / f"r{jaw_change}")},)))
-    (rendered,) = read_rows(out, RENDERED_TRACKS)
-    crops = [r for url in rendered["chunk_urls"] for r in read_rows(url, FRAME_CHUNK)]
+    name = f"{jaw_change}{'' if weight is None else '-weighted'}"
+    coeffs = str(folder / f"coeffs{name}.parquet")
+    write_manifest([driven_row(track, expression, weight)], DRIVEN_COEFFS, coeffs)
+    out = str(folder / f"render{name}.parquet")
+    stats = runner.run(StageJob(RenderStage, {}, out, "t", rows=({"title_id": "t", "language": "fr", "faces_url": urls["faces"], "coeffs_url": coeffs, "chunks_url": str(folder / f"r{name}")},)))
+    rendered = read_rows(out, RENDERED_TRACKS)
+    crops = [r for t in rendered for url in t["chunk_urls"] for r in read_rows(url, FRAME_CHUNK)]
     sources = [r for url in track["chunk_urls"] for r in read_rows(url, FRAME_CHUNK)]
     return crops, sources, stats
 
@@ -102,6 +110,22 @@ def test_opening_the_jaw_opens_the_mouth_in_the_output(analysed):
     mouth_y = np.asarray(track["landmarks"])[frame_index].reshape(-1, 3)[UPPER_LIP_INNER, 1]
     assert ys.min() > mouth_y - 80, "only the lower face changed"
     assert stats.metrics["flicker_output"] < 3 * stats.metrics["flicker_source"] + 2.0
+
+
+def test_only_driven_frames_are_rendered_and_the_mouth_fades_in(analysed):
+    _, _, _, track = analysed
+    frames = len(track["frame_index"])
+    weight = np.zeros(frames, np.float32)
+    weight[6:10] = [0.2, 0.4, 0.6, 0.8]  # a turn starts: the driven mouth fades in
+    weight[10:] = 1.0
+    crops, _, stats = render(analysed, 0.25, weight)
+    assert [r["frame_index"] for r in crops] == list(track["frame_index"][6:])
+    assert stats.metrics["frames_rendered"] == frames - 6
+    peak = [rgba(r)[..., 3].max() for r in crops]
+    # The alpha is scaled by the weight: 0.2 of full strength at the first frame of the fade.
+    assert peak[0] == pytest.approx(0.2 * peak[-1], abs=3) and peak[4] == peak[-1] == 255
+    none, _, none_stats = render(analysed, 0.25, np.zeros(frames, np.float32))
+    assert none == [] and "tracks_rendered" not in none_stats.metrics, "a face driven on no frame is not rendered"
 
 
 def test_paste_leaves_everything_outside_the_mask_bit_identical():

@@ -27,6 +27,7 @@ from stages.probe import ProbeStage
 from stages.render import RenderStage
 from stages.render.warp import INNER_PAIRS, OUTER_LIPS
 from stages.sequential import SequentialRunner
+from tests.test_render import driven_row
 from stages.shots import ShotsStage
 
 JAW = EXPRESSION_NAMES.index("jaw_open")
@@ -56,9 +57,7 @@ def render(folder, clip: dict, jaw: np.ndarray, name: str) -> list[np.ndarray]:
     expression = np.asarray(track["expression"], dtype=np.float32).copy()
     expression[:, JAW] = jaw
     coeffs = str(folder / f"{name}.coeffs.parquet")
-    write_manifest([{"title_id": "t", "language": "fr", "shot_index": 0, "track_id": track["track_id"],
-                     "frame_index": track["frame_index"], "expression": expression,
-                     "pose": np.asarray(track["pose"]), "blink": np.asarray(track["blink"])}], DRIVEN_COEFFS, coeffs)
+    write_manifest([driven_row(track, expression)], DRIVEN_COEFFS, coeffs)
     out = str(folder / f"{name}.render.parquet")
     SequentialRunner().run(StageJob(RenderStage, {}, out, "t", rows=({"title_id": "t", "language": "fr", "faces_url": clip["faces_url"], "coeffs_url": coeffs, "chunks_url": str(folder / f"{name}.render")},)))
     (rendered,) = read_rows(out, RENDERED_TRACKS)

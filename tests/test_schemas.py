@@ -163,6 +163,10 @@ def _sample_rows() -> dict[str, list[dict[str, Any]]]:
                 "alignment_score": 0.75,
                 "visemes": [{"viseme": "bilabial", "phonemes": "b", "start_s": 4.0, "end_s": 4.0625},
                             {"viseme": "open", "phonemes": "O~", "start_s": 4.0625, "end_s": 4.25}],
+                # a speaker's turn ends: driven, fading out, then as filmed
+                "speaker_probability": [0.875, 0.75, 0.5, 0.03125, 0.0],
+                "driven_weight": [1.0, 1.0, 0.5, 0.0, 0.0],
+                "speaker": "S1",
             },
             {
                 "title_id": "ep01", "language": "ja", "shot_index": 3, "track_id": 0,
@@ -172,6 +176,7 @@ def _sample_rows() -> dict[str, list[dict[str, Any]]]:
                 "blink": _frames(len(BLINK_NAMES)),
                 "mouth_path": "model-only", "mouth_path_note": "no script and no transcript",
                 "alignment_score": None, "visemes": [],
+                "speaker_probability": None, "driven_weight": [1.0] * T, "speaker": None,  # no source audio
             },
         ],
         "rendered_tracks": [

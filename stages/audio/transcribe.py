@@ -97,6 +97,9 @@ class Transcriber:
             samples,
             language=language,
             beam_size=1,  # greedy: 1.2-1.5x faster than beam search with 5 (tiny.en, 2 CPU cores)
+            # No fallback to sampling at higher temperatures: it made the transcript, and so the
+            # mouth and the output bytes, differ from run to run (a resumed run must match).
+            temperature=0.0,
             word_timestamps=True,
             vad_filter=True,  # skips silence, where Whisper hallucinates text
             condition_on_previous_text=False,  # stops one misheard segment from derailing the rest

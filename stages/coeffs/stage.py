@@ -6,30 +6,42 @@ first, else Whisper's transcript; the model alone where neither aligns (``mouth`
 
 Dub mode: each speaker is calibrated on the source footage (the model's mouth from the original
 audio against the mouth measured on the speaker's track: amplitude, never timing); head pose,
-blinks, brows and smile are the speaker's own, as measured. Avatar mode: the portrait's face gets
-the predicted mouth and generated (or replayed) head motion and blinks. Either way mouth motion
-fades to rest outside the dub's speech, and ``expression_scale`` scales it around the speaker's
-resting mouth.
+blinks, brows and smile are the speaker's own, as measured. Avatar mode: the portrait's largest
+face gets the predicted mouth and generated (or replayed) head motion and blinks. Either way mouth
+motion fades to rest outside the dub's speech, and ``expression_scale`` scales it around the
+speaker's resting mouth.
+
+Who speaks when (dub mode, ``speakers``): active speaker detection on the source says which face
+speaks at every frame; each turn of the dub drives the face that spoke then (dub lines follow
+the original's timing), off-screen speech drives nobody, and a face keeps its filmed mouth
+exactly wherever it is neither given a turn nor speaking in the source (``driven_weight`` 0: the
+render stage leaves those frames alone). Per-speaker dub stems (``dub_speakers``) drive the face
+bound to their speaker, by the operator's ``speaker_binding`` or else by the detector.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from schemas.catalogue import SPEAKER_NONE, SpeakerBinding, read_speaker_binding
 from schemas.manifest_io import read_rows
 from schemas.manifests import AUDIO_TRACKS, DRIVEN_COEFFS, EXPRESSION_NAMES, FACE_TRACKS, TITLES
 from stages.audio.features import SAMPLE_RATE
 from stages.audio.fit import fit_samples
 from stages.audio.script import ScriptCue
+from stages.audio.transcribe import speech_segments
 from stages.audio.whisper_models import BASE_PACKAGED
 from stages.base import Resources, Stage, TitleError
 from stages.coeffs.calibration import MOUTH_COLUMNS, Calibration, fit_calibration, measured_mouth
 from stages.coeffs.model import WEIGHTS, SpeechToMouth
 from stages.coeffs.motion import blinks_from_reference, generate_blinks, generate_pose, pose_from_reference, prosody
 from stages.coeffs.mouth import DrivenMouth, DubText, drive_mouth, mouth_curve
+from stages.coeffs.speakers import (ActiveSpeakers, FaceMouth, Turn, bind_stems, detect, driven_weight, dub_turns,
+                                    frame_mask, stem_turns)
 from stages.coeffs.timeline import spans_from_script, spans_from_words
 from stages.faces.landmarks import FaceLandmarker
 from stages.faces.reference import reference_motion
@@ -41,23 +53,24 @@ _SPEECH_COUPLED = [EXPRESSION_NAMES.index(n) for n in ("upper_lip_raise", "lower
 
 def speech_mask(segments: list[dict[str, float]], frames: int, fps: float, ramp_frames: int = 3) -> np.ndarray:
     """T weights: 1 inside speech, 0 in silence, with linear ramps so the mouth eases to rest."""
-    mask = np.zeros(frames)
+    mask = np.zeros(frames, bool)
     for segment in segments:
-        mask[int(segment["start_s"] * fps) : int(np.ceil(segment["end_s"] * fps)) + 1] = 1.0
-    kernel = np.ones(2 * ramp_frames + 1) / (2 * ramp_frames + 1)
-    return np.convolve(np.pad(mask, ramp_frames, mode="edge"), kernel, mode="valid")
+        mask[int(segment["start_s"] * fps) : int(np.ceil(segment["end_s"] * fps)) + 1] = True
+    return _eased(mask, ramp_frames)
 
 
 class CoeffsStage(Stage):
     """One row per (title, language) -> ``driven_coeffs`` rows, one per dubbable track.
 
     Input row keys: title_id, language, titles_url, faces_url, audio_url (the ``audio_tracks``
-    manifest), options_json (``expression_scale``; in avatar mode also ``pose_style``, ``still``,
-    ``ref_pose``, ``ref_blink``, ``yaw``, ``pitch``, ``roll``).
+    manifest), options_json (``expression_scale``, ``dub_speakers``, ``speaker_binding``; in avatar
+    mode also ``pose_style``, ``still``, ``ref_pose``, ``ref_blink``, ``yaw``, ``pitch``, ``roll``).
+    Raises TitleError for a speaker binding or stem that cannot be read, or a binding that names a
+    face track the title does not have.
     """
 
     name = "coeffs"
-    version = "3"
+    version = "4"  # 4: who speaks when
     resources = Resources(cpus=1.0, gpus=0.25, memory_gb=2.0)
     output_schema = DRIVEN_COEFFS
     #: min_alignment_score: below it a text is taken not to be what the audio says (see
@@ -76,7 +89,8 @@ class CoeffsStage(Stage):
     def _drive(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         (title,) = read_rows(row["titles_url"], TITLES)
         (audio,) = read_rows(row["audio_url"], AUDIO_TRACKS)
-        tracks = [t for t in read_rows(row["faces_url"], FACE_TRACKS) if t["dubbable"]]
+        faces = read_rows(row["faces_url"], FACE_TRACKS)
+        tracks = [t for t in faces if t["dubbable"]]
         options = json.loads(row["options_json"])
         frames, fps = len(audio["loudness_db"]), title["fps"]
         samples = fit_samples(read_audio(audio["audio_url"], SAMPLE_RATE), frames, fps, SAMPLE_RATE)
@@ -86,7 +100,8 @@ class CoeffsStage(Stage):
                     **({"alignment_score": dub.alignment.score} if dub.alignment else {}))
         if title["mode"] == "avatar":
             return [self._avatar(title, row["language"], samples, tracks, dub, mask, options)]
-        return self._dub(title, row["language"], tracks, dub, mask, options)
+        mix = Voice(None, dub, mask, _frame_spans(audio["speech_segments"], frames, fps))
+        return self._dub(title, row["language"], faces, mix, audio, options)
 
     def dub_mouth(self, samples: np.ndarray, audio: dict[str, Any], language: str, fps: float, frames: int) -> DrivenMouth:
         """The dub's mouth (T×4): aligned to its script, else its transcript, else the model alone."""
@@ -100,34 +115,135 @@ class CoeffsStage(Stage):
         return drive_mouth(self._speech.analyse(samples), self._speech.log_priors, texts, fps, frames,
                            self.params["min_alignment_score"])
 
-    def _dub(self, title, language, tracks, dub: DrivenMouth, mask, options) -> list[dict[str, Any]]:
-        """Each track keeps its pose, blinks, brows and smile; its mouth follows the dub."""
-        source_mouth = self._source_mouth(title) if tracks else None
-        scale = float(options.get("expression_scale", 1.0))
-        outputs, r_jaw, changes = [], [], []
-        for track in tracks:
-            frames = np.asarray(track["frame_index"])
-            expression = np.asarray(track["expression"], dtype=np.float32)
-            measured, rest = measured_mouth(expression)
-            calibration = (
-                fit_calibration(source_mouth[frames], measured, self.params["min_calibration_r"])
-                if source_mouth is not None else Calibration.identity()
-            )
-            raw = dub.coefficients[frames]
-            calibrated = calibration.apply(raw)
-            driven = expression.copy()
-            # Scaled after calibration, around the speaker's resting mouth: 0 keeps it at rest.
-            driven[:, MOUTH_COLUMNS] = _at_rest_in_silence(calibrated * scale, mask[frames]) + rest
-            driven[:, _SPEECH_COUPLED] = np.median(expression[:, _SPEECH_COUPLED], axis=0)
-            r_jaw.append(calibration.r[0])
-            changes.append(float(np.abs(calibrated[:, 0] - raw[:, 0]).mean()))
-            if not calibration.trusted[0]:
-                self.drop("tracks without a trusted jaw calibration")
-            outputs.append(_row(title, language, track, track["frame_index"], driven, track["pose"], track["blink"], dub))
-        if tracks:
-            self.report(tracks_driven=len(tracks), calibration_jaw_r=float(np.mean(r_jaw)),
-                        calibration_jaw_change=float(np.mean(changes)))
+    def _stems(self, audio: dict[str, Any], language: str, options: dict[str, Any], fps: float,
+               frames: int) -> list[Voice]:
+        """The per-speaker dub stems of ``options["dub_speakers"]`` (none: the mix is used)."""
+        voices = []
+        for speaker, url in sorted((options.get("dub_speakers") or {}).items()):
+            try:
+                samples = fit_samples(read_audio(url, SAMPLE_RATE), frames, fps, SAMPLE_RATE)
+            except (OSError, ValueError) as exc:
+                raise TitleError(audio["title_id"], f"[{language}] dub stem of speaker {speaker} ({url}) is not "
+                                 f"readable audio ({exc})") from exc
+            segments = [{"start_s": a, "end_s": b} for a, b in speech_segments(samples)]
+            # The mix's words and timed script cues said in this speaker's speech are this stem's text.
+            heard = frame_mask([(s["start_s"], s["end_s"]) for s in segments], frames, fps)
+            own = {**audio, "words": _said_in(audio["words"], heard, fps), "script": _said_in(audio["script"], heard, fps)}
+            voices.append(Voice(speaker, self.dub_mouth(samples, own, language, fps, frames),
+                                speech_mask(segments, frames, fps),
+                                _frame_spans(segments, frames, fps)))
+        return voices
+
+    def _dub(self, title, language, faces, mix: Voice, audio: dict[str, Any], options) -> list[dict[str, Any]]:
+        """Each dub turn drives the face that speaks then in the source (``speakers``); every other
+        frame of every face keeps its filmed mouth exactly. Pose, blinks, brows and smile are always
+        the speaker's own."""
+        tracks = [t for t in faces if t["dubbable"]]
+        if not tracks:
+            return []
+        fps, frames = title["fps"], len(mix.mask)
+        source = self._source(title, frames)
+        binding = read_binding(options, title["title_id"], faces)
+        stems = self._stems(audio, language, options, fps, frames)
+        if source is None:
+            # Without the source's audio nobody can be told apart: every face is driven by the mix.
+            self.drop("titles without source audio: every face driven by the mix (no active speaker detection)")
+            turns = [Turn(t["frame_index"][0], t["frame_index"][-1] + 1, t["track_id"], "") for t in tracks]
+            return self._drive_tracks(title, language, tracks, {None: mix}, turns, None, None, options)
+        source_mouth, source_speech = source
+        mouths = [_face_mouth(t) for t in faces]
+        nobody = frozenset(b.track for b in binding if b.speaker == SPEAKER_NONE)
+        bound: dict[int, dict[int, str]] = {}  # shots where the binding names speakers: {shot: {track: speaker}}
+        for b in binding:
+            if b.speaker != SPEAKER_NONE:
+                bound.setdefault(b.shot, {})[b.track] = b.speaker
+        # In such a shot only the faces bound to a speaker may speak; faces bound to none never do.
+        excluded = nobody | frozenset(t["track_id"] for t in faces if t["shot_index"] in bound
+                                      and t["track_id"] not in bound[t["shot_index"]])
+        # Without stems, a shot whose binding names one speaking face gives that face every turn.
+        forced = {} if stems else {shot: next(iter(named)) for shot, named in bound.items() if len(named) == 1}
+        speakers = detect(source_mouth[:, 0], source_speech, mouths, fps, excluded, forced)
+        if stems:
+            candidates = [m for m in mouths if m.track_id not in nobody]
+            stem_binding = bind_stems({v.speaker: v.mask > 0 for v in stems}, speakers, candidates, bound)
+            turns = stem_turns({v.speaker: v.spans for v in stems}, stem_binding, mouths, frames)
+        else:
+            turns = dub_turns(mix.spans, speakers, fps)
+        self._count_turns(turns, faces)
+        outputs = self._drive_tracks(title, language, tracks, {v.speaker: v for v in stems} or {None: mix}, turns,
+                                     speakers, source_mouth, options)
+        for track, row in zip(tracks, outputs):
+            if not np.any(row["driven_weight"] > 0):
+                self.drop(f"tracks left as filmed: {_left_as_filmed(track, nobody, bound, bool(stems))}")
         return outputs
+
+    def _drive_tracks(self, title, language, tracks, voices: dict[str | None, Voice], turns: list[Turn],
+                      speakers: ActiveSpeakers | None, source_mouth: np.ndarray | None, options) -> list[dict[str, Any]]:
+        """Rows of every dubbable track, and the stage figures of the driven ones."""
+        outputs, r_jaw = [], []
+        for track in tracks:
+            row, calibration = self._drive_track(title, language, track, voices, turns, speakers, source_mouth, options)
+            outputs.append(row)
+            if np.any(row["driven_weight"] > 0):
+                r_jaw.append(calibration.r[0])
+                if not calibration.trusted[0]:
+                    self.drop("tracks without a trusted jaw calibration")
+        self.report(tracks_driven=len(r_jaw), tracks_left_as_filmed=len(outputs) - len(r_jaw),
+                    frames_driven=sum(int(np.count_nonzero(r["driven_weight"] > 0)) for r in outputs),
+                    **({"calibration_jaw_r": float(np.mean(r_jaw))} if r_jaw else {}))
+        return outputs
+
+    def _count_turns(self, turns: list[Turn], faces: list[dict[str, Any]]) -> None:
+        """Stage stats: dub segments (turns) given to a face, and those given to nobody, by reason."""
+        dubbable = {t["track_id"]: t for t in faces}
+        assigned = 0
+        for turn in turns:
+            face = dubbable.get(turn.track_id)
+            if face is not None and face["dubbable"]:
+                assigned += 1
+            elif face is not None:
+                self.drop(f"dub segments unassigned: the speaker's face is not dubbable ({face['skip_reason'].split(' (')[0]})")
+            else:
+                self.drop(f"dub segments unassigned: {turn.reason}")
+        self.report(segments_assigned=assigned, segments_unassigned=len(turns) - assigned)
+
+    def _drive_track(self, title, language, track, voices, turns: list[Turn], speakers: ActiveSpeakers | None,
+                     source_mouth: np.ndarray | None, options) -> tuple[dict[str, Any], Calibration]:
+        """One face: driven by its own turns' voice where it has turns, at rest where it speaks in
+        the source without one, exactly as filmed elsewhere (``driven_weight`` 0)."""
+        frames = np.asarray(track["frame_index"])
+        first, fps = int(frames[0]), title["fps"]
+        expression = np.asarray(track["expression"], dtype=np.float32)
+        own = [t for t in turns if t.track_id == track["track_id"]]
+        voice = voices[own[0].voice] if own else next(iter(voices.values()))
+        turn_mask = np.zeros(len(frames), bool)
+        for turn in own:
+            turn_mask[max(0, turn.start - first) : max(0, turn.stop - first)] = True
+        if speakers is None:
+            speaking, probability = np.zeros(len(frames), bool), None
+        else:
+            also = speakers.also_speaking[track["track_id"]]
+            speaking = ((speakers.labels[frames] == track["track_id"]) | also) & speakers.speech[frames]
+            probability = speakers.probability[track["track_id"]]
+            if voice.speaker is None:  # the mix's words where this face speaks at once with the labelled one
+                turn_mask |= also & (voice.mask[frames] > 0)
+        weight = driven_weight(turn_mask, speaking, fps)
+        measured, rest = measured_mouth(expression)
+        # Calibrated where this face speaks in the source (a listener's mouth says nothing of its voice).
+        fit_on = speaking if speaking.sum() >= 2 * fps else np.ones(len(frames), bool)
+        calibration = (fit_calibration(source_mouth[frames][fit_on], measured[fit_on], self.params["min_calibration_r"])
+                       if source_mouth is not None else Calibration.identity())
+        scale = float(options.get("expression_scale", 1.0))
+        calibrated = calibration.apply(voice.mouth.coefficients[frames])
+        talking = voice.mask[frames] * _eased(turn_mask)
+        driven = expression.copy()
+        # Scaled after calibration, around the speaker's resting mouth: 0 keeps it at rest.
+        driven[:, MOUTH_COLUMNS] = _at_rest_in_silence(calibrated * scale, talking) + rest
+        driven[:, _SPEECH_COUPLED] = np.median(expression[:, _SPEECH_COUPLED], axis=0)
+        blended = np.where(weight[:, None] > 0, weight[:, None] * driven + (1 - weight[:, None]) * expression, expression)
+        row = _row(title, language, track, track["frame_index"], blended, track["pose"], track["blink"], voice.mouth,
+                   probability, weight, voice.speaker if own else None)
+        return row, calibration
 
     def _avatar(self, title, language, samples, tracks, dub: DrivenMouth, mask, options) -> dict[str, Any]:
         """The portrait's face, talking: mouth from the audio, head motion and blinks generated
@@ -152,21 +268,90 @@ class CoeffsStage(Stage):
         else:
             blink = generate_blinks(frames, fps, seed=options.get("pose_style", 0))
         self.report(frames_generated=frames, pose_style=options.get("pose_style", 0))
-        return _row(title, language, track, list(range(frames)), driven, pose, blink, dub)
+        # The portrait's largest face talks on every frame (the head moves even in silence).
+        return _row(title, language, track, list(range(frames)), driven, pose, blink, dub, None, np.ones(frames), None)
 
     def _reference(self, url: str, fps: float) -> tuple[np.ndarray, np.ndarray]:
         if self._landmarker is None:
             self._landmarker = FaceLandmarker()
         return reference_motion(url, self._landmarker, fps)
 
-    def _source_mouth(self, title: dict[str, Any]) -> np.ndarray | None:
-        """The model's mouth (T×4) on the source's own audio (for calibration), or None without audio."""
+    def _source(self, title: dict[str, Any], frames: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The source's own audio on the frame clock: the model's mouth (T×4; for calibration and
+        active speaker detection) and voice activity (T bool); None without audio."""
         if not title["audio_streams"]:
-            self.drop("titles without source audio (no calibration)")
             return None
-        frames, fps = title["frame_count"], title["fps"]
+        fps = title["fps"]
         samples = fit_samples(read_audio(title["source_url"], SAMPLE_RATE), frames, fps, SAMPLE_RATE)
-        return mouth_curve(self._speech.analyse(samples), None, fps, frames)
+        return (mouth_curve(self._speech.analyse(samples), None, fps, frames),
+                frame_mask(speech_segments(samples), frames, fps))
+
+
+@dataclass(frozen=True)
+class Voice:
+    """A dub track that drives faces: the mix (speaker None) or one speaker's stem."""
+
+    speaker: str | None
+    mouth: DrivenMouth
+    mask: np.ndarray  # T weights: 1 in the track's speech, 0 in silence, eased between
+    spans: list[tuple[int, int]]  # its speech segments, [start, stop) frames
+
+
+def _frame_spans(segments: list[dict[str, float]], frames: int, fps: float) -> list[tuple[int, int]]:
+    """Speech segments (s) -> [start, stop) frame spans within the title."""
+    spans = [(max(0, int(s["start_s"] * fps)), min(frames, int(np.ceil(s["end_s"] * fps)))) for s in segments]
+    return [(a, b) for a, b in spans if b > a]
+
+
+def _said_in(items: list[dict[str, Any]] | None, heard: np.ndarray, fps: float) -> list[dict[str, Any]]:
+    """Words or timed script cues whose middle falls on a frame of ``heard`` (T bool)."""
+    def middle(item: dict[str, Any]) -> int:
+        return min(len(heard) - 1, max(0, int((item["start_s"] + item["end_s"]) / 2 * fps)))
+
+    return [i for i in items or [] if i["start_s"] is not None and i["end_s"] is not None and heard[middle(i)]]
+
+
+def _face_mouth(track: dict[str, Any]) -> FaceMouth:
+    boxes = np.asarray(track["bbox"])
+    return FaceMouth(track["track_id"], track["shot_index"], int(track["frame_index"][0]),
+                     np.asarray(track["expression"])[:, 0], boxes[:, 3] - boxes[:, 1])
+
+
+def _eased(mask: np.ndarray, ramp_frames: int = 3) -> np.ndarray:
+    """T bool -> T weights in [0, 1] with linear ramps of about ``ramp_frames`` at its edges."""
+    kernel = np.ones(2 * ramp_frames + 1) / (2 * ramp_frames + 1)
+    return np.convolve(np.pad(mask.astype(float), ramp_frames, mode="edge"), kernel, mode="valid")
+
+
+def read_binding(options: dict[str, Any], title_id: str, faces: list[dict[str, Any]]) -> list[SpeakerBinding]:
+    """The title's speaker binding (``speaker_binding`` option; none: []). Raises TitleError for a
+    binding that cannot be read or names a face track the title does not have."""
+    if not options.get("speaker_binding"):
+        return []
+    try:
+        binding = read_speaker_binding(options["speaker_binding"])
+    except ValueError as exc:
+        raise TitleError(title_id, str(exc)) from exc
+    tracks = {(t["shot_index"], t["track_id"]) for t in faces}
+    for b in binding:
+        if (b.shot, b.track) not in tracks:
+            in_shot = sorted(track for shot, track in tracks if shot == b.shot)
+            raise TitleError(title_id, f"speaker binding {options['speaker_binding']}: shot {b.shot} has no face track "
+                             f"{b.track} (its tracks: {', '.join(map(str, in_shot)) or 'none'}; see dubline inspect)")
+    return binding
+
+
+def _left_as_filmed(track: dict[str, Any], nobody: frozenset[int],
+                    bound: dict[int, dict[int, str]], stems: bool) -> str:
+    """Why a dubbable face was never driven."""
+    if track["track_id"] in nobody:
+        return "bound to nobody (speaker binding)"
+    shot = bound.get(track["shot_index"])
+    if shot is not None and track["track_id"] not in shot:
+        return "not in the speaker binding of its shot"
+    if stems and shot:
+        return f"its speaker's stem ({shot[track['track_id']]}) has no speech while it is on screen"
+    return "listener (not speaking in the source while the dub speaks)"
 
 
 def _at_rest_in_silence(mouth: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -176,7 +361,8 @@ def _at_rest_in_silence(mouth: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _row(title, language, track, frame_index, expression, pose, blink, dub: DrivenMouth) -> dict[str, Any]:
+def _row(title, language, track, frame_index, expression, pose, blink, dub: DrivenMouth,
+         probability: np.ndarray | None, weight: np.ndarray, speaker: str | None) -> dict[str, Any]:
     fps = title["fps"]
     first, last = frame_index[0] / fps, (frame_index[-1] + 1) / fps
     units = dub.alignment.units if dub.alignment else ()
@@ -194,4 +380,7 @@ def _row(title, language, track, frame_index, expression, pose, blink, dub: Driv
         "alignment_score": dub.alignment.score if dub.alignment else None,
         "visemes": [{"viseme": u.viseme, "phonemes": u.phonemes, "start_s": u.start_s, "end_s": u.end_s}
                     for u in units if u.end_s > first and u.start_s < last],
+        "speaker_probability": None if probability is None else np.asarray(probability, dtype=np.float32),
+        "driven_weight": np.asarray(weight, dtype=np.float32),
+        "speaker": speaker,
     }

@@ -9,6 +9,7 @@ import av
 from PIL import Image
 
 from schemas import storage
+from schemas.colour import parse_colour, rgb_to_hex
 from schemas.manifests import TITLES
 from stages.base import Resources, Stage, TitleError
 from stages.media import (
@@ -16,11 +17,9 @@ from stages.media import (
     ShownVideo,
     StillHeader,
     describe,
-    hex_colour,
     iso_truncation,
     media_error,
     open_media,
-    parse_colour,
     still_header,
 )
 
@@ -166,5 +165,5 @@ def _shown_facts(video: ShownVideo) -> dict[str, Any]:
         "bit_depth": colour.bit_depth,
         "bit_rate": video.bit_rate,
         "still": video.still,
-        "background": hex_colour(video.background) if video.still else None,
+        "background": rgb_to_hex(video.background) if video.still else None,
     }

@@ -13,6 +13,11 @@ Dub mode, per frame of a track:
 Avatar mode (a portrait: one source frame) warps that frame, the whole face following the driven
 pose and expression; the portrait lends its own lips and a drawn interior fills wider openings.
 
+Only the frames a track is driven on are rendered (``driven_weight`` > 0, see the coeffs stage's
+``speakers``): a listener, or a speaker between turns, gets no crop, so composite leaves those
+pixels as decoded. Where the weight fades in or out at a turn's edges the crop's alpha fades with
+it, so the driven mouth blends into the filmed one over a few frames instead of popping.
+
 Output crops carry an alpha mask (feathered) saying where composite pastes them back.
 """
 
@@ -68,11 +73,12 @@ class TrackPlan:
 class RenderStage(Stage):
     """One row per (title, language) -> ``rendered_tracks`` rows + RGBA frame chunks.
 
-    Input row keys: title_id, language, faces_url, coeffs_url, chunks_url.
+    Input row keys: title_id, language, faces_url, coeffs_url, chunks_url. A track that is driven
+    on no frame gets no output row.
     """
 
     name = "render"
-    version = "6"
+    version = "7"  # 7: only driven frames, alpha faded with the driven weight
     resources = Resources(cpus=1.0, memory_gb=2.0)  # OpenCV warps on a box around the mouth: no GPU
     output_schema = RENDERED_TRACKS
     defaults = {"webp_quality": 92}
@@ -89,13 +95,17 @@ class RenderStage(Stage):
         tracks = {t["track_id"]: t for t in read_rows(row["faces_url"], FACE_TRACKS)}
         outputs, figures = [], []
         for driven in read_rows(row["coeffs_url"], DRIVEN_COEFFS):
+            if not np.any(driven["driven_weight"] > 0):
+                continue  # a face that never speaks keeps its filmed mouth: nothing to render
             track = tracks[driven["track_id"]]
-            urls, track_figures = self._render_track(track, driven, f"{row['chunks_url']}/track{track['track_id']:04d}")
+            urls, rendered, track_figures = self._render_track(track, driven,
+                                                               f"{row['chunks_url']}/track{track['track_id']:04d}")
             figures.append(track_figures)
-            outputs.append({k: driven[k] for k in ("title_id", "language", "shot_index", "track_id", "frame_index")}
-                           | {"chunk_urls": urls})
+            outputs.append({k: driven[k] for k in ("title_id", "language", "shot_index", "track_id")}
+                           | {"frame_index": rendered, "chunk_urls": urls})
         if outputs:
-            self.report(tracks_rendered=len(outputs), **_summary(figures),
+            self.report(tracks_rendered=len(outputs), frames_rendered=sum(len(o["frame_index"]) for o in outputs),
+                        **_summary(figures),
                         **{f"track{d['track_id']}_{k}": f[k] for d, f in zip(outputs, figures)
                            for k in ("lip_fit_r2", "prior_weight") if np.isfinite(f[k])})
         return outputs
@@ -127,8 +137,11 @@ class RenderStage(Stage):
         return TrackPlan(targets, list(range(frames)), weights > 0, _BAND_DUB, crossfades(path),
                          candidates[used].tolist(), model)
 
-    def _render_track(self, track: dict[str, Any], driven: dict[str, Any], prefix: str) -> tuple[list[str], dict[str, float]]:
-        """Render one track's crops for the driven coefficients; returns chunk URLs and figures."""
+    def _render_track(self, track: dict[str, Any], driven: dict[str, Any], prefix: str
+                      ) -> tuple[list[str], list[int], dict[str, float]]:
+        """Render one track's crops for the driven coefficients on its driven frames; returns chunk
+        URLs (one per source chunk, so chunks stay paired with the face crops), the frame indices
+        rendered and figures."""
         plan = self._plan(track, driven)
         frames = len(driven["frame_index"])
         avatar = plan.model is None
@@ -142,18 +155,22 @@ class RenderStage(Stage):
             [self._source_rows(track)[:1] * min(_AVATAR_CHUNK, frames - start) for start in range(0, frames, _AVATAR_CHUNK)]
             if avatar else (read_rows(url, FRAME_CHUNK) for url in track["chunk_urls"])
         )
-        position, outside = 0, []
+        weights = np.asarray(driven["driven_weight"], dtype=np.float32)
+        position, outside, rendered = 0, [], []
         for chunk in chunks:
             out_rows = []
             for row in chunk:
                 i = position
                 position += 1
+                if weights[i] <= 0:
+                    continue
                 to_crop = _to_crop(row["affine"])
                 source = _apply(to_crop, measured[plan.sources[i]])
                 target = _apply(to_crop, plan.targets[i])
                 crop = decode_rgb(row["image"])
                 blend = [(donors[d], w) for d, w in zip(plan.blends[i].donors, plan.blends[i].weights)]
                 image, alpha = self._frame(crop, source, target, plan, blend, region, triangles)
+                alpha *= weights[i]
                 scale = iod(source)
                 outside.append(float(np.linalg.norm(target[list(_FACE_OVAL)] - source[list(_FACE_OVAL)], axis=1).max()) / scale)
                 # Only the changed region is stored: its box, with the affine moved to match.
@@ -163,6 +180,7 @@ class RenderStage(Stage):
                 to_frame = np.asarray(row["affine"], dtype=np.float64).reshape(2, 3)
                 to_frame[:, 2] += to_frame[:, :2] @ [x0, y0]
                 index = driven["frame_index"][i] if avatar else row["frame_index"]
+                rendered.append(int(index))
                 out_rows.append({**row, "frame_index": index, "image": encode_rgba(rgba, self.params["webp_quality"]),
                                  "image_format": "webp", "affine": to_frame.astype(np.float32).ravel().tolist()})
                 flicker_in.add(_lower_face(crop, alpha))
@@ -180,7 +198,7 @@ class RenderStage(Stage):
         }
         if not avatar and plan.model.prior_weight > 0:
             self.drop("tracks with a weak blendshape fit (anatomical prior mixed in)")
-        return urls, figures
+        return urls, rendered, figures
 
     @staticmethod
     def _mean_shape(track: dict[str, Any]) -> np.ndarray:

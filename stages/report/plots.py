@@ -71,3 +71,49 @@ def coefficients_figure(fps: float, label: str, frame_index: np.ndarray, source:
     axes.flat[0].legend(fontsize=6, frameon=False)
     figure.suptitle(f"{label}: expression coefficients (IOD units) and head pose over time (s)", fontsize=10)
     return _png(figure)
+
+
+def speaker_timeline(fps: float, frame_count: int, shots: list[tuple[float, float]], dub_speech: list[tuple[float, float]],
+                     tracks: list[dict], words: list[dict] | None = None) -> bytes:
+    """Who speaks when: per face track, the probability that it is the one speaking in the source
+    (active speaker detection, filled) and the frames the dub drives (dark bar), over the dub's
+    speech segments and the shots' cuts; the transcript's words along the top when given.
+
+    ``tracks``: dicts with label, frame_index (T), probability (T or None), driven_weight (T).
+    ``words``: dicts with word, start_s, end_s.
+    """
+    lanes = max(1, len(tracks))
+    figure, axes = plt.subplots(lanes + 1, 1, figsize=(11, 1.1 + 0.75 * (lanes + 1)), sharex=True, squeeze=False,
+                                gridspec_kw={"height_ratios": [1.2] + [1] * lanes})
+    axes = axes[:, 0]
+    duration = frame_count / fps
+    top = axes[0]
+    for start, end in dub_speech:
+        top.axvspan(start, end, ymin=0.1, ymax=0.5, color="#8fbf8f", lw=0)
+    top.set_yticks([])
+    top.set_ylabel("dub speech", fontsize=8, rotation=0, ha="right", va="center")
+    for index, word in enumerate(words or []):  # three heights in turn, so neighbouring words stay legible
+        top.text((word["start_s"] + word["end_s"]) / 2, 0.55 + 0.16 * (index % 3), word["word"].strip(),
+                 fontsize=5.5, ha="center", va="bottom", transform=top.get_xaxis_transform(), clip_on=True)
+    colours = plt.get_cmap("tab10")
+    for k, (axis, track) in enumerate(zip(axes[1:], tracks)):
+        t = np.asarray(track["frame_index"]) / fps
+        colour = colours(k % 10)
+        if track.get("probability") is not None:
+            axis.fill_between(t, 0, track["probability"], color=colour, alpha=0.45, lw=0, step="mid")
+        driven = np.asarray(track["driven_weight"])
+        axis.fill_between(t, -0.25, -0.25 + 0.2 * driven, color=colour, lw=0, step="mid")
+        axis.set_ylim(-0.3, 1.05)
+        axis.set_yticks([0, 1])
+        axis.tick_params(labelsize=7)
+        axis.set_ylabel(track["label"], fontsize=8, rotation=0, ha="right", va="center")
+    if not tracks:
+        axes[1].text(0.5, 0.5, "no dubbable face", ha="center", va="center", transform=axes[1].transAxes)
+    for axis in axes:
+        for start, _ in shots[1:]:
+            axis.axvline(start, color="#444", lw=0.8, ls=":")
+        axis.set_xlim(0, duration)
+    axes[0].set_title("Who speaks when: probability of speaking in the source (filled), frames the dub drives "
+                      "(bar below); dotted lines: cuts", fontsize=10)
+    axes[-1].set_xlabel("time (s)")
+    return _png(figure)

@@ -3,6 +3,8 @@
 The lip-sync self-check measures the mouth on the *output* video with the face mesh, inside each
 dubbed track's boxes, and correlates it with the jaw_open the coefficient stage asked for: a
 renderer or compositor that lost the motion shows up here even when every stage "succeeded".
+Only the frames the dub drives count (a listener, or a speaker between turns, keeps the filmed
+mouth); the speaker timeline shows who speaks when.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class ReportStage(Stage):
     """
 
     name = "report"
-    version = "1"
+    version = "2"  # 2: who speaks when; only driven frames are measured
     resources = Resources(cpus=1.0, memory_gb=1.0)
     output_schema = REPORTS
 
@@ -50,19 +52,25 @@ class ReportStage(Stage):
         (output,) = read_rows(row["outputs_url"], OUTPUTS)
         shots = read_rows(row["shots_url"], SHOTS)
         faces = {t["track_id"]: t for t in read_rows(row["faces_url"], FACE_TRACKS)}
-        driven = read_rows(row["coeffs_url"], DRIVEN_COEFFS)
+        every = read_rows(row["coeffs_url"], DRIVEN_COEFFS)
+        driven = [d for d in every if np.any(d["driven_weight"] > 0)]  # the faces the dub re-drove
         avatar = title["mode"] == "avatar"
         fps = output["fps"]
 
         boxes = None if avatar else {
-            d["track_id"]: dict(zip(faces[d["track_id"]]["frame_index"], faces[d["track_id"]]["bbox"])) for d in driven
+            d["track_id"]: {f: box for f, box, w in zip(faces[d["track_id"]]["frame_index"], faces[d["track_id"]]["bbox"],
+                                                        d["driven_weight"]) if w > 0}
+            for d in driven
         }
         measured = measure_mouths(self._landmarker, output["video_url"], boxes)
         tracks = [self._track(d, faces[d["track_id"]], measured[0 if avatar else d["track_id"]], avatar) for d in driven]
         weights = [t["frames_measured"] for t in tracks if np.isfinite(t["lipsync_r"])]
         lipsync_r = (float(np.average([t["lipsync_r"] for t in tracks if np.isfinite(t["lipsync_r"])], weights=weights))
                      if weights and sum(weights) else None)
-        skipped = [t for t in faces.values() if not t["dubbable"]]
+        skipped = [{"track_id": t["track_id"], "shot_index": t["shot_index"], "reason": t["skip_reason"]}
+                   for t in faces.values() if not t["dubbable"]]
+        skipped += [{"track_id": d["track_id"], "shot_index": d["shot_index"], "reason": LEFT_AS_FILMED}
+                    for d in every if not np.any(d["driven_weight"] > 0)]
         summary = {
             "title_id": row["title_id"],
             "language": row["language"],
@@ -73,9 +81,9 @@ class ReportStage(Stage):
             "lipsync_r": lipsync_r,
             "tracks": [{**{k: v for k, v in t.items() if not k.startswith("_")}, "curves": _rounded(t["curves"])}
                        for t in tracks],
-            "tracks_skipped": [{"track_id": t["track_id"], "shot_index": t["shot_index"], "reason": t["skip_reason"]}
-                               for t in skipped],
+            "tracks_skipped": skipped,
             "shots": self._shots(shots, faces.values(), {t["track_id"] for t in tracks}),
+            "speakers": [_speaker_summary(d, fps) for d in every],
             "stages": dict(json.loads(row["stages_json"])),
             "audio": {
                 "duration_s": audio["duration_s"],
@@ -91,6 +99,11 @@ class ReportStage(Stage):
         }
         energy = np.asarray(audio["loudness_db"], dtype=np.float32)
         figures = {
+            **({} if avatar else {"Who speaks when": plots.speaker_timeline(
+                fps, len(energy), [(s["start_s"], s["end_s"]) for s in shots], summary["audio"]["speech_segments"],
+                [{"label": f"shot {d['shot_index']} · track {d['track_id']}", "frame_index": d["frame_index"],
+                  "probability": d["speaker_probability"], "driven_weight": d["driven_weight"]} for d in every],
+                audio["words"])}),
             "Lip sync": plots.lipsync_figure(fps, energy, summary["audio"]["speech_segments"],
                                              [t["curves"] for t in tracks]),
             **{
@@ -119,7 +132,7 @@ class ReportStage(Stage):
     def _track(driven: dict[str, Any], face: dict[str, Any], measured, avatar: bool) -> dict[str, Any]:
         frames = np.asarray(driven["frame_index"])
         jaw = np.asarray(driven["expression"])[:, 0]
-        on_output = measured.at(frames)
+        on_output = measured.at(frames)  # NaN where not driven: those frames are the filmed ones
         source = None if avatar else np.asarray(face["expression"])
         r = pearson(jaw, on_output)
         curves = {"label": f"track {driven['track_id']}", "frame_index": frames, "driven": jaw, "output": on_output,
@@ -153,9 +166,29 @@ class ReportStage(Stage):
                 "frames": shot["end_frame"] - shot["start_frame"],
                 "tracks": len(in_shot),
                 "tracks_dubbed": sum(t["track_id"] in dubbed for t in in_shot),
-                "skipped": dict(Counter(t["skip_reason"].split(" (")[0] for t in in_shot if t["skip_reason"])),
+                "skipped": dict(Counter(t["skip_reason"].split(" (")[0] if t["skip_reason"] else "left as filmed"
+                                        for t in in_shot if t["track_id"] not in dubbed)),
             })
         return rows
+
+
+#: Why a dubbable face was not dubbed at all: active speaker detection (or the speaker binding) never
+#: gave it a turn of the dub, and it never spoke in the source while the dub did.
+LEFT_AS_FILMED = "left as filmed: not the speaker while the dub speaks (who speaks when)"
+
+
+def _speaker_summary(driven: dict[str, Any], fps: float) -> dict[str, Any]:
+    """One face's share of who speaks when, for the JSON report: seconds it speaks in the source
+    (probability ≥ 0.5), seconds the dub drives it, and its stem's speaker."""
+    probability = driven["speaker_probability"]
+    weight = np.asarray(driven["driven_weight"])
+    return {
+        "track_id": driven["track_id"],
+        "shot_index": driven["shot_index"],
+        "speaking_s": None if probability is None else float(np.count_nonzero(np.asarray(probability) >= 0.5) / fps),
+        "driven_s": float(np.count_nonzero(weight > 0) / fps),
+        "speaker": driven["speaker"],
+    }
 
 
 def _rounded(curves: dict[str, Any]) -> dict[str, list]:
