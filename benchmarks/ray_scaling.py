@@ -35,16 +35,28 @@ def run_with_cpus(cpus: int, catalogue: Path, out: Path) -> float:
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     port = _free_port()
-    subprocess.run([str(bin_dir / "ray"), "start", "--head", f"--num-cpus={cpus}", "--num-gpus=0",
-                    f"--port={port}", "--include-dashboard=false", "--disable-usage-stats"],
-                   check=True, capture_output=True, env=env)
+    # --block keeps this head in the foreground of its own process: ending that process stops this
+    # head and only it (`ray stop` would stop every Ray on the machine, other users' included).
+    head = subprocess.Popen([str(bin_dir / "ray"), "start", "--head", "--block", f"--num-cpus={cpus}", "--num-gpus=0",
+                             "--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=false",
+                             "--disable-usage-stats"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
+        deadline = time.monotonic() + 120
+        while True:  # the head is up once its GCS port answers
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if head.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"the Ray head on port {port} did not start")
+                time.sleep(0.5)
         started = time.perf_counter()
         subprocess.run([str(bin_dir / "dubline"), "run", str(catalogue), "--out", str(out), "--ray-address",
                         f"127.0.0.1:{port}", "--quiet"], check=True, capture_output=True, env=env)
         return time.perf_counter() - started
     finally:
-        subprocess.run([str(bin_dir / "ray"), "stop", "--force"], capture_output=True, env=env)
+        head.terminate()
+        head.wait(timeout=60)
 
 
 def main() -> None:

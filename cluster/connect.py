@@ -12,13 +12,24 @@ The private cluster (no address given) is closed two ways, so nobody else can su
   environment is readable by its own user only).
 
 Both are undone by ``disconnect()``, so a later ``connect(address)`` in the same process joins a
-cluster with the user's own settings.
+cluster with the user's own settings. Its dashboard takes a free port of its own, never Ray's
+default 8265, so a Ray head started by hand (``ray start --head``) while a run goes on finds 8265
+free.
+
+``auto`` joins the one Ray cluster running on this node; with several (a head started by hand, a
+colleague's, the private cluster of another dubline run), it refuses and lists their addresses
+instead of joining the latest one with a warning, as Ray itself would.
+
+Workers' output (MediaPipe's native logs, prints, Ray's log-deduplication notices) stays in Ray's
+session logs (``<temp dir>/ray/session_*/logs``) and is not copied to the driver's console unless
+``RAY_LOG_TO_DRIVER=1`` (``dubline … --verbose`` sets it).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import socket
 
 import ray
 from ray._private import ray_constants
@@ -40,12 +51,68 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     """
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
+        if address == "auto":
+            address = resolve_auto()
         if address:
-            ray.init(address=address, logging_level="WARNING")
+            _check_reachable(address)
+            ray.init(address=address, logging_level="WARNING", log_to_driver=_log_to_driver())
         else:
             _start_private(num_cpus)
     resources = ray.cluster_resources()
     return f"Ray {ray.get_runtime_context().gcs_address}: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU"
+
+
+def _log_to_driver() -> bool:
+    """Copy the workers' output to this process's console only when ``RAY_LOG_TO_DRIVER`` says so."""
+    return os.environ.get("RAY_LOG_TO_DRIVER", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve_auto() -> str:
+    """The GCS address of the one Ray cluster running on this node, for ``--ray-address auto``.
+
+    Raises ConnectionError when none runs, or when several do (naming each, and the one the last
+    ``ray start --head`` wrote, so the user can pass it explicitly).
+    """
+    from ray._private import services, utils
+
+    services.find_gcs_addresses.cache_clear()
+    found = sorted(services.find_gcs_addresses())
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ConnectionError("--ray-address auto: no Ray cluster is running on this node (start one with "
+                              "`ray start --head`, or pass the address of a cluster)")
+    try:
+        latest = utils.read_ray_address(None)
+    except OSError:
+        latest = None
+    hint = f" (the last `ray start --head` here started {latest})" if latest in found else ""
+    raise ConnectionError(f"--ray-address auto: {len(found)} Ray clusters are running on this node: "
+                          f"{', '.join(found)}{hint}; pass the one to join, e.g. --ray-address {latest or found[0]}")
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail now when nothing listens at a GCS address (HOST:PORT): Ray itself would retry the
+    connection for as long as the run's limits allow. ``ray://`` addresses fail fast on their own."""
+    if "://" in address or ":" not in address:
+        return
+    from ray._private.services import resolve_ip_for_localhost
+
+    host, _, port = address.rpartition(":")
+    target = resolve_ip_for_localhost(host.strip("[]"))  # Ray joins 127.0.0.1 as the node's address
+    try:
+        with socket.create_connection((target, int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as exc:
+        where = address if target == host else f"{address} ({target}:{port})"
+        raise ConnectionError(f"no Ray cluster answers at {where}: {exc}. Is its head running "
+                              "(`ray status --address ...`)?") from exc
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _start_private(num_cpus: int | None) -> None:
@@ -62,7 +129,8 @@ def _start_private(num_cpus: int | None) -> None:
     cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", logging_level="WARNING")
+        ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", dashboard_port=_free_port(),
+                 logging_level="WARNING", log_to_driver=_log_to_driver())
     except BaseException:
         _restore_env()
         raise

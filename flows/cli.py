@@ -6,52 +6,67 @@ import json
 import os
 import shutil
 import sys
+import traceback
+from collections import Counter
 from pathlib import Path
 
 import click
 
+from flows import console
 from schemas.catalogue import safe_title_id
-
-# Quiet, offline-friendly defaults; set before Prefect or Ray are imported. Users may override.
-_ENV_DEFAULTS = {
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
-
-
-def _prepare_env(quiet: bool) -> None:
-    for name, value in _ENV_DEFAULTS.items():
-        os.environ.setdefault(name, value)
-    if quiet:
-        os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 
 
 def _run_flow(catalogue: str, out: str, options: dict) -> dict:
-    quiet = options.pop("quiet")
-    _prepare_env(quiet)
+    """Run the catalogue flow with the console of a person: bars, one line per finished (title,
+    language), and everything else on stderr — Prefect's logs and tracebacks, native libraries'
+    chatter — in the console log (``flows/console.py``) unless ``--verbose``."""
+    quiet, verbose = options.pop("quiet"), options.pop("verbose")
+    console.prepare_env(verbose)
     scale = options.pop("job_timeout_scale")
     if scale is not None:
         os.environ["DUBLINE_JOB_TIMEOUT_SCALE"] = f"{scale:g}"  # read by the Ray runner (cluster/policy.py)
     from flows import progress
-    from flows.localize import localize_catalogue
 
+    log_path = None if verbose else console.log_path_for()
+    show_bars = progress.wanted(quiet)  # asks the terminal: before the redirect
     try:
-        with progress.bars(progress.wanted(quiet)):
-            return localize_catalogue(catalogue=catalogue, out=out, **options)
+        with console.captured_stderr(log_path) as terminal:
+            try:
+                from flows.localize import localize_catalogue  # Prefect, Ray, torch: import-time warnings to the log
+
+                with progress.bars(show_bars, terminal), progress.lines(None if quiet else click.echo):
+                    summary = localize_catalogue(catalogue=catalogue, out=out, **options)
+            except Exception:
+                if log_path is not None:
+                    traceback.print_exc()  # into the console log
+                raise
     except (ValueError, OSError) as exc:  # the run could not start: bad weights, an unusable run folder
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(_with_log(str(exc), console.keep_log(log_path, None))) from exc
+    except Exception as exc:
+        if log_path is None:
+            raise
+        kept = console.keep_log(log_path, None)  # the run folder may not be this run's
+        raise click.ClickException(_with_log(f"the run stopped: {type(exc).__name__}: {console.one_line(str(exc))}",
+                                             kept)) from exc
+    kept = console.keep_log(log_path, out)
+    summary["console_log"] = str(kept) if kept else None
+    summary["enhancement_skipped"] = not options.get("enhancer_weights")
+    return summary
+
+
+def _with_log(message: str, log_path: Path | None) -> str:
+    return f"{message}\n(details: {log_path})" if log_path else message
 
 
 def _print_summary(summary: dict) -> int:
     """Print the run summary; returns the exit code (1 when anything failed). Dubs that need
-    review are produced, not failed: they leave the exit code alone."""
+    review are produced, not failed: they leave the exit code alone. Errors are printed on one
+    line each; the run log and the console log hold the rest."""
     inv = summary["invocation"]
     click.echo(f"\nrun folder: {summary['out']}")
     click.echo(
-        f"stages executed: {inv['stages_executed'] or 'none'}; reused: {inv['stages_skipped'] or 'none'}; "
-        f"failed: {inv['stages_failed'] or 'none'}"
+        f"stages executed: {_counts(inv['stages_executed'])}; reused: {_counts(inv['stages_skipped'])}; "
+        f"failed: {_counts(inv['stages_failed'])}"
     )
     if inv["dubs_needing_review"]:
         click.echo(f"dubs that need review: {inv['dubs_needing_review']} (videos written; see NEEDS REVIEW below)")
@@ -65,11 +80,20 @@ def _print_summary(summary: dict) -> int:
             if language in title["needs_review"]:
                 click.echo(f"        NEEDS REVIEW: {title['needs_review'][language]}")
         if title["error"]:
-            click.echo(f"    error: {title['error']}")
+            click.echo(f"    error: {console.one_line(title['error'], limit=600)}")
         failed |= title["status"] != "done"
     for error in summary["catalogue_errors"]:
         click.echo(f"  catalogue {error}")
+    if summary.get("enhancement_skipped") and any(t["outputs"] for t in summary["titles"].values()):
+        click.echo("enhancement skipped: no GFPGAN weights given (--enhancer-weights)")
+    if failed and (inv.get("log") or summary.get("console_log")):
+        logs = [p for p in (inv.get("log"), summary.get("console_log")) if p]
+        click.echo(f"logs: {', '.join(logs)}")
     return 1 if failed else 0
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{stage} {n}" for stage, n in counts.items()) if counts else "none"
 
 
 _common_run_options = [
@@ -101,7 +125,7 @@ _common_run_options = [
     click.option(
         "--review-threshold",
         type=click.FloatRange(-1.0, 1.0),
-        default=0.5,  # flows.localize.REVIEW_THRESHOLD, not imported here: Prefect must load after _prepare_env
+        default=0.5,  # flows.localize.REVIEW_THRESHOLD, not imported here: Prefect must load after console.prepare_env
         show_default=True,
         help="A dub whose lip-sync self-check r (driven vs measured mouth on the output) is below this is "
         "marked 'needs review' (its video is kept; the exit code is not changed).",
@@ -114,7 +138,10 @@ _common_run_options = [
         help="Multiply the time limit of every stage job on Ray (default 1: 30 min plus 1 min per second "
         "of the title; enhance 10 min per second; see cluster/README.md). 0: no limit.",
     ),
-    click.option("--quiet", is_flag=True, help="Only warnings and the summary (no progress bars; CI=1 also hides them)."),
+    click.option("--quiet", is_flag=True, help="Only the summary (no progress bars, no line per finished title and "
+                 "language; CI=1 or piped output also hide the bars)."),
+    click.option("--verbose", is_flag=True, help="Everything on the console: Prefect's logs and tracebacks, the Ray "
+                 "workers' and native libraries' output (by default they go to the console log the summary names)."),
 ]
 
 
@@ -274,12 +301,12 @@ def status(out: str) -> None:
     for title_id, title in sorted(state["titles"].items()):
         click.echo(f"{title_id}: {title.get('status')}" + (f"  ({title['error']})" if title.get("error") else ""))
         for stage, record in in_pipeline_order(title.get("stages", {})):
-            click.echo(f"  {stage:<10} {record['state']:<6} {record['seconds']:8.2f} s  rows {record['rows_in']}->{record['rows_out']}")
+            click.echo(f"  {stage:<12}{record['state']:<6} {record['seconds']:8.2f} s  rows {record['rows_in']}->{record['rows_out']}")
         for language, lang in sorted(title.get("languages", {}).items()):
             problem = lang.get("error") or lang.get("review_reason")
             click.echo(f"  [{language}] {lang.get('status')}" + (f"  ({problem})" if problem else ""))
             for stage, record in in_pipeline_order(lang.get("stages", {})):
-                click.echo(f"    {stage:<8} {record['state']:<6} {record['seconds']:8.2f} s")
+                click.echo(f"    {stage:<10}{record['state']:<6} {record['seconds']:8.2f} s")  # same column as above
             if lang.get("output"):
                 click.echo(f"    output: {lang['output']}")
     for error in state.get("catalogue_errors", []):
@@ -368,19 +395,43 @@ def lipsync(clips: str, out: str, language: str, **options) -> None:
 
 
 @main.command()
-@click.option("--out", default="dubline-demo", show_default=True, help="Run folder of the demo.")
+@click.option("--out", default="dubline-demo", show_default=True, help="Work folder of the demo: inputs and run folder.")
 @click.option("--sample-data", default=None, type=click.Path(exists=True, file_okay=False),
               help="Run on the real clips of this folder (e.g. ../shared/data) instead of generated inputs.")
 @_with_run_options
 def demo(out: str, sample_data: str | None, **options) -> None:
-    """Build demo inputs (a real portrait, espeak-ng speech in two languages) and dub them."""
-    from flows.demo import build_demo_catalogue, build_sample_catalogue
+    """Show both jobs on inputs made from what the installed packages ship: a talking video made
+    from one portrait and English espeak-ng speech (avatar), then that video dubbed into French (dub)."""
+    from flows.demo import DEMO_AVATAR, DEMO_VIDEO, build_demo_catalogue, build_dub_catalogue, build_sample_catalogue
 
     out_dir = Path(out).resolve()
-    click.echo("building demo inputs ...")
-    catalogue = build_sample_catalogue(Path(sample_data), out_dir) if sample_data else build_demo_catalogue(out_dir)
-    click.echo(f"catalogue: {catalogue}")
-    summary = _run_flow(str(catalogue), str(out_dir / "run"), options)
-    code = _print_summary(summary)
-    click.echo(f"\noutputs are under {out_dir / 'run' / 'outputs'}; run state: {out_dir / 'run' / 'run.json'}")
+    run = out_dir / "run"
+    if sample_data:
+        catalogue = build_sample_catalogue(Path(sample_data), out_dir)
+        click.echo(f"catalogue: {catalogue}")
+        summary = _run_flow(str(catalogue), str(run), options)
+        code = _print_summary(summary)
+        click.echo(f"\noutputs are under {run / 'outputs'}; run state: {run / 'run.json'}")
+        sys.exit(code)
+
+    click.echo("1/2 avatar: a portrait (matplotlib's Grace Hopper) speaks English (espeak-ng) ...")
+    catalogue = build_demo_catalogue(out_dir)
+    first = _run_flow(str(catalogue), str(run), dict(options))
+    talking = first["titles"].get(DEMO_AVATAR, {}).get("outputs", {}).get("en")
+    if not talking:
+        sys.exit(_print_summary(first))
+    click.echo("2/2 dub: that video, with its English soundtrack, dubbed into French ...")
+    second = _run_flow(str(build_dub_catalogue(out_dir, talking)), str(run), options)
+    for name in ("stages_executed", "stages_skipped", "stages_failed"):  # the summary counts both steps
+        second["invocation"][name] = dict(Counter(first["invocation"][name]) + Counter(second["invocation"][name]))
+    second["titles"] = {**first["titles"], **second["titles"]}
+    code = _print_summary(second)
+    dubbed = second["titles"].get(DEMO_VIDEO, {}).get("outputs", {}).get("fr")
+    click.echo("\nwhere to look:")
+    click.echo(f"  the avatar (made from one photograph):  {talking}")
+    if dubbed:
+        click.echo(f"  the same video dubbed into French:      {dubbed}")
+    click.echo(f"  reports (HTML):                         {run / 'outputs'}/*/*.report.html  (or: dubline report {run})")
+    click.echo(f"  face meshes and head poses drawn:       dubline inspect {run} --title {DEMO_VIDEO}")
+    click.echo(f"  what ran, per stage:                    dubline status {run}")
     sys.exit(code)

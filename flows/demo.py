@@ -1,8 +1,13 @@
 """Demo inputs built from what installed packages ship, and the sample-data catalogue.
 
-The generated title is a two-shot clip of real portraits (scikit-image's astronaut, matplotlib's
-Grace Hopper) with a slow push-in, an English espeak-ng voice as its original audio, and espeak-ng
-dubs in French and German. Tests reuse ``write_portrait_clip`` to make their own clips.
+The generated demo shows both jobs of dubline, in two steps:
+
+1. **avatar**: a talking video made from one photograph (matplotlib's Grace Hopper portrait) and
+   English espeak-ng speech, with head motion and blinks generated from the audio;
+2. **dub** (the main job): that talking video, with its English soundtrack, dubbed into French:
+   the same picture, the speaker's mouth re-driven by French espeak-ng speech.
+
+Tests reuse ``write_portrait_clip`` to make their own clips.
 """
 
 from __future__ import annotations
@@ -16,13 +21,19 @@ import cv2
 import numpy as np
 import yaml
 
-from stages.audio.espeak import Speech, synthesize, write_wav
+from stages.speech.espeak import Speech, synthesize, write_wav
 
 DEMO_SIZE = 512
-DEMO_LINES = {
-    "fr": ("fr", "Bonjour à tous. Cette vidéo parle maintenant français, avec la même image."),
-    "de": ("de", "Guten Tag. Dieses Video spricht jetzt Deutsch, mit demselben Bild."),
+#: The demo's speech: (espeak voice, text) per language. The avatar speaks English; its video is
+#: then dubbed into French. Both lines last about as long (padded to the same length below).
+DEMO_SPEECH = {
+    "en": ("en", "Hello! This video was made from one photo."),
+    "fr": ("fr", "Bonjour ! Maintenant, je parle français."),
 }
+#: Title ids of the demo: the avatar (portrait + English speech) and the video dubbed into French.
+DEMO_AVATAR, DEMO_VIDEO = "portrait", "video"
+#: The portrait's side in pixels: big enough for a clear face, small enough for a fast demo.
+DEMO_PORTRAIT_SIZE = 384
 #: Real clips of ../shared/data and dub tracks whose length is within the default tolerance.
 SAMPLE_DUBS = {
     "talk_en_man_office": {"fr": "audio/fr_speech.wav", "zh": "audio/zh_news.wav"},
@@ -102,21 +113,42 @@ def write_portrait_clip(
     return len(frames)
 
 
+def _padded(speech: Speech, seconds: float) -> Speech:
+    """``speech`` with trailing silence up to ``seconds``."""
+    total = max(len(speech.samples), round(seconds * speech.sample_rate))
+    samples = np.zeros(total, dtype=np.float32)
+    samples[: len(speech.samples)] = speech.samples
+    return Speech(samples, speech.sample_rate, speech.phonemes)
+
+
 def build_demo_catalogue(out_dir: Path) -> Path:
-    """Generate the demo title and its dub tracks under ``out_dir``/inputs; returns the catalogue."""
+    """Generate the demo's inputs under ``out_dir``/inputs — the portrait, the English speech of
+    the avatar and the French dub of its video — and return the avatar's catalogue (step 1; step 2
+    is ``build_dub_catalogue`` over the avatar's output video)."""
+    from PIL import Image
+
     inputs = out_dir / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
-    speech = {lang: synthesize(text, voice=voice) for lang, (voice, text) in DEMO_LINES.items()}
-    # The picture lasts as long as the longest dub. It is silent: still portraits under a voice would
-    # be listeners of an off-screen speaker (who speaks when), and nobody would be dubbed.
-    seconds = max(speech[lang].duration_s for lang in ("fr", "de")) / 2 + 0.2
-    write_portrait_clip(inputs / "portraits.mp4", [astronaut(), grace_hopper()], seconds)
-    dubs = {}
-    for lang in ("fr", "de"):
-        write_wav(speech[lang], str(inputs / f"dub.{lang}.wav"))
-        dubs[lang] = f"dub.{lang}.wav"
+    speech = {lang: synthesize(text, voice=voice) for lang, (voice, text) in DEMO_SPEECH.items()}
+    seconds = max(s.duration_s for s in speech.values()) + 0.3  # the dub must last as long as the video
+    for lang, name in (("en", "speech.en.wav"), ("fr", "dub.fr.wav")):
+        write_wav(_padded(speech[lang], seconds), str(inputs / name))
+    Image.fromarray(square(grace_hopper(), DEMO_PORTRAIT_SIZE)).save(inputs / "portrait.png")
     catalogue = inputs / "catalogue.yaml"
-    catalogue.write_text(yaml.safe_dump([{"title_id": "portraits", "video": "portraits.mp4", "dubs": dubs}]))
+    catalogue.write_text(yaml.safe_dump([
+        {"title_id": DEMO_AVATAR, "portrait": "portrait.png", "language": "en", "dub_audio": "speech.en.wav"},
+    ], sort_keys=False))
+    return catalogue
+
+
+def build_dub_catalogue(out_dir: Path, video: str) -> Path:
+    """Step 2 of the demo: the catalogue that dubs ``video`` (the avatar's English output) into
+    French."""
+    inputs = out_dir / "inputs"
+    catalogue = inputs / "catalogue.dub.yaml"
+    catalogue.write_text(yaml.safe_dump([
+        {"title_id": DEMO_VIDEO, "video": video, "language": "fr", "dub_audio": str((inputs / "dub.fr.wav").resolve())},
+    ], sort_keys=False))
     return catalogue
 
 

@@ -22,11 +22,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows import progress, tasks
 from flows.run_folder import RunFolder, run_lock
 from schemas import storage
-from schemas.catalogue import CatalogueEntry, load_catalogue
+from schemas.catalogue import CatalogueEntry
+from schemas.catalogue_loader import load_catalogue
 from schemas.manifest_io import read_rows, write_manifest
 from schemas.manifests import CATALOGUE, REPORTS
-from stages.audio.whisper_models import BASE_PACKAGED
 from stages.base import TitleError
+from stages.speech.whisper_models import BASE_PACKAGED
 
 #: Titles processed at once by one driver; the cluster's own capacity limits the real parallelism.
 TITLES_IN_FLIGHT = 8
@@ -143,9 +144,13 @@ def localize_title(run_url: str, title_id: str, entries: list[dict[str, Any]], w
                                 output=outputs[language], review_reason=reason)
             if reason:
                 run.log(f"{title_id} [{language}] needs review: {reason}")
+            r = run.state["titles"][title_id]["languages"][language].get("lipsync_r")
+            progress.finished(title_id, language, "needs_review" if reason else "done",
+                              reason or (None if r is None else f"lip-sync r {r:.2f}"))
         except Exception as exc:  # noqa: BLE001 - one language's failure must not stop the others
             errors[language] = _describe(exc, title_id)
             run.update_language(title_id, language, status="failed", error=errors[language])
+            progress.finished(title_id, language, "failed", errors[language])
     status = "done" if not errors else ("partial" if outputs else "failed")
     run.update_title(title_id, status=status, error="; ".join(errors.values()) or None)
     run.log(f"title {title_id}: {status}" + (f" ({'; '.join(errors.values())})" if errors else ""))
@@ -166,6 +171,7 @@ def _title(run_url: str, title_id: str, entries: list[dict[str, Any]], whisper_m
         if run.state["titles"].get(title_id, {}).get("status") not in ("failed", "partial"):
             run.update_title(title_id, status="failed", error=message)
             run.log(f"title {title_id}: failed ({message})")
+            progress.finished(title_id, None, "failed", message)
         get_run_logger().error(message)
 
 
@@ -210,15 +216,18 @@ def localize_catalogue(
         for future in futures:
             future.wait()
         record = run.finish()
-    summary = summarize(run, record)
+    # This invocation's titles only: a title that failed in an earlier run into the same folder
+    # and is no longer catalogued must not fail this run.
+    summary = summarize(run, record, set(by_title) | {e.title_id for e in parsed.errors if e.title_id})
     create_markdown_artifact(markdown=summary_markdown(summary), key="dubline-run-summary", description="dubline run summary")
     return summary
 
 
-def summarize(run: RunFolder, invocation: dict[str, Any]) -> dict[str, Any]:
-    """Per title: status, error, and per produced language its output, report and, when it needs
-    review, why (``needs_review``: {language: reason})."""
-    titles = run.state["titles"]
+def summarize(run: RunFolder, invocation: dict[str, Any], title_ids: set[str] | None = None) -> dict[str, Any]:
+    """Per title (those of ``title_ids``, default every title of the run folder): status, error,
+    and per produced language its output, report and, when it needs review, why
+    (``needs_review``: {language: reason})."""
+    titles = {t: v for t, v in run.state["titles"].items() if title_ids is None or t in title_ids}
 
     def produced(title: dict[str, Any]) -> dict[str, dict[str, Any]]:
         languages = title.get("languages", {}).items()

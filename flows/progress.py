@@ -1,7 +1,9 @@
-"""Progress bars of a run on the CLI: one per stage and one overall.
+"""Progress of a run on the CLI: bars (one per stage and one overall) and one line per finished
+title and language.
 
-The flow announces how many stage jobs a run has (``plan``) and each finished job (``advance``);
-a display is attached only by the CLI, so deployments and tests run without one.
+The flow announces how many stage jobs a run has (``plan``), each finished job (``advance``) and
+each finished (title, language) (``finished``); a display is attached only by the CLI, so
+deployments and tests run without one.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import contextlib
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TextIO
 
 from flows.run_folder import PIPELINE_ORDER
 
@@ -19,6 +22,7 @@ TITLE_STAGES = ("probe", "shots", "faces")
 
 _lock = threading.Lock()
 _display: "_RichDisplay | None" = None
+_printer: Callable[[str], None] | None = None
 
 
 def wanted(quiet: bool) -> bool:
@@ -27,12 +31,13 @@ def wanted(quiet: bool) -> bool:
 
 
 class _RichDisplay:
-    def __init__(self) -> None:
+    def __init__(self, stream: TextIO | None = None) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        console = Console(file=stream) if stream is not None else Console(stderr=True)
         self._progress = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+                                  TimeElapsedColumn(), console=console, transient=False)
         self._tasks: dict[str, int] = {}
 
     def __enter__(self) -> "_RichDisplay":
@@ -55,6 +60,10 @@ class _RichDisplay:
         return {name: (int(self._progress.tasks[i].completed), int(self._progress.tasks[i].total or 0))
                 for name, i in self._tasks.items()}
 
+    def print(self, line: str) -> None:
+        """A line above the bars."""
+        self._progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
     def advance(self, stage: str) -> None:
         for name in (stage, "overall"):
             if name in self._tasks:
@@ -62,13 +71,14 @@ class _RichDisplay:
 
 
 @contextlib.contextmanager
-def bars(enabled: bool) -> Iterator["_RichDisplay | None"]:
-    """Show progress bars on stderr while the block runs (no-op when not ``enabled``)."""
+def bars(enabled: bool, stream: TextIO | None = None) -> Iterator["_RichDisplay | None"]:
+    """Show progress bars on ``stream`` (default: stderr) while the block runs (no-op when not
+    ``enabled``). The lines of ``finished`` are printed above them."""
     global _display
     if not enabled:
         yield None
         return
-    with _RichDisplay() as display:
+    with _RichDisplay(stream) as display:
         _display = display
         try:
             yield display
@@ -88,3 +98,33 @@ def advance(stage: str) -> None:
     with _lock:
         if _display is not None:
             _display.advance(stage)
+
+
+@contextlib.contextmanager
+def lines(printer: Callable[[str], None] | None) -> Iterator[None]:
+    """Print one line per finished (title, language) with ``printer`` while the block runs
+    (nothing when it is None)."""
+    global _printer
+    _printer = printer
+    try:
+        yield
+    finally:
+        _printer = None
+
+
+def finished(title_id: str, language: str | None, status: str, detail: str | None = None) -> None:
+    """A dub of ``title_id`` into ``language`` (None: the title as a whole) ended with ``status``
+    ("done", "needs_review", "failed"); ``detail``: its lip-sync r, review reason or error."""
+    from flows.console import one_line
+
+    with _lock:
+        if _printer is None:
+            return
+        name = f"{title_id} [{language}]" if language else f"title {title_id}"
+        label = {"done": "done", "needs_review": "NEEDS REVIEW", "failed": "FAILED"}.get(status, status)
+        text = one_line(detail)
+        line = f"{name}: {label}" + (f" ({text})" if status == "done" and text else f": {text}" if text else "")
+        if _display is not None:
+            _display.print(line)  # above the bars (a plain write to stdout would land inside them)
+        else:
+            _printer(line)
