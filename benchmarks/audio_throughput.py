@@ -29,12 +29,12 @@ def main() -> None:
     parser.add_argument("--language", default="en", help="language of the clips, for transcription and alignment")
     args = parser.parse_args()
 
-    from stages.audio.features import SAMPLE_RATE, loudness_db
-    from stages.audio.transcribe import Transcriber, speech_segments
     from stages.coeffs.model import SpeechToMouth
     from stages.coeffs.mouth import DubText, drive_mouth
     from stages.coeffs.timeline import spans_from_words
     from stages.media import read_audio
+    from stages.speech.features import SAMPLE_RATE, loudness_db
+    from stages.speech.transcribe import Transcriber, speech_segments
 
     started = time.perf_counter()
     clip = np.concatenate([read_audio(str(path.resolve()), SAMPLE_RATE) for path in args.audio])

@@ -29,7 +29,7 @@ def main() -> None:
 
     from stages.base import StageJob
     from stages.faces import FaceStage
-    from stages.faces.stage import decode_rgb
+    from stages.media import rgb_frames
     from stages.probe import ProbeStage
     from stages.sequential import SequentialRunner
     from stages.shots import ShotsStage
@@ -38,7 +38,7 @@ def main() -> None:
     decode_fps = []
     for _ in range(args.repeats):
         started = time.perf_counter()
-        frames = sum(1 for _ in decode_rgb(url))
+        frames = sum(1 for _ in rgb_frames(url))
         decode_fps.append(frames / (time.perf_counter() - started))
 
     runner = SequentialRunner()

@@ -33,7 +33,7 @@ def make_title(folder: Path, minutes: float) -> tuple[Path, Path]:
     import cv2
 
     from flows.demo import astronaut
-    from stages.audio.espeak import synthesize, write_wav
+    from stages.speech.espeak import synthesize, write_wav
 
     folder.mkdir(parents=True, exist_ok=True)
     video, audio = folder / f"title_{minutes:g}min.mp4", folder / f"dub_{minutes:g}min.wav"

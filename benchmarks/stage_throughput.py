@@ -35,7 +35,7 @@ def main() -> None:
     from stages.coeffs.stage import CoeffsStage
     from stages.composite import CompositeStage
     from stages.faces import FaceStage
-    from stages.faces.stage import decode_rgb
+    from stages.media import rgb_frames
     from stages.probe import ProbeStage
     from stages.render import RenderStage
     from stages.sequential import SequentialRunner
@@ -43,7 +43,7 @@ def main() -> None:
 
     video, dub = str(args.video.resolve()), str(args.dub_audio.resolve())
     started = time.perf_counter()
-    frames = sum(1 for _ in decode_rgb(video))
+    frames = sum(1 for _ in rgb_frames(video))
     decode_s = time.perf_counter() - started
     options = json.dumps(OPTION_DEFAULTS)
     runner = SequentialRunner()

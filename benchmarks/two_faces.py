@@ -32,11 +32,11 @@ from flows.run_folder import RunFolder
 from schemas.catalogue import safe_title_id
 from schemas.manifest_io import read_rows
 from schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS
-from stages.audio.espeak import Speech
-from stages.faces.landmarks import FaceLandmarker
+from stages.face_model.landmarks import FaceLandmarker
 from stages.media import open_media, read_audio, stream_rate
 from stages.report.mouth import best_lag, measure_mouths, pearson
 from stages.report.stage import plain_json
+from stages.speech.espeak import Speech
 
 AUDIO_RATE = 48_000  # Hz of the side-by-side clip's audio track
 SIDES = ("left", "right")

@@ -26,12 +26,12 @@ import yaml
 
 from schemas.catalogue import safe_title_id
 from schemas.catalogue_folder import VIDEO_EXTENSIONS
-from stages.audio.espeak import Speech, write_wav
-from stages.audio.fit import fit_samples
-from stages.faces.landmarks import FaceLandmarker
+from stages.face_model.landmarks import FaceLandmarker
 from stages.media import audio_duration, describe, read_audio, rgb_frames
 from stages.report.mouth import MouthCurve, best_lag, measure_mouths
 from stages.report.stage import plain_json
+from stages.speech.espeak import Speech, write_wav
+from stages.speech.fit import fit_samples
 
 SHIFT_S = 0.5
 MAX_LAG = 2

@@ -12,7 +12,7 @@ from schemas import storage
 from schemas.manifest_io import read_rows
 from schemas.manifests import AUDIO_TRACKS, DRIVEN_COEFFS, FACE_TRACKS, SHOTS, TITLES
 from stages.faces.draw import draw_faces
-from stages.faces.stage import decode_rgb
+from stages.media import rgb_frames
 from stages.report.plots import speaker_timeline
 
 TILE = 360
@@ -32,7 +32,7 @@ def inspect_title(run_url: str, title_id: str, frames: int = 6) -> str:
 
     wanted = set(np.linspace(0, title["frame_count"] - 1, frames).round().astype(int).tolist())
     tiles = []
-    for index, rgb in decode_rgb(title["source_url"]):
+    for index, rgb in rgb_frames(title["source_url"]):
         if index not in wanted:
             continue
         faces = []

@@ -348,7 +348,6 @@ class RunFolder:
         self._executed: Counter[str] = Counter()
         self._skipped: Counter[str] = Counter()
         self._failed: Counter[str] = Counter()
-        self._log_lines: list[str] = []
         self._log_url: str | None = None
 
     # --- stage outputs -------------------------------------------------------------------------
@@ -416,11 +415,11 @@ class RunFolder:
             self.log(f"catalogue {error}")
 
     def log(self, message: str) -> None:
-        """Append a line to this invocation's log (rewritten whole, so it survives a crash)."""
+        """Append a line to this invocation's log (``storage.append_text``: each line is on disk
+        once this returns, so the log survives a crash). Lines before ``begin`` are not kept."""
         with self._lock:
-            self._log_lines.append(f"{_now()} {message}")
             if self._log_url:
-                storage.write_text(self._log_url, "\n".join(self._log_lines) + "\n")
+                storage.append_text(self._log_url, f"{_now()} {message}\n")
 
     def update_title(self, title_id: str, **fields: Any) -> None:
         with self._lock:

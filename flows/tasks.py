@@ -15,9 +15,8 @@ from prefect import task
 from flows import progress
 from flows.run_folder import RunFolder, in_pipeline_order, stage_key
 from schemas import storage
-from stages.base import Stage, StageJob, StageStats, TitleError
-from stages.audio.script import read_script
 from stages.audio.stage import AudioStage
+from stages.base import Stage, StageJob, StageStats, TitleError
 from stages.coeffs.stage import CoeffsStage
 from stages.composite import CompositeStage
 from stages.enhance import EnhanceStage
@@ -27,6 +26,7 @@ from stages.render import RenderStage
 from stages.report import ReportStage
 from stages.sequential import SequentialRunner
 from stages.shots import ShotsStage
+from stages.speech.script import read_script
 
 
 class Runner(Protocol):

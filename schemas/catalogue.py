@@ -2,12 +2,14 @@
 
 A catalogue is a YAML, CSV or Parquet file (any fsspec URL) of rows with ``title_id``,
 ``video`` or ``portrait``, ``language`` and ``dub_audio``, an optional ``dub_script`` (the dub's
-text: .txt, .srt or .vtt) and optional per-row options. YAML may also give a title once with a
-``dubs: {language: audio}`` mapping, where a language's value may be ``{audio: …, script: …,
-speakers: {S1: …}}`` (``speakers``: one dub stem per speaker, the option ``dub_speakers``).
-A ``speaker_binding`` file (YAML or CSV rows of shot, track, speaker) binds face tracks to those
-speakers, or to ``none``. Relative paths are resolved against the catalogue's own folder. A folder of title folders laid
-out by convention is a catalogue too (``schemas.catalogue_folder``).
+text: .txt, .srt or .vtt) and optional per-row options (``RowOptions``). YAML may also give a
+title once with a ``dubs: {language: audio}`` mapping, where a language's value may be
+``{audio: …, script: …, speakers: {S1: …}}`` (``speakers``: one dub stem per speaker, the option
+``dub_speakers``). A ``speaker_binding`` file (YAML or CSV rows of shot, track, speaker) binds
+face tracks to those speakers, or to ``none``. Relative paths are resolved against the
+catalogue's own folder. A folder of title folders laid out by convention is a catalogue too
+(``schemas.catalogue_folder``, validated here); ``schemas.catalogue_loader.load_catalogue``
+loads either.
 
 Validation never raises for a bad row: it returns the good entries and one ``RowError`` per
 problem, so one bad title never stops the others.
@@ -18,49 +20,32 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os.path
 import re
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import langcodes
 import pyarrow.parquet as pq
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from schemas import storage
 from schemas.colour import parse_colour
 
-#: Per-row options a catalogue may set, with their type and default.
-OPTION_DEFAULTS: dict[str, Any] = {
-    "crf": "auto",  # constant rate factor of the output video; "auto": from the source's bits per pixel
-    "preset": "veryfast",  # x264/x265 preset of the output video
-    "video_codec": "auto",  # "h264", "hevc", or "auto": HEVC for HEVC, deeper than 8-bit or HDR sources
-    "hdr_output": "source",  # an HDR source's output: "source" (HDR, tagged like it) or "sdr" (tone-mapped)
-    "background": "#ffffff",  # colour under a portrait's transparent pixels: #rrggbb or white/black/grey/green
-    "audio_tolerance_s": 2.0,  # refuse dub audio whose length differs more from the picture
-    "expression_scale": 1.0,  # multiplies the driven mouth motion (SadTalker's expression scale)
-    # Avatar mode (portrait input), as SadTalker has them:
-    "pose_style": 0,  # seed of the generated head-motion style
-    "still": False,  # keep the portrait's head pose (no generated motion)
-    "ref_pose": None,  # video whose head motion is replayed instead of generated
-    "ref_blink": None,  # video whose blinks are replayed instead of generated
-    "yaw": None,  # degrees visited in order over the clip, e.g. [0, 15, -15, 0]
-    "pitch": None,
-    "roll": None,
-    "avatar_framing": "full",  # output picture: "full" portrait, "crop" around the face, "resize" to 512 px
-    # Who speaks when (dub mode):
-    "dub_speakers": None,  # {speaker: audio}: one dub stem per speaker, beside the mix (dub_audio)
-    "speaker_binding": None,  # YAML/CSV rows (shot, track, speaker): which face each speaker is, or none
-}
 _URL_OPTIONS = ("ref_pose", "ref_blink")
-_CHOICES = {"video_codec": ("auto", "h264", "hevc"), "hdr_output": ("source", "sdr")}
+_CODECS = ("auto", "h264", "hevc")
+_HDR_OUTPUTS = ("source", "sdr")
+_FRAMINGS = ("full", "crop", "resize")
 _X264_PRESETS = {
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
 }
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CORE_COLUMNS = {"title_id", "video", "portrait", "language", "dub_audio", "dub_script", "options"}
-#: Extensions of dub scripts: plain text, SubRip and WebVTT subtitles (read by ``stages.audio.script``).
+#: Extensions of dub scripts: plain text, SubRip and WebVTT subtitles (read by ``stages.speech.script``).
 SCRIPT_EXTENSIONS = ("txt", "srt", "vtt")
 _DUB_KEYS = ("audio", "script", "speakers")  # keys of a language's mapping in a YAML ``dubs`` mapping
 #: Speaker names of dub stems and bindings: safe in file names and reports.
@@ -68,6 +53,145 @@ _SPEAKER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 #: The speaker a face is bound to when it must never be driven (a listener, a screen, a poster).
 SPEAKER_NONE = "none"
 BINDING_EXTENSIONS = ("yaml", "yml", "csv")
+
+
+def speaker_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a dub stem's speaker, or None."""
+    if name.lower() == SPEAKER_NONE:
+        return f"speaker name {name!r} is reserved (it binds a face to nobody)"
+    if not _SPEAKER_NAME.match(name):
+        return f"speaker name {name!r} is not letters, digits, '_' or '-' (at most 64, starting with a letter or digit)"
+    return None
+
+
+def _speaker_stems(value: Any) -> dict[str, str]:
+    """``dub_speakers`` as {speaker: path}: a mapping (YAML, JSON) or "S1=a.wav;S2=b.wav" (a CSV cell)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            value = json.loads(text)
+        else:
+            pairs = [item.split("=", 1) for item in text.split(";") if item.strip()]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError("must be a mapping {speaker: audio} or 'S1=a.wav;S2=b.wav'")
+            value = {name.strip(): path.strip() for name, path in pairs}
+    if not isinstance(value, dict) or not value:
+        raise ValueError("must be a mapping {speaker: audio} with at least one speaker")
+    stems = {}
+    for name, path in value.items():
+        if problem := speaker_name_problem(str(name)):
+            raise ValueError(problem)
+        if _text(path) is None or not isinstance(path, str):
+            raise ValueError(f"speaker {name}: expected an audio file, not {path!r}")
+        stems[str(name)] = path.strip()
+    return stems
+
+
+def _in_range(number: Any, low: float, high: float, reason: str) -> Any:
+    """``number`` when it lies in [low, high] (NaN does not), else ValueError(reason)."""
+    if not low <= number <= high:
+        raise ValueError(reason)
+    return number
+
+
+def _number(kind: type, low: float, high: float, reason: str) -> BeforeValidator:
+    """A check: text or a number -> ``kind`` within [low, high], else ValueError(reason)."""
+    return BeforeValidator(lambda value: _in_range(kind(value), low, high, reason))
+
+
+def _one_of(choices: Collection[str], reason: str) -> BeforeValidator:
+    """A check: ``value`` as text when it is one of ``choices``, else ValueError(reason)."""
+
+    def check(value: Any) -> str:
+        if str(value) not in choices:
+            raise ValueError(reason)
+        return str(value)
+
+    return BeforeValidator(check)
+
+
+def _crf(value: Any) -> int | str:
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    return _in_range(int(value), 0, 51, "must be 'auto' or between 0 and 51")
+
+
+def _colour(value: Any) -> str:
+    parse_colour(str(value))  # ValueError for anything but a colour
+    return str(value)
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).strip().lower() in ("true", "1", "yes"):
+        return True
+    if str(value).strip().lower() in ("false", "0", "no"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _angles(value: Any) -> list[float]:
+    angles = [float(a) for a in (value if isinstance(value, list) else str(value).split(","))]
+    if not angles or any(abs(a) > 90 for a in angles):
+        raise ValueError("must be a list of angles in degrees within ±90")
+    return angles
+
+
+def _binding_file(value: Any) -> str:
+    path = str(value)
+    extension = path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
+    if extension not in BINDING_EXTENSIONS:
+        raise ValueError("must be a .yaml, .yml or .csv file of rows (shot, track, speaker)")
+    return path
+
+
+_Text = BeforeValidator(str)
+_Angles = Annotated[list[float] | None, BeforeValidator(_angles)]
+
+
+class RowOptions(BaseModel):
+    """The per-row options a catalogue may set: each one's type, default and check.
+
+    Values come as YAML or JSON values or as CSV text; each check (a ``BeforeValidator``) turns
+    text into the option's type or raises ValueError with the reason an operator reads
+    (``option <key>=<value>: reason``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # constant rate factor of the output video; "auto": from the source's bits per pixel
+    crf: Annotated[int | Literal["auto"], BeforeValidator(_crf)] = "auto"
+    # x264/x265 preset of the output video
+    preset: Annotated[str, _one_of(_X264_PRESETS, f"must be one of {sorted(_X264_PRESETS)}")] = "veryfast"
+    # "h264", "hevc", or "auto": HEVC for HEVC, deeper than 8-bit or HDR sources
+    video_codec: Annotated[Literal[_CODECS], _one_of(_CODECS, f"must be one of {', '.join(_CODECS)}")] = "auto"
+    # an HDR source's output: "source" (HDR, tagged like it) or "sdr" (tone-mapped)
+    hdr_output: Annotated[Literal[_HDR_OUTPUTS], _one_of(_HDR_OUTPUTS, f"must be one of {', '.join(_HDR_OUTPUTS)}")] = "source"
+    # colour under a portrait's transparent pixels: #rrggbb or white/black/grey/green
+    background: Annotated[str, BeforeValidator(_colour)] = "#ffffff"
+    # refuse dub audio whose length differs more from the picture
+    audio_tolerance_s: Annotated[float, _number(float, 0.0, math.inf, "must be a non-negative number of seconds")] = 2.0
+    # multiplies the driven mouth motion (SadTalker's expression scale)
+    expression_scale: Annotated[float, _number(float, 0.0, 3.0, "must be between 0 and 3")] = 1.0
+    # Avatar mode (portrait input), as SadTalker has them:
+    pose_style: Annotated[int, _number(int, 0, math.inf, "must be a non-negative integer")] = 0  # seed of the head-motion style
+    still: Annotated[bool, BeforeValidator(_flag)] = False  # keep the portrait's head pose (no generated motion)
+    ref_pose: Annotated[str | None, _Text] = None  # video whose head motion is replayed instead of generated
+    ref_blink: Annotated[str | None, _Text] = None  # video whose blinks are replayed instead of generated
+    yaw: _Angles = None  # degrees visited in order over the clip, e.g. [0, 15, -15, 0]
+    pitch: _Angles = None
+    roll: _Angles = None
+    # output picture: "full" portrait, "crop" around the face, "resize" to 512 px
+    avatar_framing: Annotated[Literal[_FRAMINGS], _one_of(_FRAMINGS, f"must be one of {', '.join(map(repr, _FRAMINGS))}")] = "full"
+    # Who speaks when (dub mode):
+    # {speaker: audio}: one dub stem per speaker, beside the mix (dub_audio)
+    dub_speakers: Annotated[dict[str, str] | None, BeforeValidator(_speaker_stems)] = None
+    # YAML/CSV rows (shot, track, speaker): which face each speaker is, or none
+    speaker_binding: Annotated[str | None, BeforeValidator(_binding_file)] = None
+
+
+#: Every option with its default, in ``RowOptions``' order.
+OPTION_DEFAULTS: dict[str, Any] = RowOptions().model_dump()
 
 
 class _CatalogueYamlLoader(yaml.SafeLoader):
@@ -159,13 +283,8 @@ class Catalogue:
         return [e.to_row() for e in self.entries]
 
 
-def load_catalogue(url: str, check_files: bool = True) -> Catalogue:
-    """Read and validate the catalogue at ``url``: a file, or a folder laid out by convention
-    (see ``schemas.catalogue_folder``)."""
-    from schemas import catalogue_folder  # it builds on this module's validation
-
-    if catalogue_folder.is_folder(url):
-        return catalogue_folder.load_folder_catalogue(url, check_files)
+def load_catalogue_file(url: str, check_files: bool = True) -> Catalogue:
+    """Read and validate the catalogue file (YAML, CSV or Parquet) at ``url``."""
     raw_rows = _read_raw_rows(url)
     protocol, sep, path = url.partition("://") if "://" in url else ("", "", url)
     parent = path.rsplit("/", 1)[0] if "/" in path else ("" if sep else ".")
@@ -385,6 +504,9 @@ def _validate_row(number: int, raw: dict[str, Any], base_url: str) -> tuple[Cata
 
 
 def _parse_options(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A row's options (its ``options`` mapping or JSON text, and any column that is not a core
+    one) checked by ``RowOptions``: all options with their defaults, and one problem per unknown
+    or invalid option, in the order given."""
     given: dict[str, Any] = {}
     problems: list[str] = []
     nested = raw.get("options")
@@ -399,113 +521,21 @@ def _parse_options(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         problems.append("options must be a mapping")
     given.update({k: v for k, v in raw.items() if k not in _CORE_COLUMNS and k != "dubs" and _text(v) is not None})
 
-    options = dict(OPTION_DEFAULTS)
+    known = {key: value for key, value in given.items() if key in OPTION_DEFAULTS}
+    invalid: dict[str, str] = {}
+    try:
+        options = RowOptions.model_validate(known).model_dump()
+    except ValidationError as exc:
+        options = dict(OPTION_DEFAULTS)
+        for error in exc.errors():
+            cause = error.get("ctx", {}).get("error")
+            invalid.setdefault(str(error["loc"][0]), str(cause) if cause is not None else error["msg"])
     for key, value in given.items():
         if key not in OPTION_DEFAULTS:
             problems.append(f"unknown option or column {key!r} (known options: {', '.join(OPTION_DEFAULTS)})")
-            continue
-        try:
-            options[key] = _coerce_option(key, value)
-        except ValueError as exc:
-            problems.append(f"option {key}={value!r}: {exc}")
+        elif key in invalid:
+            problems.append(f"option {key}={value!r}: {invalid[key]}")
     return options, problems
-
-
-def _coerce_option(key: str, value: Any) -> Any:
-    if key == "crf":
-        if str(value).strip().lower() == "auto":
-            return "auto"
-        crf = int(value)
-        if not 0 <= crf <= 51:
-            raise ValueError("must be 'auto' or between 0 and 51")
-        return crf
-    if key in _CHOICES:
-        if str(value) not in _CHOICES[key]:
-            raise ValueError(f"must be one of {', '.join(_CHOICES[key])}")
-        return str(value)
-    if key == "background":
-        parse_colour(str(value))  # ValueError for anything but a colour
-        return str(value)
-    if key == "preset":
-        if str(value) not in _X264_PRESETS:
-            raise ValueError(f"must be one of {sorted(_X264_PRESETS)}")
-        return str(value)
-    if key == "expression_scale":
-        scale = float(value)
-        if not 0.0 <= scale <= 3.0:
-            raise ValueError("must be between 0 and 3")
-        return scale
-    if key == "pose_style":
-        style = int(value)
-        if style < 0:
-            raise ValueError("must be a non-negative integer")
-        return style
-    if key == "still":
-        if isinstance(value, bool):
-            return value
-        if str(value).strip().lower() in ("true", "1", "yes"):
-            return True
-        if str(value).strip().lower() in ("false", "0", "no"):
-            return False
-        raise ValueError("must be true or false")
-    if key in ("yaw", "pitch", "roll"):
-        angles = value if isinstance(value, list) else str(value).split(",")
-        angles = [float(a) for a in angles]
-        if not angles or any(abs(a) > 90 for a in angles):
-            raise ValueError("must be a list of angles in degrees within ±90")
-        return angles
-    if key in _URL_OPTIONS:
-        return str(value)
-    if key == "avatar_framing":
-        if str(value) not in ("full", "crop", "resize"):
-            raise ValueError("must be one of 'full', 'crop', 'resize'")
-        return str(value)
-    if key == "dub_speakers":
-        return _speaker_stems(value)
-    if key == "speaker_binding":
-        path = str(value)
-        extension = path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
-        if extension not in BINDING_EXTENSIONS:
-            raise ValueError("must be a .yaml, .yml or .csv file of rows (shot, track, speaker)")
-        return path
-    if key == "audio_tolerance_s":
-        tolerance = float(value)
-        if not tolerance >= 0:
-            raise ValueError("must be a non-negative number of seconds")
-        return tolerance
-    raise ValueError("unknown option")
-
-
-def speaker_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot name a dub stem's speaker, or None."""
-    if name.lower() == SPEAKER_NONE:
-        return f"speaker name {name!r} is reserved (it binds a face to nobody)"
-    if not _SPEAKER_NAME.match(name):
-        return f"speaker name {name!r} is not letters, digits, '_' or '-' (at most 64, starting with a letter or digit)"
-    return None
-
-
-def _speaker_stems(value: Any) -> dict[str, str]:
-    """``dub_speakers`` as {speaker: path}: a mapping (YAML, JSON) or "S1=a.wav;S2=b.wav" (a CSV cell)."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("{"):
-            value = json.loads(text)
-        else:
-            pairs = [item.split("=", 1) for item in text.split(";") if item.strip()]
-            if any(len(pair) != 2 for pair in pairs):
-                raise ValueError("must be a mapping {speaker: audio} or 'S1=a.wav;S2=b.wav'")
-            value = {name.strip(): path.strip() for name, path in pairs}
-    if not isinstance(value, dict) or not value:
-        raise ValueError("must be a mapping {speaker: audio} with at least one speaker")
-    stems = {}
-    for name, path in value.items():
-        if problem := speaker_name_problem(str(name)):
-            raise ValueError(problem)
-        if _text(path) is None or not isinstance(path, str):
-            raise ValueError(f"speaker {name}: expected an audio file, not {path!r}")
-        stems[str(name)] = path.strip()
-    return stems
 
 
 @dataclass(frozen=True)

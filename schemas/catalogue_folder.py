@@ -5,7 +5,7 @@
     <folder>/<title>/dub.<lang>.txt|srt|vtt      optional: that language's dub script (its text)
     <folder>/<title>/dub.<lang>.<speaker>.<ext>  optional: one dub stem per speaker, e.g. dub.fr.S1.wav
     <folder>/<title>/speakers.yaml|yml|csv       optional: the speaker binding (shot, track -> speaker)
-    <folder>/<title>/options.yaml                optional: the title's options (see OPTION_DEFAULTS)
+    <folder>/<title>/options.yaml                optional: the title's options (see RowOptions)
 
 The folder name is the title id. Each title becomes one catalogue entry with a ``dubs`` mapping and
 goes through the same row validation as a catalogue file; titles are numbered as rows in name
@@ -174,27 +174,14 @@ def _scan_title(fs, path: str, title: TitleFolder) -> TitleFolder:
             title.problems.append(f"more than one dub track for language {language!r}: {', '.join(files)}")
     for language, speakers in title.stems.items():
         for speaker, files in speakers.items():
-            if language not in title.dubs:
-                problem = (f"dub stem {', '.join(files)} has no dub track beside it "
-                           f"(dub.{language}.<audio ext>, the mix of every speaker)")
-            elif len(files) > 1:
-                problem = f"more than one dub stem for speaker {speaker!r} of language {language!r}: {', '.join(files)}"
-            else:
-                continue
-            title.language_problems.setdefault(language, []).append(problem)
+            _companion_problem(title, language, files, "dub stem", "the mix of every speaker",
+                               f"speaker {speaker!r} of language {language!r}")
     for language, files in title.scripts.items():
         if "." in language:
             title.language_problems.setdefault(language.split(".")[0], []).append(
                 f"dub script {', '.join(files)}: scripts are per language (dub.<lang>.txt|srt|vtt), not per speaker")
             continue
-        if language not in title.dubs:
-            problem = (f"dub script {', '.join(files)} has no dub track beside it "
-                       f"(dub.{language}.<audio ext>, e.g. dub.{language}.wav)")
-        elif len(files) > 1:
-            problem = f"more than one dub script for language {language!r}: {', '.join(files)}"
-        else:
-            continue
-        title.language_problems.setdefault(language, []).append(problem)
+        _companion_problem(title, language, files, "dub script", f"e.g. dub.{language}.wav", f"language {language!r}")
     if len(options_files) > 1:
         title.problems.append(f"both {' and '.join(options_files)}; keep one")
     elif options_files:
@@ -206,6 +193,18 @@ def _scan_title(fs, path: str, title: TitleFolder) -> TitleFolder:
     elif binding_files:
         title.options = {**title.options, "speaker_binding": storage.join(title.url, binding_files[0])}
     return title
+
+
+def _companion_problem(title: TitleFolder, language: str, files: list[str], kind: str, hint: str, whose: str) -> None:
+    """A problem of ``language`` when its companion files of one ``kind`` (its script, one
+    speaker's stem) have no dub track beside them, or are more than one."""
+    if language not in title.dubs:
+        problem = f"{kind} {', '.join(files)} has no dub track beside it (dub.{language}.<audio ext>, {hint})"
+    elif len(files) > 1:
+        problem = f"more than one {kind} for {whose}: {', '.join(files)}"
+    else:
+        return
+    title.language_problems.setdefault(language, []).append(problem)
 
 
 def _read_options(fs, path: str, title: TitleFolder) -> None:

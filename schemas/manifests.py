@@ -190,7 +190,7 @@ AUDIO_TRACKS = ManifestSchema(
         pa.field("transcript_language", pa.string()),  # the language Whisper transcribed in
         pa.field("detected_language", pa.string()),
         pa.field("language_probability", pa.float32()),
-        pa.field("language_matches", pa.bool_()),
+        pa.field("language_matches", pa.bool_()),  # None: not checked (no Whisper, or an English-only one)
         pa.field("srt_url", pa.string()),
         pa.field("vtt_url", pa.string()),
         pa.field("script_url", pa.string()),  # the studio's dub script, when the catalogue gives one

@@ -148,6 +148,29 @@ def write_text(url: str, text: str) -> None:
     write_bytes(url, text.encode("utf-8"))
 
 
+def append_text(url: str, text: str) -> None:
+    """Append ``text`` to ``url`` (created when missing), keeping what it holds.
+
+    Local files are opened in append mode and flushed to disk, so a crash keeps every line
+    appended before it. Other stores append where fsspec can (memory://, s3fs); a store that
+    cannot append (e.g. GCS) gets the old content and the new text written back whole, atomically.
+    """
+    data = text.encode("utf-8")
+    fs, path = filesystem(url)
+    fs.makedirs(path.rpartition("/")[0], exist_ok=True)
+    if isinstance(fs, LocalFileSystem):
+        with open(path, "ab") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return
+    try:
+        with fs.open(path, "ab") as f:
+            f.write(data)
+    except (NotImplementedError, ValueError):  # no append mode on this store
+        write_bytes(url, (fs.cat_file(path) if fs.exists(path) else b"") + data)
+
+
 def upload_file(local_file: str, url: str) -> None:
     """Move or copy a finished local file to ``url`` atomically."""
     fs, path = filesystem(url)

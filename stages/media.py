@@ -444,8 +444,16 @@ def frames(video: ShownVideo, view: str = "sdr") -> Iterator[av.VideoFrame]:
                     yield shown
 
 
-def rgb_frames(video: ShownVideo, view: str = "sdr") -> Iterator[tuple[int, np.ndarray]]:
-    """(clock frame index, H×W×3 uint8 RGB) of ``video`` in the ``rgb`` or ``sdr`` view."""
+def rgb_frames(source: ShownVideo | str | dict[str, Any], view: str = "sdr") -> Iterator[tuple[int, np.ndarray]]:
+    """(clock frame index, H×W×3 uint8 RGB) of a video as shown, in the ``rgb`` or ``sdr`` view.
+
+    ``source``: a ``ShownVideo``, a URL (described first) or a ``titles`` row. ``sdr`` (BT.709
+    SDR) is what the face models expect, ``rgb`` (the source's own code values) what is pasted
+    back into it."""
+    if isinstance(source, str):
+        video = describe(source)
+    else:
+        video = source if isinstance(source, ShownVideo) else ShownVideo.from_title(source)
     for index, frame in enumerate(frames(video, view)):
         yield index, frame.to_ndarray(format="rgb24")
 

@@ -374,4 +374,9 @@ def test_file_name_that_is_not_utf8_is_an_error_of_its_own_title(inputs, tmp_pat
     summary = localize_catalogue(catalogue=str(catalogue), out=str(tmp_path / "run"), executor="local")
     assert summary["titles"]["tiny"]["status"] == "done"
     odd = summary["titles"]["odd_name"]
-    assert odd["status"] == "done" or ("odd_name" in odd["error"] and "UTF-8" in odd["error"])
+    # Refused when the catalogue is read (the name cannot be written into a UTF-8 manifest or
+    # log), as a row error naming its title and the file, with what to do; nothing is produced.
+    assert odd["status"] == "invalid" and odd["outputs"] == {}
+    assert odd["error"].startswith("row 2 (odd_name [fr]): file name is not valid UTF-8: ")
+    assert "clip-\\udcff.mp4" in odd["error"] and odd["error"].endswith("(rename the file)")
+    assert [e for e in summary["catalogue_errors"] if "(odd_name [" in e] == [odd["error"]]

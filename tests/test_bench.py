@@ -33,9 +33,9 @@ from flows.bench import (
 )
 from flows.cli import main
 from flows.demo import astronaut, grace_hopper, write_clip, write_portrait_clip
-from stages.audio.espeak import Speech, synthesize
 from stages.media import read_audio
 from stages.report.mouth import MouthCurve, best_lag, pearson
+from stages.speech.espeak import Speech, synthesize
 
 
 def _read_wav(path: Path) -> np.ndarray:

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from schemas import storage
-from schemas.catalogue import OPTION_DEFAULTS, Catalogue, CatalogueEntry, CatalogueError, load_catalogue
+from schemas.catalogue import OPTION_DEFAULTS, Catalogue, CatalogueEntry, CatalogueError
+from schemas.catalogue_loader import load_catalogue
 from schemas.manifest_io import read_rows, write_manifest
 from schemas.manifests import CATALOGUE
 

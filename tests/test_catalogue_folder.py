@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from schemas import storage
-from schemas.catalogue import OPTION_DEFAULTS, CatalogueError, load_catalogue
+from schemas.catalogue import OPTION_DEFAULTS, CatalogueError
+from schemas.catalogue_loader import load_catalogue
 
 #: title folder -> files (name -> content); dummy bytes suffice, validation only opens them.
 LAYOUT: dict[str, dict[str, bytes | str]] = {

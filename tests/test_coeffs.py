@@ -14,7 +14,6 @@ from flows.demo import astronaut, write_portrait_clip
 from schemas.catalogue import OPTION_DEFAULTS
 from schemas.manifest_io import read_rows
 from schemas.manifests import DRIVEN_COEFFS, EXPRESSION_NAMES, FACE_TRACKS
-from stages.audio.espeak import synthesize, write_wav
 from stages.audio.stage import AudioStage
 from stages.base import StageJob
 from stages.coeffs.calibration import fit_calibration
@@ -27,6 +26,7 @@ from stages.faces import FaceStage
 from stages.probe import ProbeStage
 from stages.sequential import SequentialRunner
 from stages.shots import ShotsStage
+from stages.speech.espeak import synthesize, write_wav
 
 JAW = EXPRESSION_NAMES.index("jaw_open")
 SAMPLE_DATA = Path(os.environ.get("DUBLINE_SAMPLE_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))

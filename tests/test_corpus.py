@@ -10,8 +10,6 @@ import librosa
 import numpy as np
 import pytest
 
-from stages.audio.espeak import synthesize
-from stages.audio.features import SAMPLE_RATE, loudness_db
 from stages.coeffs.training.corpus import (
     DEFAULT_VOICES,
     HELD_OUT_VOICES,
@@ -23,6 +21,8 @@ from stages.coeffs.training.corpus import (
 )
 from stages.coeffs.training.sentences import SENTENCES
 from stages.coeffs.visemes import VISEME_CLASSES
+from stages.speech.espeak import synthesize
+from stages.speech.features import SAMPLE_RATE, loudness_db
 
 LANGUAGES = sorted(SENTENCES)
 FIRST_VOICES = {language: [voices[0]] for language, voices in DEFAULT_VOICES.items()}

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from stages.audio.espeak import PhonemeEvent, Speech, list_voices, synthesize, write_wav
+from stages.speech.espeak import PhonemeEvent, Speech, list_voices, synthesize, write_wav
 
 
 def _median_f0(speech: Speech) -> float:

@@ -15,8 +15,8 @@ from flows.demo import astronaut, grace_hopper, write_clip, write_portrait_clip
 from schemas.manifest_io import read_rows
 from schemas.manifests import FACE_TRACKS, FRAME_CHUNK, SHOTS
 from stages.base import StageJob
+from stages.face_model.geometry import eye_centres, project
 from stages.faces import FaceStage
-from stages.faces.geometry import eye_centres, project
 from stages.probe import ProbeStage
 from stages.sequential import SequentialRunner
 from stages.shots import ShotsStage

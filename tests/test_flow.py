@@ -18,15 +18,15 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from flows import progress
 from flows.cli import main
 from flows.demo import astronaut
+from flows.localize import localize_catalogue
 from flows.run_folder import RunFolder
+from schemas import storage
 from schemas.manifest_io import read_rows
 from schemas.manifests import DRIVEN_COEFFS
-from stages.audio.espeak import synthesize, write_wav
-from stages.faces.geometry import LOWER_LIP_INNER, UPPER_LIP_INNER
-from stages.faces.landmarks import FaceLandmarker
+from stages.face_model.geometry import LOWER_LIP_INNER, UPPER_LIP_INNER
+from stages.face_model.landmarks import FaceLandmarker
 from stages.sequential import SequentialRunner
-from flows.localize import localize_catalogue
-from schemas import storage
+from stages.speech.espeak import synthesize, write_wav
 from tests.conftest import CLIP_FPS, CLIP_SIZE, SHOT_SECONDS
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("ray_cluster", "prefect_harness")]

@@ -102,7 +102,7 @@ def make_sources(folder: Path) -> dict[str, Path]:
     from PIL import Image
 
     from flows.demo import astronaut, push_in, square, write_clip
-    from stages.audio.espeak import synthesize, write_wav
+    from stages.speech.espeak import synthesize, write_wav
 
     speech = synthesize("Hello there.", voice="en")
     portrait = square(astronaut(), 64)

@@ -5,7 +5,6 @@ analysed and written at a bounded size."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import av
@@ -58,7 +57,7 @@ def test_the_background_is_a_probe_option_and_reaches_every_stage(tmp_path):
                                     rows=({"title_id": "t", "mode": "avatar", "source_url": str(tmp_path / "empty.png")},)))
     (title,) = read_rows(titles, TITLES)
     assert (title["still"], title["background"], title["frame_count"]) == (True, "#00ff00", 1)
-    from stages.faces.stage import decode_rgb
+    from stages.media import rgb_frames as decode_rgb
 
     (_, rgb), = list(decode_rgb(title))
     assert (rgb == (0, 255, 0)).all()
@@ -131,14 +130,13 @@ def faces_of(tmp_path: Path, portrait: Path) -> tuple[list[dict], dict, float]:
     return read_rows(faces, FACE_TRACKS), read_rows(titles, TITLES)[0], stats.seconds
 
 
-def test_a_huge_portrait_is_analysed_at_a_bounded_size_in_bounded_time(tmp_path, huge_portrait):
-    started = time.perf_counter()
+def test_a_huge_portrait_is_analysed_at_a_bounded_size(tmp_path, huge_portrait):
+    """Every stage sees the portrait at most 1920 px a side, which bounds its time (measured by
+    ``benchmarks/faces_throughput.py``, not asserted here)."""
     video = describe(str(huge_portrait))
-    assert time.perf_counter() - started < 3
     assert (video.coded_width, video.coded_height) == HUGE
     assert max(video.width, video.height) == 1920 and abs(video.width / video.height - HUGE[0] / HUGE[1]) < 0.01
-    tracks, title, seconds = faces_of(tmp_path, huge_portrait)
-    assert seconds < 5, f"faces stage took {seconds:.1f} s on a 25 MP portrait"
+    tracks, title, _ = faces_of(tmp_path, huge_portrait)
     assert any(t["dubbable"] for t in tracks), [t["skip_reason"] for t in tracks]
     assert (title["width"], title["height"]) == (video.width, video.height)
 

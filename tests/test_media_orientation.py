@@ -15,7 +15,7 @@ from PIL import Image
 
 from schemas.manifest_io import read_rows
 from schemas.manifests import OUTPUTS, TITLES
-from stages.base import StageJob
+from stages.base import StageJob, TitleError
 from stages.composite import CompositeStage
 from stages.media import Orientation, describe, load_still, rgb_frames
 from stages.probe import ProbeStage
@@ -180,3 +180,21 @@ def test_non_square_pixels_are_shown_square(tmp_path):
     assert rgb.shape == (CODED_H, 2 * CODED_W, 3) and corners(rgb) == "R G B ."
     red = (rgb[..., 0] > 200) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)
     assert 14 <= red[4].sum() <= 18  # the 8 px marker is 16 px wide now
+
+
+def test_a_picture_larger_than_the_encoders_allow_is_refused_naming_its_size(tmp_path):
+    """6000×6000 is 36 M pixels, above H.264/HEVC level 6.2's 35,651,584 (though each side is within
+    the 8192 px limit): no conforming decoder could play the dub, so the probe refuses the title
+    before any work (a lossless one-frame source)."""
+    path = tmp_path / "huge.mkv"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 6000, 6000, "yuv420p"
+        frame = av.VideoFrame.from_ndarray(np.full((6000, 6000, 3), 90, np.uint8), format="rgb24")
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    with pytest.raises(TitleError) as refused:
+        SequentialRunner().run(StageJob(ProbeStage, {}, str(tmp_path / "titles.parquet"), "big",
+                                        rows=({"title_id": "big", "mode": "dub", "source_url": str(path)},)))
+    assert str(refused.value) == ("big: picture 6000x6000 is larger than H.264 and HEVC allow "
+                                  "(35,651,584 pixels at level 6.2, e.g. 8192x4352)")

@@ -19,10 +19,10 @@ from schemas.manifests import DRIVEN_COEFFS, EXPRESSION_NAMES, FACE_TRACKS, FRAM
 from stages.base import StageJob
 from stages.chunk_images import decode_rgba
 from stages.composite.paste import paste
+from stages.face_model.geometry import LOWER_LIP_INNER, UPPER_LIP_INNER, eye_centres
+from stages.face_model.landmarks import FaceLandmarker
 from stages.faces import FaceStage
-from stages.faces.geometry import LOWER_LIP_INNER, UPPER_LIP_INNER, eye_centres
-from stages.faces.landmarks import FaceLandmarker
-from stages.faces.stage import decode_rgb
+from stages.media import rgb_frames as decode_rgb
 from stages.probe import ProbeStage
 from stages.render import RenderStage
 from stages.render.warp import INNER_PAIRS, OUTER_LIPS

@@ -16,10 +16,10 @@ from schemas.manifest_io import read_rows
 from schemas.manifests import OUTPUTS, SHOTS, TITLES
 from stages.base import StageJob, TitleError
 from stages.composite import CompositeStage
-from stages.audio.fit import fit_policy
 from stages.probe import ProbeStage
 from stages.sequential import SequentialRunner
 from stages.shots import ShotsStage
+from stages.speech.fit import fit_policy
 from tests.conftest import CLIP_FPS, CLIP_SIZE, SHOT_SECONDS
 
 SHOT_FRAMES = round(SHOT_SECONDS * CLIP_FPS)
@@ -113,14 +113,19 @@ def test_composite_keeps_picture_and_muxes_dub(media, tmp_path):
     runner = SequentialRunner()
     output = composite(runner, tmp_path, probe(runner, tmp_path, media["two_shots"]), media["dub_fr"])
     assert output["frame_count"] == 2 * SHOT_FRAMES and output["fps"] == CLIP_FPS
-    assert output["audio_fit"] in ("padded", "trimmed", "exact")
+    # The 1.4 s French dub under 2.4 s of picture (within the tolerance): padded with silence.
+    assert output["audio_fit"] == "padded"
     with av.open(output["video_url"]) as container:
         video, audio = container.streams.video[0], container.streams.audio[0]
         assert (video.codec_context.name, video.width, video.height) == ("h264", CLIP_SIZE, CLIP_SIZE)
         assert video.average_rate == CLIP_FPS
         assert (audio.codec_context.name, audio.codec_context.sample_rate, audio.codec_context.channels) == ("aac", 48000, 2)
         assert float(audio.duration * audio.time_base) == pytest.approx(2 * SHOT_SECONDS, abs=0.03)
+        sound = np.hstack([f.to_ndarray() for f in container.decode(audio=0)])[0]
+    with av.open(output["video_url"]) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    speech, padding = sound[int(0.2 * 48000) : int(1.2 * 48000)], sound[int(1.6 * 48000) :]
+    assert np.sqrt(np.mean(padding**2)) < 0.01 * np.sqrt(np.mean(speech**2)), "the padding is silence (-40 dB)"
     assert len(frames) == 2 * SHOT_FRAMES
     with av.open(str(media["two_shots"])) as source:
         first = next(source.decode(video=0)).to_ndarray(format="rgb24")

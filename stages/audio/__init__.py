@@ -1,1 +1,2 @@
-"""Dub-audio analysis: decoding, features, speech synthesis for demos and training."""
+"""audio: one dub track of one title analysed on the title's frame clock (speech, transcript,
+subtitles, language check), with the shared speech tools of ``stages.speech``."""

@@ -1,7 +1,7 @@
 """audio: analyse one dub track of one title on the title's frame clock.
 
 Decodes any format FFmpeg reads (any rate, any channel layout) to 16 kHz mono, applies the
-dub-length policy (``stages.audio.fit``), measures loudness per video frame, finds speech with
+dub-length policy (``stages.speech.fit``), measures loudness per video frame, finds speech with
 Silero VAD, reads the dub script when the catalogue gives one, and — with a Whisper model (by
 default the multilingual base model shipped in PyPI packages) — transcribes with word times in
 the dub's language, writes SRT and WebVTT subtitles beside the output video, and checks the spoken
@@ -20,14 +20,14 @@ import numpy as np
 from schemas import storage
 from schemas.manifest_io import read_rows
 from schemas.manifests import AUDIO_TRACKS, TITLES
-from stages.audio.features import SAMPLE_RATE, loudness_db
-from stages.audio.fit import fit_policy, fit_samples
-from stages.audio.script import read_script_cues
 from stages.audio.subtitles import to_srt, to_vtt
-from stages.audio.transcribe import Transcriber, language_matches, speech_segments, whisper_language
-from stages.audio.whisper_models import BASE_PACKAGED
 from stages.base import Resources, Stage, TitleError
 from stages.media import audio_duration, media_error, read_audio
+from stages.speech.features import SAMPLE_RATE, loudness_db
+from stages.speech.fit import fit_policy, fit_samples
+from stages.speech.script import read_script_cues
+from stages.speech.transcribe import Transcriber, language_matches, speech_segments, whisper_language
+from stages.speech.whisper_models import BASE_PACKAGED
 
 
 #: The longest audio an avatar title takes (s): its picture lasts as long as the audio.
@@ -45,7 +45,7 @@ class AudioStage(Stage):
     """
 
     name = "audio"
-    version = "2"
+    version = "3"  # 3: an English-only model leaves the language unchecked
     resources = Resources(cpus=1.0, memory_gb=2.0)
     output_schema = AUDIO_TRACKS
     #: A model name or local CTranslate2 model folder (see ``whisper_models``); None: no transcript.
@@ -141,10 +141,14 @@ class AudioStage(Stage):
     def _transcribe(self, samples: np.ndarray, title_id: str, language: str, subtitles_url: str) -> dict[str, Any]:
         """Transcript in the catalogue's language, unless Whisper is sure the dub speaks another
         (a wrong track): then in the language it hears, so that the text matches the audio."""
-        detected, probability = self._transcriber.detect_language(samples)
-        matches = language_matches(language, detected)
+        if self._transcriber.english_only:  # it hears every language as English: no check is made
+            detected, probability, matches = None, None, None
+            self.drop("dub language not checked (English-only Whisper model)")
+        else:
+            detected, probability = self._transcriber.detect_language(samples)
+            matches = language_matches(language, detected)
         spoken = whisper_language(language, self._transcriber)
-        if not matches and probability >= _SURE or spoken is None:
+        if matches is False and probability >= _SURE or spoken is None:
             spoken = detected
         transcript = self._transcriber.transcribe(samples, language=spoken)
         for suffix, text in ((".srt", to_srt(transcript.segments)), (".vtt", to_vtt(transcript.segments))):
@@ -153,7 +157,7 @@ class AudioStage(Stage):
             except OSError as exc:  # the outputs location: a file where a folder goes, a full disk...
                 raise TitleError(title_id, f"[{language}] cannot write {subtitles_url + suffix} "
                                            f"({exc.strerror or exc})") from exc
-        if not matches:
+        if matches is False:
             self.drop("dub language differs from the catalogue")
         return {
             "transcript": transcript.text,

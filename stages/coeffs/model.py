@@ -1,6 +1,6 @@
 """The audio -> mouth network (SadTalker's ExpNet role) over a frozen speech encoder.
 
-``SpeechToMouth`` listens to Whisper's encoder states (``stages.audio.speech_encoder``: 50 per
+``SpeechToMouth`` listens to Whisper's encoder states (``stages.speech.speech_encoder``: 50 per
 second, speaker-independent) and gives, per state, two things:
 - **viseme posteriors** over ``visemes.VISEME_CLASSES``: what the mouth is articulating (p/b/m,
   an open vowel, a rounded one, rest...), the input of the forced aligner (``alignment``);
@@ -24,9 +24,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from stages.audio.speech_encoder import SpeechEncoder
-from stages.audio.whisper_models import BASE_PACKAGED
 from stages.coeffs.visemes import MOUTH_COEFFS, VISEME_CLASSES
+from stages.speech.speech_encoder import SpeechEncoder
+from stages.speech.whisper_models import BASE_PACKAGED
 
 WEIGHTS = Path(__file__).parent / "weights" / "mouthnet.safetensors"
 

@@ -1,7 +1,7 @@
 """Head pose and eye blinks for avatar mode (SadTalker's PoseVAE and blink roles), and the
 reference-video variants (``--ref_pose``, ``--ref_blink``).
 
-Pose rows are T×6 in the face stage's units (see ``stages.faces.geometry.PoseFit.pose_rows``):
+Pose rows are T×6 in the face stage's units (see ``stages.face_model.geometry.PoseFit.pose_rows``):
 yaw, pitch, roll in degrees (yaw > 0 towards image right, pitch > 0 chin up, roll > 0
 counter-clockwise), tx, ty in px, scale in px per inter-ocular distance (IOD). Blink rows are T×2
 (left, right) eye closure in [0, 1], 0 open.

@@ -10,7 +10,9 @@ same prediction the speaker calibration uses) and the track's measured jaw_open.
 normalises each window by itself (loudness, mouth size and the model's scale do not matter);
 it is damped where the mouth hardly moves around that frame (a listener's mesh jitter, or a still
 face beside a turn, must not pass for speech), where the face is small (its mouth is measured
-coarsely) and where the window runs off the track.
+coarsely) and where the window runs off the track. Footage is often out of sync (broadcast
+clips by a few frames, one training clip by 0.24 s), so each track is first lined up with the
+audio at the lag, within ``MAX_AV_OFFSET_S``, where its mouth follows the speech best.
 Faces of one shot compete with each other and with *nobody* (off-screen speech, narration): per
 frame a categorical distribution over {nobody, track 1, …} whose logits are the damped
 correlations above ``R_SPEAKING``, in units of ``TEMPERATURE``; the probability of a face is that
@@ -45,10 +47,13 @@ MIN_TURN_S = 0.5  # a piece of a dub segment shorter than this joins its neighbo
 FADE_S = 0.16  # the driven mouth fades in and out over this much around a face's driven frames
 MAX_GAP_S = 0.5  # a face driven on both sides of a shorter gap stays driven through it
 MIN_BIND_SHARE = 0.3  # mean speaking probability during a stem's speech needed to bind it to a face
-#: A face alone in its shot that is labelled speaker on at least this share of the shot's speech is
-#: the shot's speaker throughout: on talking-head footage the windowed correlation dips on some
-#: words (the audio->mouth model follows a filmed mouth at r ~0.5), and those words must not go
-#: undubbed. A listener under narration stays near 0.
+MAX_AV_OFFSET_S = 0.3  # largest audio/picture offset of the source looked for (ITU-R BT.1359 allows ~0.1-0.2 s)
+#: A face alone in its shot is the shot's speaker throughout when it is labelled speaker on at
+#: least this share of the shot's speech, or when over all of it its mouth follows the speech (the
+#: damped correlation of the whole track, at its lag, reaches ``R_SPEAKING``): on talking-head
+#: footage the windowed correlation dips on many words (the audio->mouth model follows a filmed
+#: mouth at r ~0.5 over a clip), and those words must not go undubbed. A listener under narration
+#: stays near 0 on both.
 SINGLE_FACE_SHARE = 0.25
 #: Logit margin (nats) within which a second face whose own evidence says "speaking" speaks too:
 #: two faces saying the same words at once (a split screen, a mirror, a chorus) are both driven.
@@ -135,18 +140,53 @@ def window_correlation(x: np.ndarray, y: np.ndarray, sigma: float) -> tuple[np.n
     return r, np.sqrt(vy), inside
 
 
-def speaking_logit(audio_jaw: np.ndarray, face: FaceMouth, fps: float) -> np.ndarray:
+def _smoothed_jaw(face: FaceMouth) -> np.ndarray:
+    return gaussian_filter1d(np.asarray(face.jaw, np.float64), 1.0, mode="nearest")  # mesh jitter
+
+
+def _size_weight(face: FaceMouth) -> np.ndarray:
+    return np.clip(np.asarray(face.height_px, np.float64) / RELIABLE_FACE_PX, 0.0, 1.0)
+
+
+def _shifted(audio_jaw: np.ndarray, face: FaceMouth, lag: int) -> np.ndarray:
+    """T_k: the audio's jaw under the face's frames, ``lag`` frames later (edges repeated)."""
+    index = np.clip(np.arange(face.first, face.stop) + lag, 0, len(audio_jaw) - 1)
+    return np.asarray(audio_jaw, np.float64)[index]
+
+
+def av_offset(audio_jaw: np.ndarray, speech: np.ndarray, face: FaceMouth, fps: float) -> tuple[int, float]:
+    """(lag, evidence): the lag in frames (frame t of the face goes with the audio at t + lag,
+    within ±``MAX_AV_OFFSET_S``) at which the face's filmed mouth follows the source's speech
+    best, and how well over the whole track: Pearson r over its speech frames, damped like the
+    windowed evidence by how much the mouth moves there and by the face's size.
+    """
+    jaw, talk = _smoothed_jaw(face), np.asarray(speech[face.first : face.stop], bool)
+    if talk.sum() < 3 or np.std(jaw[talk]) == 0:
+        return 0, 0.0
+    span = int(round(MAX_AV_OFFSET_S * fps))
+    scores = []  # (r, -|lag|, lag): the best r, and of equals the smallest offset
+    for lag in range(-span, span + 1):
+        audio = _shifted(audio_jaw, face, lag)[talk]
+        r = float(np.corrcoef(audio, jaw[talk])[0, 1]) if np.std(audio) > 0 else 0.0
+        scores.append((r, -abs(lag), lag))
+    r, _, lag = max(scores)
+    motion = float(np.std(jaw[talk]))
+    return int(lag), float(r * motion / (motion + MOTION_FLOOR_IOD) * _size_weight(face)[talk].mean())
+
+
+def speaking_logit(audio_jaw: np.ndarray, face: FaceMouth, fps: float, lag: int = 0) -> np.ndarray:
     """T_k logits of "this face speaks" against "nobody on screen speaks".
 
-    ``audio_jaw``: T, the jaw_open predicted from the source audio on the title's frame clock.
+    ``audio_jaw``: T, the jaw_open predicted from the source audio on the title's frame clock;
+    ``lag``: the track's audio/picture offset in frames (``av_offset``).
     """
-    jaw = gaussian_filter1d(np.asarray(face.jaw, np.float64), 1.0, mode="nearest")  # mesh jitter
-    r, _, inside = window_correlation(audio_jaw[face.first : face.stop], jaw, WINDOW_S * fps / 4)
+    jaw = _smoothed_jaw(face)
+    r, _, inside = window_correlation(_shifted(audio_jaw, face, lag), jaw, WINDOW_S * fps / 4)
     # The mouth must move *now*: a still face next to a turn must not borrow that turn's evidence.
     local = max(1.0, MOTION_S * fps / 2)
     motion = np.sqrt(np.maximum(gaussian_filter1d(jaw * jaw, local) - gaussian_filter1d(jaw, local) ** 2, 0.0))
     damped = r * motion / (motion + MOTION_FLOOR_IOD)
-    damped *= np.clip(np.asarray(face.height_px, np.float64) / RELIABLE_FACE_PX, 0.0, 1.0)
+    damped *= _size_weight(face)
     damped *= inside  # a window cut by the track's ends (0.5 at an end) rests on fewer frames
     return (damped - R_SPEAKING) / TEMPERATURE
 
@@ -170,8 +210,9 @@ def detect(audio_jaw: np.ndarray, speech: np.ndarray, faces: Sequence[FaceMouth]
         first, stop = min(f.first for f in in_shot), max(f.stop for f in in_shot)
         logits = np.full((stop - first, len(in_shot) + 1), -np.inf)
         logits[:, 0] = 0.0  # nobody
+        offsets = {face.track_id: av_offset(audio_jaw, speech, face, fps) for face in in_shot}
         for k, face in enumerate(in_shot, start=1):
-            logits[face.first - first : face.stop - first, k] = speaking_logit(audio_jaw, face, fps)
+            logits[face.first - first : face.stop - first, k] = speaking_logit(audio_jaw, face, fps, offsets[face.track_id][0])
         talk = speech[first:stop]
         posterior = np.exp(logits - logits.max(axis=1, keepdims=True))
         posterior /= posterior.sum(axis=1, keepdims=True)
@@ -193,7 +234,9 @@ def detect(audio_jaw: np.ndarray, speech: np.ndarray, faces: Sequence[FaceMouth]
             face = in_shot[0]
             on = slice(face.first, face.stop)
             heard = speech[on].sum()
-            if face.track_id not in excluded and heard and ((labels[on] == face.track_id) & speech[on]).sum() >= SINGLE_FACE_SHARE * heard:
+            share = ((labels[on] == face.track_id) & speech[on]).sum() / heard if heard else 0.0
+            if face.track_id not in excluded and heard and (share >= SINGLE_FACE_SHARE
+                                                            or offsets[face.track_id][1] >= R_SPEAKING):
                 labels[on] = face.track_id
         else:
             winner = np.take_along_axis(logits, states[:, None], axis=1)[:, 0]

@@ -30,22 +30,22 @@ import numpy as np
 from schemas.catalogue import SPEAKER_NONE, SpeakerBinding, read_speaker_binding
 from schemas.manifest_io import read_rows
 from schemas.manifests import AUDIO_TRACKS, DRIVEN_COEFFS, EXPRESSION_NAMES, FACE_TRACKS, TITLES
-from stages.audio.features import SAMPLE_RATE
-from stages.audio.fit import fit_samples
-from stages.audio.script import ScriptCue
-from stages.audio.transcribe import speech_segments
-from stages.audio.whisper_models import BASE_PACKAGED
 from stages.base import Resources, Stage, TitleError
 from stages.coeffs.calibration import MOUTH_COLUMNS, Calibration, fit_calibration, measured_mouth
 from stages.coeffs.model import WEIGHTS, SpeechToMouth
 from stages.coeffs.motion import blinks_from_reference, generate_blinks, generate_pose, pose_from_reference, prosody
 from stages.coeffs.mouth import DrivenMouth, DubText, drive_mouth, mouth_curve
+from stages.coeffs.reference import reference_motion
 from stages.coeffs.speakers import (ActiveSpeakers, FaceMouth, Turn, bind_stems, detect, driven_weight, dub_turns,
                                     frame_mask, stem_turns)
 from stages.coeffs.timeline import spans_from_script, spans_from_words
-from stages.faces.landmarks import FaceLandmarker
-from stages.faces.reference import reference_motion
+from stages.face_model.landmarks import FaceLandmarker
 from stages.media import read_audio
+from stages.speech.features import SAMPLE_RATE
+from stages.speech.fit import fit_samples
+from stages.speech.script import ScriptCue
+from stages.speech.transcribe import speech_segments
+from stages.speech.whisper_models import BASE_PACKAGED
 
 #: Coefficients whose measured motion follows the original speech: held at rest in a dub.
 _SPEECH_COUPLED = [EXPRESSION_NAMES.index(n) for n in ("upper_lip_raise", "lower_lip_depress")]

@@ -21,7 +21,6 @@ import numpy as np
 from schemas import storage
 from schemas.manifest_io import read_rows
 from schemas.manifests import FACE_TRACKS, OUTPUTS, TITLES
-from stages.audio.fit import fit_policy
 from stages.base import Resources, Stage, TitleError
 from stages.composite.encode import (
     EncodePlan,
@@ -39,6 +38,7 @@ from stages.media import (
     frames,
     sdr_filter,
 )
+from stages.speech.fit import fit_policy
 
 AUDIO_RATE = 48_000
 AUDIO_LAYOUT = "stereo"

@@ -35,7 +35,8 @@ from schemas.manifests import FACE_TRACKS, FRAME_CHUNK, RENDERED_TRACKS
 from stages.base import Resources, Stage
 from stages.chunk_images import decode_rgba, encode_rgba
 from stages.enhance.gfpgan import GFPGANv1Clean, load_gfpgan
-from stages.faces.crops import TEMPLATE as CROP_TEMPLATE
+from stages.face_model.crop import TEMPLATE as CROP_TEMPLATE
+from stages.face_model.similarity import similarity_2d
 
 #: The reason recorded in the stage stats (and so in the run report) when no weights are given.
 SKIPPED_NO_WEIGHTS = "enhancement skipped: no GFPGAN weights configured"
@@ -55,17 +56,12 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 def crop_to_ffhq(side: int) -> np.ndarray:
-    """3×3 similarity taking pixels of a ``side``-px dubline face crop (``stages.faces.crops.
+    """3×3 similarity taking pixels of a ``side``-px dubline face crop (``stages.face_model.crop.
     TEMPLATE``: eyes and nose tip) to pixels of a ``side``-px FFHQ-aligned face (GFPGAN's training
     alignment, the facexlib 5-point template: eyes and nose tip used)."""
     source = CROP_TEMPLATE * side
     target = FFHQ_TEMPLATE_512 * (side / 512.0)
-    mu_s, mu_t = source.mean(0), target.mean(0)
-    s, t = source - mu_s, target - mu_t
-    a = (s * t).sum() / (s**2).sum()
-    b = (s[:, 0] * t[:, 1] - s[:, 1] * t[:, 0]).sum() / (s**2).sum()
-    rotation = np.array([[a, -b], [b, a]])
-    return np.vstack([np.hstack([rotation, (mu_t - rotation @ mu_s)[:, None]]), [0.0, 0.0, 1.0]])
+    return np.vstack([similarity_2d(source, target), [0.0, 0.0, 1.0]])
 
 
 def _warp(images: torch.Tensor, out_to_in: np.ndarray, padding: str) -> torch.Tensor:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Iterator
 from typing import Any
 
 import av
@@ -19,21 +18,13 @@ import numpy as np
 from schemas.manifest_io import read_rows
 from schemas.manifests import FACE_TRACKS, SHOTS, TITLES
 from stages.base import Resources, Stage, TitleError
-from stages.faces import geometry
-from stages.faces.crops import ChunkWriter, crop_face, crop_transforms
-from stages.faces.landmarks import FaceLandmarker
-from stages.faces.smoothing import jitter, lag_frames, one_euro
-from stages.faces.tracking import TrackLinker, distinct, mesh_box
-from stages.media import ShownVideo, describe, rgb_frames
-
-
-def decode_rgb(source: str | dict[str, Any], view: str = "sdr") -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (frame index, RGB H×W×3 uint8) of a source as shown: upright, square pixels, on the
-    title's constant frame clock (``stages.media``). ``source``: a ``titles`` row, or a URL (then
-    described first). ``view``: "sdr" (BT.709 SDR, what the face models expect) or "rgb" (the
-    source's own code values, what is pasted back into it)."""
-    video = describe(source) if isinstance(source, str) else ShownVideo.from_title(source)
-    yield from rgb_frames(video, view)
+from stages.face_model import geometry
+from stages.face_model.crop import crop_face, crop_transforms
+from stages.face_model.landmarks import FaceLandmarker
+from stages.face_model.smoothing import jitter, lag_frames, one_euro
+from stages.faces.chunks import ChunkWriter
+from stages.faces.tracking import TrackLinker, distinct
+from stages.media import rgb_frames
 
 
 class FaceStage(Stage):
@@ -105,7 +96,7 @@ class FaceStage(Stage):
         linkers = [TrackLinker(self.params["max_gap"], max_length=self.params["max_track_frames"]) for _ in shots]
         analysed: list[tuple[int, int, dict[str, Any]]] = []
         frames = faces = 0
-        for index, rgb in decode_rgb(title):  # analysed in the SDR view
+        for index, rgb in rgb_frames(title):  # analysed in the SDR view
             frames += 1
             shot_index = max(0, bisect_right(starts, index) - 1)
             linker = linkers[shot_index]
@@ -129,7 +120,7 @@ class FaceStage(Stage):
             candidates.append(self._landmarker.detect_tiled(rgb, self.params["discover_grid"])[:, :4])
         candidates = np.concatenate(candidates)
         meshes = [m for m in (self._landmarker.mesh(rgb, candidates[i]) for i in distinct(candidates)) if m is not None]
-        boxes = np.array([mesh_box(m) for m in meshes]).reshape(-1, 4)
+        boxes = np.array([geometry.mesh_box(m) for m in meshes]).reshape(-1, 4)
         kept = distinct(boxes)  # two candidates may have found the same face
         return boxes[kept], [meshes[i] for i in kept]
 
@@ -200,7 +191,7 @@ class FaceStage(Stage):
             last = max(due)
             # Crops hold the source's own code values (for HDR: not the SDR view), as they are
             # pasted back into the source's own picture.
-            for index, rgb in decode_rgb(title, view="rgb"):
+            for index, rgb in rgb_frames(title, view="rgb"):
                 for writer, to_crop in due.pop(index, ()):
                     writer.add(index, crop_face(rgb, to_crop, size), to_crop)
                 if index >= last:

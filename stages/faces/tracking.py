@@ -53,13 +53,6 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
 
 
-def mesh_box(landmarks: np.ndarray) -> np.ndarray:
-    """Box (x0, y0, x1, y1) around a 478×3 mesh: the face oval's extent."""
-    x0, y0 = landmarks[:, :2].min(axis=0)
-    x1, y1 = landmarks[:, :2].max(axis=0)
-    return np.array([x0, y0, x1, y1])
-
-
 def distinct(boxes: np.ndarray, max_iou: float = 0.3) -> list[int]:
     """Greedy non-maximum suppression that prefers earlier boxes: indices of the boxes kept."""
     kept: list[int] = []

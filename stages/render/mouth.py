@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from schemas.manifests import MESH_POINTS
-from stages.faces import geometry
+from stages.face_model import geometry
 from stages.render.warp import INNER_LIPS, OUTER_LIPS, Box, bounding_box, box_grid, mesh_triangles, remap, triangle_map
 
 #: Half-axes (IOD) of the ellipse around the mouth centre whose mesh vertices carry the donor.

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from stages.faces import geometry
+from stages.face_model import geometry
+from stages.face_model.similarity import similarity_2d
 from stages.render.warp import INNER_PAIRS
 
 #: MediaPipe mesh vertices of the upper and lower lip (outer contour, two middle rings, inner
@@ -119,18 +120,6 @@ def mouth_model(track: dict[str, Any]) -> MouthModel:
     return MouthModel(mean_shape - coefficients.mean(axis=0) @ mixed, mixed, mean_shape, r2, prior_weight)
 
 
-def _similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """T×2×3 least-squares 2D similarities mapping source T×N×2 onto target T×N×2."""
-    mu_s, mu_t = source.mean(axis=1, keepdims=True), target.mean(axis=1, keepdims=True)
-    s, t = source - mu_s, target - mu_t
-    norm = np.maximum((s**2).sum(axis=(1, 2)), 1e-9)
-    a = (s * t).sum(axis=(1, 2)) / norm
-    b = (s[..., 0] * t[..., 1] - s[..., 1] * t[..., 0]).sum(axis=1) / norm
-    rotation = np.stack([np.stack([a, -b], -1), np.stack([b, a], -1)], axis=1)  # T×2×2
-    shift = mu_t[:, 0] - np.einsum("tij,tj->ti", rotation, mu_s[:, 0])
-    return np.concatenate([rotation, shift[..., None]], axis=2)
-
-
 def uncross_lips(landmarks: np.ndarray, down: np.ndarray) -> np.ndarray:
     """Landmarks ...×478×2 with no lower inner-lip point above its upper partner along ``down``.
 
@@ -159,7 +148,7 @@ def driven_landmarks(model: MouthModel, measured: np.ndarray, pose: np.ndarray, 
     pose = np.asarray(pose, dtype=np.float64)
     driven = geometry.project(model.identity, model.blendshapes, coefficients, pose)
     anchors = list(ANCHORS)
-    snap = _similarity(driven[:, anchors], measured[:, anchors])
+    snap = similarity_2d(driven[:, anchors], measured[:, anchors])
     driven = np.einsum("tij,tnj->tni", snap[..., :2], driven) + snap[:, None, :, 2]
     down = geometry.rotation_from_pose(pose)[:, :2, 1]  # the canonical y axis (up) in the image
     down = -down / np.maximum(np.linalg.norm(down, axis=1, keepdims=True), 1e-9)

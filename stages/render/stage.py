@@ -33,7 +33,7 @@ from schemas.manifest_io import read_rows, write_manifest
 from schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS, FRAME_CHUNK, RENDERED_TRACKS
 from stages.base import Resources, Stage
 from stages.chunk_images import decode_rgb, encode_rgba
-from stages.faces.geometry import project
+from stages.face_model.geometry import project
 from stages.render.bank import Blend, choose_donors, crossfades, pick_candidates
 from stages.render.mouth import Donor, inner_gap, iod, mouth_box, mouth_layer, mouth_region, region_triangles
 from stages.render.shape import MouthModel, driven_landmarks, lower_face_weights, mouth_model

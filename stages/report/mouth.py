@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from stages.faces import geometry
-from stages.faces.landmarks import FaceLandmarker
-from stages.faces.tracking import mesh_box
+from stages.face_model import geometry
+from stages.face_model.landmarks import FaceLandmarker
 from stages.media import describe, frames
 
 #: IOD added around the hull of the mesh at and below the nose: the region dubbing may change.
@@ -74,7 +73,7 @@ def measure_mouths(
         for track in due:
             if follow:
                 mesh = _follow(landmarker, rgb, previous)
-                previous = mesh_box(mesh) if mesh is not None else None
+                previous = geometry.mesh_box(mesh) if mesh is not None else None
             else:
                 mesh = landmarker.mesh(rgb, wanted[track][index])
             if mesh is None:

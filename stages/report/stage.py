@@ -21,7 +21,7 @@ from schemas import storage
 from schemas.manifest_io import read_rows
 from schemas.manifests import AUDIO_TRACKS, DRIVEN_COEFFS, FACE_TRACKS, OUTPUTS, REPORTS, SHOTS, TITLES
 from stages.base import Resources, Stage
-from stages.faces.landmarks import FaceLandmarker
+from stages.face_model.landmarks import FaceLandmarker
 from stages.report import plots
 from stages.report.mouth import measure_mouths, pearson
 
@@ -234,7 +234,7 @@ def render_html(summary: dict[str, Any], figures: dict[str, bytes]) -> str:
     r = summary["lipsync_r"]
     audio = summary["audio"]
     language_check = (
-        "no transcript (Whisper turned off, or an English-only model on another language)"
+        "not checked (Whisper turned off, or an English-only model, which hears every language as English)"
         if audio["detected_language"] is None
         else f"detected {audio['detected_language']} (p={audio['language_probability']:.2f}): "
         + ("matches the catalogue" if audio["language_matches"] else "DOES NOT match the catalogue")

@@ -17,8 +17,6 @@ import numpy as np
 
 from schemas.manifest_io import read_rows
 from schemas.manifests import FACE_TRACKS, TITLES
-from stages.audio.features import SAMPLE_RATE
-from stages.audio.transcribe import Transcriber
 from stages.base import StageJob
 from stages.coeffs.calibration import measured_mouth
 from stages.coeffs.training.corpus import Example, Segment
@@ -28,6 +26,8 @@ from stages.media import read_audio
 from stages.probe import ProbeStage
 from stages.sequential import SequentialRunner
 from stages.shots import ShotsStage
+from stages.speech.features import SAMPLE_RATE
+from stages.speech.transcribe import Transcriber
 
 _MARGIN_S = 0.3  # audio kept around each transcript stretch for its alignment
 

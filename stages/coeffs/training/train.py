@@ -3,7 +3,7 @@
     python -m stages.coeffs.training.train --out stages/coeffs/weights \\
         [--train-clips ../shared/data/video/train] [--measure-clips ../shared/data/video/eval]
 
-Inputs are Whisper base's encoder states (``stages.audio.speech_encoder``), frozen. Data (all
+Inputs are Whisper base's encoder states (``stages.speech.speech_encoder``), frozen. Data (all
 available offline): multilingual espeak-ng speech with phoneme timings (augmented; one voice per
 language held out for validation), LibriVox clips with phone alignments from the pocketsphinx
 5.1.1 source package (one held out), and the real clips of ``--train-clips``: their audio with a
@@ -32,19 +32,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.audio.script import ScriptCue, read_script_cues
-from stages.audio.speech_encoder import STATE_RATE, SpeechEncoder
-from stages.audio.transcribe import Transcriber, speech_segments
-from stages.audio.whisper_models import BASE_PACKAGED
 from stages.coeffs.model import MouthNet, SpeechToMouth, save_weights
 from stages.coeffs.mouth import PATHS, DubText, drive_mouth, mouth_curve
 from stages.coeffs.stage import CoeffsStage, speech_mask
 from stages.coeffs.timeline import spans_from_script, spans_from_words
-from stages.audio.features import SAMPLE_RATE
 from stages.coeffs.training.corpus import HELD_OUT_VOICES, Example, augment_audio, espeak_examples, librivox_examples
 from stages.coeffs.training.encode import encode_all
 from stages.coeffs.training.real_clips import RealClip, load_clip
 from stages.coeffs.visemes import MOUTH_COEFFS, VISEME_CLASSES
+from stages.speech.features import SAMPLE_RATE
+from stages.speech.script import ScriptCue, read_script_cues
+from stages.speech.speech_encoder import STATE_RATE, SpeechEncoder
+from stages.speech.transcribe import Transcriber, speech_segments
+from stages.speech.whisper_models import BASE_PACKAGED
 
 LANGUAGES = ("en", "fr", "de", "es", "it", "pt", "ru", "hi", "ja", "cmn")
 HELD_OUT_LIBRIVOX = "0930"

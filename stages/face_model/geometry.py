@@ -1,5 +1,5 @@
 """3D face geometry on MediaPipe's 478-point mesh: head pose, named expression coefficients,
-blink, and the per-track linear blendshape map.
+blink, the per-track linear blendshape map, and the box around a mesh.
 
 Coordinates. Measured landmarks are in frame pixels: x right, y down, z depth in pixel units
 (MediaPipe's z has the scale of x; smaller is closer to the camera). *Canonical* coordinates are
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial.transform import Rotation
+
+from stages.face_model.similarity import similarity_3d
 
 # Landmark indices of MediaPipe's face mesh ("right"/"left" are the subject's).
 RIGHT_EYE_CORNERS = (33, 133)
@@ -65,6 +67,13 @@ def eye_centres(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return right, left
 
 
+def mesh_box(landmarks: np.ndarray) -> np.ndarray:
+    """Box (x0, y0, x1, y1) around a 478×3 mesh: the face oval's extent."""
+    x0, y0 = landmarks[:, :2].min(axis=0)
+    x1, y1 = landmarks[:, :2].max(axis=0)
+    return np.array([x0, y0, x1, y1])
+
+
 def _axis_rotation(landmarks: np.ndarray) -> np.ndarray:
     """T×3×3 first-guess rotation (canonical -> image) from anatomical axes."""
     x = sum(landmarks[:, left] - landmarks[:, right] for right, left in SYMMETRIC_PAIRS)
@@ -75,23 +84,6 @@ def _axis_rotation(landmarks: np.ndarray) -> np.ndarray:
     z = np.cross(x, y)
     image_axes = np.stack([x, y, z], axis=2)  # columns: head x, y(down), z(away) in image coordinates
     return np.einsum("tij,jk->tik", image_axes, _FLIP)
-
-
-def _weighted_similarity(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Umeyama fit per frame: target ≈ s · source @ R.T + t.  source N×3, target T×N×3."""
-    mu_s = source.mean(axis=0)
-    mu_t = target.mean(axis=1)
-    src = source - mu_s
-    tgt = target - mu_t[:, None]
-    cov = np.einsum("tni,nj->tij", tgt, src) / len(source)
-    u, sigma, vt = np.linalg.svd(cov)
-    d = np.sign(np.linalg.det(u @ vt))
-    fix = np.ones((len(target), 3))
-    fix[:, 2] = d
-    rotation = np.einsum("tij,tj,tjk->tik", u, fix, vt)
-    scale = (sigma * fix).sum(axis=1) / (src**2).sum() * len(source)
-    translation = mu_t - scale[:, None] * np.einsum("tij,j->ti", rotation, mu_s)
-    return rotation, scale, translation
 
 
 def to_canonical(landmarks: np.ndarray, rotation: np.ndarray, scale: np.ndarray, translation: np.ndarray) -> np.ndarray:
@@ -111,7 +103,7 @@ def fit_pose(landmarks: np.ndarray) -> PoseFit:
     scale = np.linalg.norm(left - right, axis=1)
     translation = (left + right) / 2
     mean_shape = to_canonical(landmarks, rotation, scale, translation).mean(axis=0)
-    rotation, scale, translation = _weighted_similarity(mean_shape[RIGID_POINTS], landmarks[:, RIGID_POINTS])
+    rotation, scale, translation = similarity_3d(mean_shape[RIGID_POINTS], landmarks[:, RIGID_POINTS])
     return PoseFit(rotation, scale, translation, to_canonical(landmarks, rotation, scale, translation))
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.faces import geometry
-from stages.faces.landmarks import FaceLandmarker
-from stages.faces.smoothing import one_euro
-from stages.faces.stage import decode_rgb
-from stages.media import describe
+from stages.face_model import geometry
+from stages.face_model.landmarks import FaceLandmarker
+from stages.face_model.smoothing import one_euro
+from stages.media import describe, rgb_frames
 
 
 def reference_motion(url: str, landmarker: FaceLandmarker, fps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -16,9 +15,9 @@ def reference_motion(url: str, landmarker: FaceLandmarker, fps: float) -> tuple[
 
     Frames where no face is found take the nearest measured frame's values.
     """
-    source_fps = float(describe(url).clock.rate)  # the clock decode_rgb yields frames on
+    source_fps = float(describe(url).clock.rate)  # the clock rgb_frames yields frames on
     found, meshes = [], []
-    for index, rgb in decode_rgb(url):
+    for index, rgb in rgb_frames(url):
         boxes = landmarker.detect(rgb)
         if len(boxes):
             largest = boxes[np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))]

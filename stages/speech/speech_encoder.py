@@ -17,8 +17,8 @@ import ctranslate2
 import numpy as np
 from faster_whisper import WhisperModel
 
-from stages.audio.features import SAMPLE_RATE
-from stages.audio.whisper_models import BASE_PACKAGED, resolve_model
+from stages.speech.features import SAMPLE_RATE
+from stages.speech.whisper_models import BASE_PACKAGED, resolve_model
 
 STATE_RATE = 50  # encoder states per second (one per 20 ms)
 _WINDOW_S = 30

@@ -1,0 +1,92 @@
+"""The layout's rules, read from the source: no stage package imports another stage's package
+(what stages share lives in shared modules: ``stages.face_model``, ``stages.speech``,
+``stages.media`` ...), and no two modules of dubline import each other, directly or around a
+loop, at module level or inside a function."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("stages", "flows", "schemas", "cluster")
+#: The offline mouth-model training tool runs probe, shots and faces on real clips, as a flow
+#: does; its command is recorded with the shipped weights (stages/coeffs/weights/metrics.json).
+ALLOWED = {("stages.coeffs.training.real_clips", "faces"), ("stages.coeffs.training.real_clips", "probe"),
+           ("stages.coeffs.training.real_clips", "shots")}
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            name = ".".join(path.relative_to(REPO).with_suffix("").parts)
+            modules[name.removesuffix(".__init__")] = path
+    return modules
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, dotted name) of every absolute import in ``path``, ``from a import b`` as a and a.b."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found += [(node.lineno, node.module)] + [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+    return found
+
+
+def _stage_packages() -> set[str]:
+    """Folders under stages/ that hold a Stage subclass."""
+    packages = set()
+    for folder in (REPO / "stages").iterdir():
+        for path in folder.rglob("*.py") if folder.is_dir() else ():
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            if any(isinstance(n, ast.ClassDef) and any(getattr(b, "id", None) == "Stage" for b in n.bases)
+                   for n in ast.walk(tree)):
+                packages.add(folder.name)
+    return packages
+
+
+def test_the_stage_packages_are_found():
+    assert {"probe", "shots", "faces", "audio", "coeffs", "render", "enhance", "composite", "report"} <= _stage_packages()
+    assert not {"face_model", "speech"} & _stage_packages()
+
+
+def test_no_stage_imports_another_stages_package():
+    stages = _stage_packages()
+    crossings = []
+    for name, path in _modules().items():
+        parts = name.split(".")
+        if parts[0] != "stages" or len(parts) < 3 or parts[1] not in stages:
+            continue
+        for line, imported in _imports(path):
+            bits = imported.split(".")
+            if (len(bits) > 1 and bits[0] == "stages" and bits[1] in stages and bits[1] != parts[1]
+                    and (name, bits[1]) not in ALLOWED):
+                crossings.append(f"{path.relative_to(REPO)}:{line} imports {imported}")
+    assert crossings == []
+
+
+def test_no_import_cycles():
+    modules = _modules()
+    graph = {m: {i for _, i in _imports(p) if i in modules and i != m} for m, p in modules.items()}
+    # A package's own __init__ importing its submodules, and they importing a sibling through the
+    # package (``from stages.report import plots``), is not a loop between two modules.
+    for module, targets in graph.items():
+        graph[module] = {t for t in targets if not module.startswith(t + ".")}
+    cycles, state = [], {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                cycles.append(path[path.index(target):] + [target] if target in path else [module, target])
+            elif target not in state:
+                visit(target, path + [target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
