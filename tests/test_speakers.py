@@ -143,6 +143,11 @@ def test_a_lone_face_whose_mouth_follows_the_speech_loosely_speaks_for_the_whole
     assert (detect(audio, np.ones(frames, bool), [face(0, loose)], FPS).labels == 0).all()
     chewing = 0.05 + 0.04 * np.sin(np.arange(frames) / FPS * 2 * np.pi * 1.3)
     assert (detect(audio, np.ones(frames, bool), [face(0, chewing)], FPS).labels == NOBODY).all()
+    # The same while a second, still face passes through the shot for 0.7 s: alone on screen the
+    # talker speaks throughout; beside the other face the two compete as usual.
+    passer = face(1, still(18, 5), first=100)
+    labels = detect(audio, np.ones(frames, bool), [face(0, loose), passer], FPS).labels
+    assert (np.r_[labels[:100], labels[118:]] == 0).all()
 
 
 def test_silence_is_nobody_and_a_turn_holds_through_its_pauses(dialogue):

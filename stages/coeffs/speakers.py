@@ -48,9 +48,10 @@ FADE_S = 0.16  # the driven mouth fades in and out over this much around a face'
 MAX_GAP_S = 0.5  # a face driven on both sides of a shorter gap stays driven through it
 MIN_BIND_SHARE = 0.3  # mean speaking probability during a stem's speech needed to bind it to a face
 MAX_AV_OFFSET_S = 0.3  # largest audio/picture offset of the source looked for (ITU-R BT.1359 allows ~0.1-0.2 s)
-#: A face alone in its shot is the shot's speaker throughout when it is labelled speaker on at
-#: least this share of the shot's speech, or when over all of it its mouth follows the speech (the
-#: damped correlation of the whole track, at its lag, reaches ``R_SPEAKING``): on talking-head
+#: A face alone on screen (alone in its shot, or while the shot's other faces are away) is the
+#: speaker on all those frames when it is labelled speaker on at least this share of their speech,
+#: or when over its whole track its mouth follows the speech (the damped correlation of the whole
+#: track, at its lag, reaches ``R_SPEAKING``): on talking-head
 #: footage the windowed correlation dips on many words (the audio->mouth model follows a filmed
 #: mouth at r ~0.5 over a clip), and those words must not go undubbed. A listener under narration
 #: stays near 0 on both.
@@ -230,15 +231,16 @@ def detect(audio_jaw: np.ndarray, speech: np.ndarray, faces: Sequence[FaceMouth]
         states = _viterbi(emission, SWITCH_COST)
         ids = np.array([NOBODY] + [f.track_id for f in in_shot])
         labels[first:stop] = ids[states]
-        if len(in_shot) == 1:
-            face = in_shot[0]
-            on = slice(face.first, face.stop)
-            heard = speech[on].sum()
-            share = ((labels[on] == face.track_id) & speech[on]).sum() / heard if heard else 0.0
+        on_screen = np.isfinite(logits[:, 1:])
+        for k, face in enumerate(in_shot, start=1):  # a face alone on screen, as in a lone-face shot
+            alone = np.zeros(frames, bool)
+            alone[first:stop] = on_screen[:, k - 1] & (on_screen.sum(axis=1) == 1)
+            heard = (speech & alone).sum()
+            share = ((labels == face.track_id) & speech & alone).sum() / heard if heard else 0.0
             if face.track_id not in excluded and heard and (share >= SINGLE_FACE_SHARE
                                                             or offsets[face.track_id][1] >= R_SPEAKING):
-                labels[on] = face.track_id
-        else:
+                labels[alone] = face.track_id
+        if len(in_shot) > 1:
             winner = np.take_along_axis(logits, states[:, None], axis=1)[:, 0]
             for k, face in enumerate(in_shot, start=1):
                 near = (logits[:, k] >= 0.0) & (logits[:, k] >= winner - CO_SPEAKER_MARGIN) & (states != k) & talk

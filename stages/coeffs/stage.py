@@ -70,7 +70,7 @@ class CoeffsStage(Stage):
     """
 
     name = "coeffs"
-    version = "5"  # 4: who speaks when; 5: tracks lined up with the audio, a lone face judged on its whole shot
+    version = "5"  # 4: who speaks when; 5: tracks lined up with the audio, a face alone on screen judged on its whole track
     resources = Resources(cpus=1.0, gpus=0.25, memory_gb=2.0)
     output_schema = DRIVEN_COEFFS
     #: min_alignment_score: below it a text is taken not to be what the audio says (see
