@@ -221,6 +221,22 @@ def test_stems_bind_to_the_face_speaking_in_their_speech_and_a_manual_binding_wi
     assert turns[0].reason == "speaker S1 has no face in the shot"
 
 
+def test_two_faces_saying_the_same_words_are_both_speakers_through_the_pauses():
+    """A split screen of one talker and its mirror: same mouth, same evidence. Wherever one of
+    them has the floor the other speaks too, in the pauses of the speech as well (where the
+    labels hold), so neither shows its filmed mouth under the dub's words."""
+    frames = 200
+    audio = syllables(frames, 31)
+    speech = np.ones(frames, bool)
+    speech[90:115] = False  # a pause of 1 s
+    audio[~speech] = 0.0
+    jaw = audio + np.random.default_rng(6).normal(0, 0.004, frames)
+    speakers = detect(audio, speech, [face(0, jaw), face(1, jaw.copy())], FPS)
+    for track in (0, 1):
+        speaking = (speakers.labels == track) | speakers.also_speaking[track]
+        assert speaking[10:190].all(), np.flatnonzero(~speaking[10:190]) + 10
+
+
 def test_faces_of_other_shots_do_not_compete():
     frames = 100
     audio = syllables(2 * frames, 11)

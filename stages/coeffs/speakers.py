@@ -243,10 +243,22 @@ def detect(audio_jaw: np.ndarray, speech: np.ndarray, faces: Sequence[FaceMouth]
         if len(in_shot) > 1:
             winner = np.take_along_axis(logits, states[:, None], axis=1)[:, 0]
             for k, face in enumerate(in_shot, start=1):
-                near = (logits[:, k] >= 0.0) & (logits[:, k] >= winner - CO_SPEAKER_MARGIN) & (states != k) & talk
+                near = (logits[:, k] >= 0.0) & (logits[:, k] >= winner - CO_SPEAKER_MARGIN) & talk
+                near = _held_through_silence(near, talk) & (states != k) & np.isfinite(logits[:, k])
                 near &= face.track_id not in excluded
                 also[face.track_id] = _steady(near, max(1, round(MIN_TURN_S * fps)))[face.first - first : face.stop - first]
     return ActiveSpeakers(probability, labels, np.asarray(speech, bool), also)
+
+
+def _held_through_silence(mask: np.ndarray, talk: np.ndarray) -> np.ndarray:
+    """``mask`` (decided on speech frames) carried through the silent frames from the last speech
+    frame before them (from the first one after, at the start), as the speaker labels are."""
+    if not talk.any():
+        return np.zeros(len(mask), bool)
+    index = np.where(talk, np.arange(len(talk)), -1)
+    last = np.maximum.accumulate(index)
+    last[last < 0] = int(np.flatnonzero(talk)[0])
+    return mask[last]
 
 
 def _steady(mask: np.ndarray, min_frames: int) -> np.ndarray:
