@@ -30,7 +30,7 @@ def main() -> None:
     from flows.run_folder import RunFolder
     from schemas.manifest_io import read_rows
     from schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS, TITLES
-    from stages.media import describe, rgb_frames
+    from stages.media import describe, frames
 
     run = RunFolder(str(args.run.resolve()))
     entry = run.state["titles"][args.title]
@@ -52,8 +52,11 @@ def main() -> None:
             wanted.setdefault(int(driven["frame_index"][i]), []).append((driven["track_id"], box, float(filmed[i]), float(jaw[i])))
     rows = {}
     for url, column in ((title["source_url"], 0), (run.output_url(args.title, args.language), 1)):
-        for index, image in rgb_frames(describe(url)):  # as shown: upright, on the title's clock
-            for track_id, box, filmed, driven in wanted.get(index, []):
+        for index, frame in enumerate(frames(describe(url))):  # as shown: upright, on the title's clock
+            if index not in wanted:
+                continue
+            image = frame.to_ndarray(format="rgb24")
+            for track_id, box, filmed, driven in wanted[index]:
                 x0, y0, x1, y1 = np.clip(box, 0, [image.shape[1], image.shape[0]] * 2)
                 crop = cv2.resize(image[y0:y1, x0:x1], (args.size, args.size), interpolation=cv2.INTER_AREA)
                 rows.setdefault((index, track_id), [None, None, filmed, driven])[column] = crop
