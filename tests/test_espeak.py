@@ -1,7 +1,11 @@
 """espeak-ng synthesis through ctypes: audio, phoneme timings, voices, determinism, WAV output."""
 
+import os
+import subprocess
+import sys
 import wave
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +109,13 @@ def test_concurrent_calls_match_serial_ones() -> None:
         concurrent = list(pool.map(lambda t: synthesize(t).samples, texts))
     for a, b in zip(serial, concurrent):
         np.testing.assert_array_equal(a, b)
+
+
+def test_processes_share_one_copy_of_the_library_in_the_temporary_folder(tmp_path) -> None:
+    # Ray workers end without exit handlers: a copy per process would pile up in /tmp.
+    script = "from stages.speech.espeak import synthesize; synthesize('hello')"
+    environment = {**os.environ, "TMPDIR": str(tmp_path)}
+    for _ in range(3):
+        subprocess.run([sys.executable, "-c", script], check=True, env=environment, cwd=Path(__file__).parents[1])
+    (folder,) = [p for p in tmp_path.iterdir() if p.name.startswith("dubline-espeak-")]
+    assert [p.suffix for p in folder.iterdir()] == [".so"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import _ctypes
 import ctypes
+import hashlib
 import os
 import shutil
 import tempfile
@@ -87,7 +88,6 @@ _SIGNATURES = {
 
 # The library is global state and not thread-safe; all use goes through this lock.
 _LOCK = threading.Lock()
-_private_dir: tempfile.TemporaryDirectory | None = None
 
 
 @dataclass(frozen=True)
@@ -109,16 +109,21 @@ class Speech:
 
 
 def _library_copy() -> str:
-    """Path of this module's own copy of the library, so that dlopen gives a fresh instance which no
-    other user of the wheel's library in this process shares. Re-made if it vanished (a forked
-    process may have cleaned up the temporary folder)."""
-    global _private_dir
+    """Path of dubline's own copy of the library, so that dlopen gives an instance which no other
+    user of the wheel's library in this process shares. One copy per user and library build,
+    shared by all processes (each maps it privately): Ray workers end without running exit
+    handlers, so a copy per process would be left behind in the temporary folder by each."""
     source = espeakng_loader.get_library_path()
-    name = os.path.basename(source)
-    if _private_dir is None or not os.path.exists(os.path.join(_private_dir.name, name)):
-        _private_dir = tempfile.TemporaryDirectory(prefix="dubline-espeak-")
-        shutil.copy(source, _private_dir.name)
-    return os.path.join(_private_dir.name, name)
+    stat = os.stat(source)
+    build = hashlib.sha1(f"{os.path.realpath(source)}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    folder = os.path.join(tempfile.gettempdir(), f"dubline-espeak-{os.getuid()}-{build}")
+    copy = os.path.join(folder, os.path.basename(source))
+    if not os.path.exists(copy):
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        partial = f"{copy}.{os.getpid()}.partial"
+        shutil.copy(source, partial)
+        os.replace(partial, copy)  # atomic: another process never loads a half-written copy
+    return copy
 
 
 @contextmanager
