@@ -8,6 +8,11 @@ clock, best lag within ±2 frames) and no longer A's (``r_A``). ``r_B`` and its 
 computed only over A's frames where B's recorded mouth and B's audio both exist; ``r_A`` over
 all of A's frames. Two controls run in the same flow: *passthrough* (A's source unchanged) and
 the dub with B's audio delayed by 0.5 s; a working lip sync beats both on ``r_B``.
+Footage is often a few frames out of sync, and a dub that follows B's sound then shows B's own
+offset as ``lag`` against B's filmed mouth: ``footage_offset_b`` is that offset, measured on B
+alone (the lag at which the mouth MouthNet predicts from B's own audio follows B's filmed mouth
+best, within ±0.3 s), and ``lag_vs_footage`` the lag left after it (what the dub itself adds);
+``r_b_at_footage_offset`` is ``r_B`` with its ±2 frames centred on that offset.
 ``psnr_outside_db`` compares the output with the source outside the lower face (only the
 encoder's loss should show). ``self_check_r`` is the dub's own report figure (driven jaw vs the
 mouth measured on the output), carried over from the run.
@@ -26,12 +31,16 @@ import yaml
 
 from schemas.catalogue import safe_title_id
 from schemas.catalogue_folder import VIDEO_EXTENSIONS
+from stages.coeffs.model import WEIGHTS, SpeechToMouth
+from stages.coeffs.speakers import MAX_AV_OFFSET_S
+from stages.coeffs.stage import own_audio_mouth
 from stages.face_model.landmarks import FaceLandmarker
 from stages.media import audio_duration, describe, read_audio, rgb_frames
 from stages.report.mouth import MouthCurve, best_lag, measure_mouths
 from stages.report.stage import plain_json
 from stages.speech.espeak import Speech, write_wav
 from stages.speech.fit import fit_samples
+from stages.speech.whisper_models import BASE_PACKAGED
 
 SHIFT_S = 0.5
 MAX_LAG = 2
@@ -46,6 +55,9 @@ class PairResult:
     b: str
     r_b: float  # output mouth vs B's recorded mouth, over the frames where B's mouth and audio exist
     lag: int  # frames at the r_B peak (> 0: output late)
+    footage_offset_b: int  # frames (A's clock) by which B's filmed mouth leads B's own sound
+    lag_vs_footage: int  # lag - footage_offset_b: the lag the dub adds to B's sound
+    r_b_at_footage_offset: float  # r_B best within ±2 frames of footage_offset_b
     frames_b: int  # A's frames where both the output mouth and B's recorded mouth are known (r_B's sample)
     r_a: float  # output mouth vs A's original mouth, over all of A's frames
     psnr_outside_db: float  # output vs source outside the lower face
@@ -150,30 +162,43 @@ def psnr_outside_lower_face(source_url: str, output_url: str, hulls: dict[int, n
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
+def footage_offset(speech: SpeechToMouth, clip: Path, curve: MouthCurve, clock: Picture) -> int:
+    """Frames (of ``clip``'s clock, within ±``MAX_AV_OFFSET_S``) by which the clip's filmed mouth
+    ``curve`` leads its own sound (> 0: the picture is early): where the mouth ``speech`` predicts
+    from the clip's audio, at rest outside its voice activity, follows the filmed one best."""
+    mouth, heard = own_audio_mouth(speech, str(clip), clock.fps, clock.frames)
+    _, lag = best_lag(mouth[:, 0] * heard, _dense(curve, clock.frames), round(MAX_AV_OFFSET_S * clock.fps))
+    return lag
+
+
 def measure(clips: list[Path], pairs: list[tuple[str, str]], outputs: dict[str, str],
             self_checks: dict[str, float | None]) -> list[PairResult]:
     """Measure every pair; ``outputs`` maps title ids of the benchmark catalogue to dubbed videos,
     ``self_checks`` to their reports' lip-sync self-check r (None where it measured nothing)."""
     landmarker = FaceLandmarker()
     by_name = {_safe(c.stem): c for c in clips}
-    sources = {}  # name -> (mouth curve with lower-face hulls, picture, audio seconds)
+    speech = SpeechToMouth(WEIGHTS, BASE_PACKAGED)
+    sources = {}  # name -> (mouth curve with lower-face hulls, picture, audio seconds, footage offset s)
     for name, clip in by_name.items():
-        curve = measure_mouths(landmarker, str(clip), keep_hulls=True)[0]
-        sources[name] = (curve, picture(str(clip)), audio_duration(str(clip)))
+        curve, clock = measure_mouths(landmarker, str(clip), keep_hulls=True)[0], picture(str(clip))
+        sources[name] = (curve, clock, audio_duration(str(clip)), footage_offset(speech, clip, curve, clock) / clock.fps)
     results = []
     for a, b in pairs:
-        curve_a, picture_a, _ = sources[a]
-        curve_b, picture_b, audio_b_s = sources[b]
+        curve_a, picture_a, _, _ = sources[a]
+        curve_b, picture_b, audio_b_s, offset_b_s = sources[b]
+        offset_b = round(offset_b_s * picture_a.fps)
         b_on_a = _on_clock(curve_b, picture_b.fps, picture_a.frames, picture_a.fps, end_s=audio_b_s)
         a_filmed = _dense(curve_a, picture_a.frames)
         dubbed = _dense(measure_mouths(landmarker, outputs[f"{a}--{b}"])[0], picture_a.frames)
         shifted = _dense(measure_mouths(landmarker, outputs[f"{a}--{b}--shifted"])[0], picture_a.frames)
         r_b, lag = best_lag(dubbed, b_on_a, MAX_LAG)
+        r_b_at_offset, _ = best_lag(dubbed, b_on_a, MAX_LAG, centre=offset_b)
         r_a, _ = best_lag(dubbed, a_filmed, MAX_LAG)
         passthrough, _ = best_lag(a_filmed, b_on_a, MAX_LAG)
         shifted_r, _ = best_lag(shifted, b_on_a, MAX_LAG)
         results.append(PairResult(
-            a=a, b=b, r_b=r_b, lag=lag, frames_b=int((np.isfinite(dubbed) & np.isfinite(b_on_a)).sum()), r_a=r_a,
+            a=a, b=b, r_b=r_b, lag=lag, footage_offset_b=offset_b, lag_vs_footage=lag - offset_b,
+            r_b_at_footage_offset=r_b_at_offset, frames_b=int((np.isfinite(dubbed) & np.isfinite(b_on_a)).sum()), r_a=r_a,
             psnr_outside_db=psnr_outside_lower_face(str(by_name[a]), outputs[f"{a}--{b}"], curve_a.lower_face),
             self_check_r=float("nan") if self_checks.get(f"{a}--{b}") is None else float(self_checks[f"{a}--{b}"]),
             control_passthrough_r_b=passthrough, control_shifted_r_b=shifted_r,
@@ -184,7 +209,7 @@ def measure(clips: list[Path], pairs: list[tuple[str, str]], outputs: dict[str, 
     return results
 
 
-_MEANS = ("r_b", "r_a", "psnr_outside_db", "self_check_r", "control_passthrough_r_b", "control_shifted_r_b")
+_MEANS = ("r_b", "r_b_at_footage_offset", "r_a", "psnr_outside_db", "self_check_r", "control_passthrough_r_b", "control_shifted_r_b")
 
 
 def _means(results: list[PairResult]) -> dict[str, float]:
@@ -196,6 +221,8 @@ def _means(results: list[PairResult]) -> dict[str, float]:
         means[key] = float(values[~np.isnan(values)].mean()) if (~np.isnan(values)).any() else float("nan")
     lags = [abs(r.lag) for r in results if np.isfinite(r.r_b)]  # no r_B, no lag
     means["abs_lag"] = float(np.mean(lags)) if lags else float("nan")
+    after = [abs(r.lag_vs_footage) for r in results if np.isfinite(r.r_b)]
+    means["abs_lag_vs_footage"] = float(np.mean(after)) if after else float("nan")
     checks = np.array([r.self_check_r for r in results], dtype=np.float64)
     means["min_self_check_r"] = float(np.nanmin(checks)) if np.isfinite(checks).any() else float("nan")
     return means
@@ -224,16 +251,19 @@ def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def format_table(summary: dict[str, Any]) -> str:
     """The results as two Markdown tables (per pair with the mean; per video A), ready for the README."""
-    pair_rows = [[p["a"], p["b"], _cell(p["r_b"]), str(p["lag"]), str(p["frames_b"]), _cell(p["r_a"]),
+    pair_rows = [[p["a"], p["b"], _cell(p["r_b"]), str(p["lag"]), f"{p['footage_offset_b']:+d}", f"{p['lag_vs_footage']:+d}",
+                  _cell(p["r_b_at_footage_offset"]), str(p["frames_b"]), _cell(p["r_a"]),
                   _cell(p["psnr_outside_db"], 1), _cell(p["self_check_r"]), _cell(p["control_passthrough_r_b"]),
                   _cell(p["control_shifted_r_b"])] for p in summary["pairs"]]
     m = summary["mean"]
     pair_rows.append(["**mean**", "", f"**{_cell(m['r_b'])}**", f"{_cell(m['abs_lag'], 1)} (abs)", "",
+                      f"{_cell(m['abs_lag_vs_footage'], 1)} (abs)", _cell(m["r_b_at_footage_offset"]), "",
                       _cell(m["r_a"]), _cell(m["psnr_outside_db"], 1),
                       f"{_cell(m['self_check_r'])} (min {_cell(m['min_self_check_r'])})", _cell(m["control_passthrough_r_b"]),
                       _cell(m["control_shifted_r_b"])])
-    lines = _markdown(["video A", "audio B", "r_B", "lag", "frames", "r_A", "PSNR outside lower face (dB)",
-                       "self-check r", "passthrough r_B", f"B's audio +{SHIFT_S:g} s r_B"], pair_rows)
+    lines = _markdown(["video A", "audio B", "r_B", "lag", "B's footage offset", "lag after it", "r_B at it", "frames",
+                       "r_A", "PSNR outside lower face (dB)", "self-check r", "passthrough r_B",
+                       f"B's audio +{SHIFT_S:g} s r_B"], pair_rows)
     video_rows = [[a, _cell(v["r_b"]), _cell(v["r_a"]), _cell(v["abs_lag"], 1), _cell(v["psnr_outside_db"], 1),
                    _cell(v["min_self_check_r"]), f"{v['beats_controls']} of {v['pairs']}"]
                   for a, v in summary["per_video_a"].items()]

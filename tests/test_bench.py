@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import wave
 from fractions import Fraction
 from pathlib import Path
@@ -26,15 +27,20 @@ from flows.bench import (
     _on_clock,
     build_catalogue,
     fitted_dub_audio,
+    footage_offset,
     format_table,
+    picture,
     psnr_outside_lower_face,
     summarize,
     write_results,
 )
 from flows.cli import main
 from flows.demo import astronaut, grace_hopper, write_clip, write_portrait_clip
+from stages.coeffs.model import WEIGHTS, SpeechToMouth
+from stages.face_model.landmarks import FaceLandmarker
 from stages.media import read_audio
-from stages.report.mouth import MouthCurve, best_lag, pearson
+from stages.report.mouth import MouthCurve, best_lag, measure_mouths, pearson
+from stages.speech.whisper_models import BASE_PACKAGED
 from stages.speech.espeak import Speech, synthesize
 
 
@@ -57,6 +63,9 @@ def test_best_lag_finds_a_two_frame_delay_and_its_sign():
     r, lag = best_lag(reference, late, max_lag=2)
     assert lag == -2 and r == pytest.approx(1.0, abs=1e-9)
     assert np.isnan(pearson(np.ones(10), reference[:10]))  # a still mouth has no correlation
+    very_late = np.concatenate([np.zeros(5), reference[:-5]])
+    r, lag = best_lag(very_late, reference, max_lag=2, centre=4)  # a window around 4 frames finds it
+    assert lag == 5 and r == pytest.approx(1.0, abs=1e-9)
 
 
 def test_best_lag_skips_unknown_frames_instead_of_counting_them():
@@ -210,19 +219,42 @@ def test_psnr_counts_only_pixels_outside_the_mask(tmp_path):
     assert psnr_outside_lower_face(str(tmp_path / "source.mkv"), str(tmp_path / "source.mkv"), {}) == float("inf")
 
 
+# --- a clip's own audio/picture offset ---------------------------------------------------------
+
+TRAIN_CLIP = Path(os.environ.get("DUBLINE_SAMPLE_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
+                  ) / "video" / "train" / "vox_man_threequarter.mp4"
+
+
+@pytest.mark.skipif(not TRAIN_CLIP.exists(), reason="needs ../shared/data")
+def test_footage_offset_follows_a_picture_moved_against_its_sound():
+    """Real speech and its filmed mouth: moving the picture 3 frames earlier moves the measured offset
+    by exactly 3 (the offset is the clip's, whatever MouthNet's own timing)."""
+    landmarker = FaceLandmarker()
+    curve = measure_mouths(landmarker, str(TRAIN_CLIP))[0]
+    landmarker.close()
+    clock = picture(str(TRAIN_CLIP))
+    speech = SpeechToMouth(WEIGHTS, BASE_PACKAGED)
+    as_filmed = footage_offset(speech, TRAIN_CLIP, curve, clock)
+    kept = curve.frame_index >= 3
+    early = MouthCurve(curve.frame_index[kept] - 3, curve.jaw_open[kept])  # frame t now shows what was filmed at t + 3
+    assert abs(as_filmed) <= 2  # a VoxCeleb clip in sync within the lip-sync tolerance
+    assert footage_offset(speech, TRAIN_CLIP, early, clock) == as_filmed + 3
+
+
 # --- the summary and its tables -----------------------------------------------------------------
 
 
 def _pair(a: str, b: str, r_b: float, lag: int, r_a: float, psnr: float, passthrough: float,
-          shifted: float, self_check: float = 0.9) -> PairResult:
-    return PairResult(a=a, b=b, r_b=r_b, lag=lag, frames_b=100, r_a=r_a, psnr_outside_db=psnr, self_check_r=self_check,
+          shifted: float, self_check: float = 0.9, offset: int = 0) -> PairResult:
+    return PairResult(a=a, b=b, r_b=r_b, lag=lag, footage_offset_b=offset, lag_vs_footage=lag - offset,
+                      r_b_at_footage_offset=r_b + 0.05, frames_b=100, r_a=r_a, psnr_outside_db=psnr, self_check_r=self_check,
                       control_passthrough_r_b=passthrough, control_shifted_r_b=shifted,
                       beats_controls=bool(r_b > passthrough and r_b > shifted))
 
 
 def test_summary_means_per_video_a_and_strict_json(tmp_path):
     results = [
-        _pair("x", "y", 0.6, 1, 0.1, 41.0, 0.0, 0.2),
+        _pair("x", "y", 0.6, 1, 0.1, 41.0, 0.0, 0.2, offset=2),
         _pair("x", "z", float("nan"), 0, 0.3, 43.0, 0.1, 0.1),  # an undefined r_B is left out of the mean
         _pair("y", "x", 0.2, -2, 0.5, 39.0, 0.3, float("nan"), self_check=0.7),  # fails the passthrough control
     ]
@@ -236,12 +268,14 @@ def test_summary_means_per_video_a_and_strict_json(tmp_path):
     assert summary["mean"]["control_shifted_r_b"] == pytest.approx(0.15)
     assert summary["pairs_beating_controls"] == 1 and summary["beats_controls"] is False
     assert summary["mean"]["min_self_check_r"] == pytest.approx(0.7)
+    assert summary["mean"]["abs_lag_vs_footage"] == pytest.approx(1.5)  # |1 - 2| and |-2 - 0|
+    assert summary["mean"]["r_b_at_footage_offset"] == pytest.approx(0.45)
     assert summary["per_video_a"]["x"]["min_self_check_r"] == pytest.approx(0.9)
 
     table = format_table(summary)
-    assert "| x | y | 0.60 | 1 | 100 | 0.10 | 41.0 | 0.90 | 0.00 | 0.20 |" in table
+    assert "| x | y | 0.60 | 1 | +2 | -1 | 0.65 | 100 | 0.10 | 41.0 | 0.90 | 0.00 | 0.20 |" in table
     assert "0.83 (min 0.70)" in table
-    assert "| x | z | – | 0 |" in table  # NaN shows as a dash
+    assert "| x | z | – | 0 | +0 | +0 | – |" in table  # NaN shows as a dash
     assert "| x | 0.60 | 0.20 | 1.0 | 42.0 | 0.90 | 1 of 2 |" in table
     assert "in 1 of 3 pairs" in table
 

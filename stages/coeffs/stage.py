@@ -281,10 +281,14 @@ class CoeffsStage(Stage):
         active speaker detection) and voice activity (T bool); None without audio."""
         if not title["audio_streams"]:
             return None
-        fps = title["fps"]
-        samples = fit_samples(read_audio(title["source_url"], SAMPLE_RATE), frames, fps, SAMPLE_RATE)
-        return (mouth_curve(self._speech.analyse(samples), None, fps, frames),
-                frame_mask(speech_segments(samples), frames, fps))
+        return own_audio_mouth(self._speech, title["source_url"], title["fps"], frames)
+
+
+def own_audio_mouth(speech: SpeechToMouth, url: str, fps: float, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mouth ``speech`` predicts from the audio of ``url`` (T×4 ``MOUTH_COEFFS`` on its frame
+    clock of ``frames`` at ``fps``) and that audio's voice activity (T bool, Silero VAD)."""
+    samples = fit_samples(read_audio(url, SAMPLE_RATE), frames, fps, SAMPLE_RATE)
+    return mouth_curve(speech.analyse(samples), None, fps, frames), frame_mask(speech_segments(samples), frames, fps)
 
 
 @dataclass(frozen=True)

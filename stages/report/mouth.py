@@ -110,13 +110,14 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x[ok], y[ok])[0, 1])
 
 
-def best_lag(x: np.ndarray, y: np.ndarray, max_lag: int = 2) -> tuple[float, int]:
-    """Highest Pearson r of ``x[t + lag]`` against ``y[t]`` for |lag| ≤ ``max_lag`` -> (r, lag).
+def best_lag(x: np.ndarray, y: np.ndarray, max_lag: int = 2, centre: int = 0) -> tuple[float, int]:
+    """Highest Pearson r of ``x[t + lag]`` against ``y[t]`` for |lag − ``centre``| ≤ ``max_lag``
+    -> (r, lag).
 
     A positive lag means ``x`` is late against ``y`` by that many frames.
     """
     best = (float("nan"), 0)
-    for lag in range(-max_lag, max_lag + 1):
+    for lag in range(centre - max_lag, centre + max_lag + 1):
         if lag >= 0:
             r = pearson(x[lag:], y[: len(y) - lag] if lag else y)
         else:
