@@ -29,12 +29,12 @@ def main() -> None:
     parser.add_argument("--language", default="en", help="language of the clips, for transcription and alignment")
     args = parser.parse_args()
 
-    from stages.coeffs.model import SpeechToMouth
-    from stages.coeffs.mouth import DubText, drive_mouth
-    from stages.coeffs.timeline import spans_from_words
-    from stages.media import read_audio
-    from stages.speech.features import SAMPLE_RATE, loudness_db
-    from stages.speech.transcribe import Transcriber, speech_segments
+    from dubline.stages.coeffs.model import SpeechToMouth
+    from dubline.stages.coeffs.mouth import DubText, drive_mouth
+    from dubline.stages.coeffs.timeline import spans_from_words
+    from dubline.stages.media import read_audio
+    from dubline.stages.speech.features import SAMPLE_RATE, loudness_db
+    from dubline.stages.speech.transcribe import Transcriber, speech_segments
 
     started = time.perf_counter()
     clip = np.concatenate([read_audio(str(path.resolve()), SAMPLE_RATE) for path in args.audio])

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from flows.run_folder import in_pipeline_order
+from dubline.flows.run_folder import in_pipeline_order
 
 PRESET, CRF = "veryfast", 18  # dubline's defaults (schemas.catalogue.OPTION_DEFAULTS)
 

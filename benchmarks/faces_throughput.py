@@ -27,12 +27,12 @@ def main() -> None:
     args = parser.parse_args()
     os.sched_setaffinity(0, set(range(args.cores)))
 
-    from stages.base import StageJob
-    from stages.faces import FaceStage
-    from stages.media import rgb_frames
-    from stages.probe import ProbeStage
-    from stages.sequential import SequentialRunner
-    from stages.shots import ShotsStage
+    from dubline.stages.base import StageJob
+    from dubline.stages.faces import FaceStage
+    from dubline.stages.media import rgb_frames
+    from dubline.stages.probe import ProbeStage
+    from dubline.stages.sequential import SequentialRunner
+    from dubline.stages.shots import ShotsStage
 
     url = str(args.video.resolve())
     decode_fps = []

@@ -32,8 +32,8 @@ def make_title(folder: Path, minutes: float) -> tuple[Path, Path]:
     import av
     import cv2
 
-    from flows.demo import astronaut
-    from stages.speech.espeak import synthesize, write_wav
+    from dubline.flows.demo import astronaut
+    from dubline.stages.speech.espeak import synthesize, write_wav
 
     folder.mkdir(parents=True, exist_ok=True)
     video, audio = folder / f"title_{minutes:g}min.mp4", folder / f"dub_{minutes:g}min.wav"
@@ -67,16 +67,16 @@ def make_title(folder: Path, minutes: float) -> tuple[Path, Path]:
 
 def run_all_stages(video: Path, audio: Path, work: Path) -> dict:
     """Every stage, in this process; returns peak RSS and seconds."""
-    from schemas.catalogue import OPTION_DEFAULTS
-    from stages.audio.stage import AudioStage
-    from stages.base import StageJob
-    from stages.coeffs.stage import CoeffsStage
-    from stages.composite import CompositeStage
-    from stages.faces import FaceStage
-    from stages.probe import ProbeStage
-    from stages.render import RenderStage
-    from stages.sequential import SequentialRunner
-    from stages.shots import ShotsStage
+    from dubline.schemas.catalogue import OPTION_DEFAULTS
+    from dubline.stages.audio.stage import AudioStage
+    from dubline.stages.base import StageJob
+    from dubline.stages.coeffs.stage import CoeffsStage
+    from dubline.stages.composite import CompositeStage
+    from dubline.stages.faces import FaceStage
+    from dubline.stages.probe import ProbeStage
+    from dubline.stages.render import RenderStage
+    from dubline.stages.sequential import SequentialRunner
+    from dubline.stages.shots import ShotsStage
 
     options = json.dumps(OPTION_DEFAULTS)
     u = {n: str(work / f"{n}.parquet") for n in ("titles", "shots", "faces", "audio", "coeffs", "render", "outputs")}

@@ -27,10 +27,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=200, help="px of each mouth crop")
     args = parser.parse_args()
 
-    from flows.run_folder import RunFolder
-    from schemas.manifest_io import read_rows
-    from schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS, TITLES
-    from stages.media import describe, frames
+    from dubline.flows.run_folder import RunFolder
+    from dubline.schemas.manifest_io import read_rows
+    from dubline.schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS, TITLES
+    from dubline.stages.media import describe, frames
 
     run = RunFolder(str(args.run.resolve()))
     entry = run.state["titles"][args.title]

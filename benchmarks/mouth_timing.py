@@ -25,13 +25,13 @@ def main() -> None:
     parser.add_argument("--per-voice", type=int, default=4, help="sentences per language")
     args = parser.parse_args()
 
-    from stages.coeffs.model import WEIGHTS, SpeechToMouth
-    from stages.coeffs.mouth import drive_mouth
-    from stages.coeffs.training.corpus import HELD_OUT_VOICES, espeak_examples
-    from stages.coeffs.training.encode import encode_all
-    from stages.report.mouth import best_lag
-    from stages.speech.speech_encoder import SpeechEncoder
-    from stages.speech.whisper_models import BASE_PACKAGED
+    from dubline.stages.coeffs.model import WEIGHTS, SpeechToMouth
+    from dubline.stages.coeffs.mouth import drive_mouth
+    from dubline.stages.coeffs.training.corpus import HELD_OUT_VOICES, espeak_examples
+    from dubline.stages.coeffs.training.encode import encode_all
+    from dubline.stages.report.mouth import best_lag
+    from dubline.stages.speech.speech_encoder import SpeechEncoder
+    from dubline.stages.speech.whisper_models import BASE_PACKAGED
 
     encoder = SpeechEncoder(BASE_PACKAGED)
     speech = SpeechToMouth(WEIGHTS, BASE_PACKAGED)

@@ -27,19 +27,19 @@ def main() -> None:
     parser.add_argument("--language", default="en", help="language of the dub audio (BCP-47)")
     args = parser.parse_args()
 
-    from schemas.catalogue import OPTION_DEFAULTS
-    from schemas.manifest_io import read_rows
-    from schemas.manifests import TITLES
-    from stages.audio.stage import AudioStage
-    from stages.base import StageJob
-    from stages.coeffs.stage import CoeffsStage
-    from stages.composite import CompositeStage
-    from stages.faces import FaceStage
-    from stages.media import rgb_frames
-    from stages.probe import ProbeStage
-    from stages.render import RenderStage
-    from stages.sequential import SequentialRunner
-    from stages.shots import ShotsStage
+    from dubline.schemas.catalogue import OPTION_DEFAULTS
+    from dubline.schemas.manifest_io import read_rows
+    from dubline.schemas.manifests import TITLES
+    from dubline.stages.audio.stage import AudioStage
+    from dubline.stages.base import StageJob
+    from dubline.stages.coeffs.stage import CoeffsStage
+    from dubline.stages.composite import CompositeStage
+    from dubline.stages.faces import FaceStage
+    from dubline.stages.media import rgb_frames
+    from dubline.stages.probe import ProbeStage
+    from dubline.stages.render import RenderStage
+    from dubline.stages.sequential import SequentialRunner
+    from dubline.stages.shots import ShotsStage
 
     video, dub = str(args.video.resolve()), str(args.dub_audio.resolve())
     started = time.perf_counter()

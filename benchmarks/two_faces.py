@@ -26,17 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.bench import MAX_LAG, picture
-from flows.demo import write_clip
-from flows.run_folder import RunFolder
-from schemas.catalogue import safe_title_id
-from schemas.manifest_io import read_rows
-from schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS
-from stages.face_model.landmarks import FaceLandmarker
-from stages.media import open_media, read_audio, stream_rate
-from stages.report.mouth import best_lag, measure_mouths, pearson
-from stages.report.stage import plain_json
-from stages.speech.espeak import Speech
+from dubline.flows.bench import MAX_LAG, picture
+from dubline.flows.demo import write_clip
+from dubline.flows.run_folder import RunFolder
+from dubline.schemas.catalogue import safe_title_id
+from dubline.schemas.manifest_io import read_rows
+from dubline.schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS
+from dubline.stages.face_model.landmarks import FaceLandmarker
+from dubline.stages.media import open_media, read_audio, stream_rate
+from dubline.stages.report.mouth import best_lag, measure_mouths, pearson
+from dubline.stages.report.stage import plain_json
+from dubline.stages.speech.espeak import Speech
 
 AUDIO_RATE = 48_000  # Hz of the side-by-side clip's audio track
 SIDES = ("left", "right")

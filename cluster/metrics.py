@@ -1,17 +1,9 @@
 """Custom Ray metrics of the stage actors, shown in the Ray dashboard and on each node's Prometheus
 endpoint (``ray_dubline_*``), tagged by stage.
 
-Where the counts come from, per finished job:
-
-============  =====================================================  ==========================================
-stage         frames processed                                       faces rendered (face crops: faces × frames)
-============  =====================================================  ==========================================
-faces         ``frames`` it reports (frames decoded and analysed)
-coeffs        ``frames_generated`` it reports (avatar mode)
-render        frames with a rendered face (its output manifest)      rendered crops (its output manifest)
-enhance                                                              ``crops_enhanced`` it reports
-composite     ``frame_count`` of the videos it encoded               ``faces_dubbed``: crops pasted back
-============  =====================================================  ==========================================
+The counts are the stages' own: each stage adds the frames it processed and the face crops it
+rendered, enhanced or pasted back to its job's stats (``Stage.count_work``); this module only
+reads them, whatever the stage.
 
 Seconds per frame is the job's wall time over its frames, observed once per job with frames.
 """
@@ -22,9 +14,7 @@ from dataclasses import dataclass
 
 from ray.util.metrics import Counter, Histogram
 
-from schemas.manifest_io import read_manifest
-from schemas.manifests import OUTPUTS, RENDERED_TRACKS
-from stages.base import StageStats
+from dubline.stages.base import FACES_RENDERED, FRAMES_PROCESSED, StageStats
 
 #: Seconds per frame bucket bounds: from a fast encode (~2 ms) to CPU rendering of big faces.
 SECONDS_PER_FRAME_BOUNDARIES = [0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
@@ -44,25 +34,11 @@ class StageWork:
         return self.seconds / self.frames if self.frames else None
 
 
-def stage_work(stats: StageStats, output_url: str) -> StageWork:
-    """Frames processed and faces rendered by the job that returned ``stats`` and wrote ``output_url``."""
+def stage_work(stats: StageStats) -> StageWork:
+    """Frames processed and faces rendered by the job that returned ``stats``."""
     figures = stats.metrics
-    frames = faces = 0
-    if stats.stage == "faces":
-        frames = int(figures.get("frames", 0))
-    elif stats.stage == "coeffs":
-        frames = int(figures.get("frames_generated", 0))
-    elif stats.stage == "render" and stats.rows_out:
-        tracks = read_manifest(output_url, RENDERED_TRACKS).column("frame_index").to_pylist()
-        frames = len({index for track in tracks for index in track})
-        faces = sum(len(track) for track in tracks)
-    elif stats.stage == "enhance":
-        faces = int(figures.get("crops_enhanced", 0))
-    elif stats.stage == "composite" and stats.rows_out:
-        videos = read_manifest(output_url, OUTPUTS)
-        frames = sum(videos.column("frame_count").to_pylist())
-        faces = sum(videos.column("faces_dubbed").to_pylist())
-    return StageWork(stats.stage, frames, faces, stats.seconds)
+    return StageWork(stats.stage, int(figures.get(FRAMES_PROCESSED, 0)), int(figures.get(FACES_RENDERED, 0)),
+                     stats.seconds)
 
 
 class StageMetrics:

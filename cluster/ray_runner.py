@@ -27,11 +27,11 @@ import ray
 from ray.autoscaler.sdk import request_resources
 from ray.exceptions import GetTimeoutError, RayTaskError
 
-from cluster.metrics import StageMetrics, stage_work
-from cluster.policy import TIMEOUT_SCALE_VAR, job_timeout_s, policy_for
-from schemas.manifest_io import read_rows
-from schemas.manifests import TITLES
-from stages.base import Stage, StageJob, StageStats, TitleError, run_job
+from dubline.cluster.metrics import StageMetrics, stage_work
+from dubline.cluster.policy import TIMEOUT_SCALE_VAR, job_timeout_s, policy_for
+from dubline.schemas.manifest_io import read_rows
+from dubline.schemas.manifests import TITLES
+from dubline.stages.base import Stage, StageJob, StageStats, TitleError, run_job
 
 
 class StageWorker:
@@ -58,7 +58,7 @@ class StageWorker:
             raise self._setup_error
         stats = run_job(self._stage, job, worker=self._name)
         try:
-            self._metrics.record(stage_work(stats, job.output_url))
+            self._metrics.record(stage_work(stats))
         except Exception as exc:  # noqa: BLE001 - a metrics problem must not fail a finished job
             logging.getLogger(__name__).warning("dubline metrics of %s not recorded: %s", stats.stage, exc)
         return stats

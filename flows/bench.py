@@ -29,18 +29,18 @@ from typing import Any
 import numpy as np
 import yaml
 
-from schemas.catalogue import safe_title_id
-from schemas.catalogue_folder import VIDEO_EXTENSIONS
-from stages.coeffs.model import WEIGHTS, SpeechToMouth
-from stages.coeffs.speakers import MAX_AV_OFFSET_S
-from stages.coeffs.stage import own_audio_mouth
-from stages.face_model.landmarks import FaceLandmarker
-from stages.media import audio_duration, describe, read_audio, rgb_frames
-from stages.report.mouth import MouthCurve, best_lag, measure_mouths
-from stages.report.stage import plain_json
-from stages.speech.espeak import Speech, write_wav
-from stages.speech.fit import fit_samples
-from stages.speech.whisper_models import BASE_PACKAGED
+from dubline.schemas.catalogue import safe_title_id
+from dubline.schemas.catalogue_folder import VIDEO_EXTENSIONS
+from dubline.stages.coeffs.model import WEIGHTS, SpeechToMouth
+from dubline.stages.coeffs.speakers import MAX_AV_OFFSET_S
+from dubline.stages.coeffs.stage import own_audio_mouth
+from dubline.stages.face_model.landmarks import FaceLandmarker
+from dubline.stages.media import audio_duration, describe, read_audio, rgb_frames
+from dubline.stages.report.mouth import MouthCurve, best_lag, measure_mouths
+from dubline.stages.report.stage import plain_json
+from dubline.stages.speech.espeak import Speech, write_wav
+from dubline.stages.speech.fit import fit_samples
+from dubline.stages.speech.whisper_models import BASE_PACKAGED
 
 SHIFT_S = 0.5
 MAX_LAG = 2

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from flows import console
-from schemas.catalogue import safe_title_id
+from dubline.flows import console
+from dubline.schemas.catalogue import safe_title_id
 
 
 def _run_flow(catalogue: str, out: str, options: dict) -> dict:
@@ -25,14 +25,14 @@ def _run_flow(catalogue: str, out: str, options: dict) -> dict:
     scale = options.pop("job_timeout_scale")
     if scale is not None:
         os.environ["DUBLINE_JOB_TIMEOUT_SCALE"] = f"{scale:g}"  # read by the Ray runner (cluster/policy.py)
-    from flows import progress
+    from dubline.flows import progress
 
     log_path = None if verbose else console.log_path_for()
     show_bars = progress.wanted(quiet)  # asks the terminal: before the redirect
     try:
         with console.captured_stderr(log_path) as terminal:
             try:
-                from flows.localize import localize_catalogue  # Prefect, Ray, torch: import-time warnings to the log
+                from dubline.flows.localize import localize_catalogue  # Prefect, Ray, torch: import-time warnings to the log
 
                 with progress.bars(show_bars, terminal), progress.lines(None if quiet else click.echo):
                     summary = localize_catalogue(catalogue=catalogue, out=out, **options)
@@ -79,6 +79,8 @@ def _print_summary(summary: dict) -> int:
             click.echo(f"    {language}: {url}\n        report: {report['html'] or 'none'} (lip-sync r {r})")
             if language in title["needs_review"]:
                 click.echo(f"        NEEDS REVIEW: {title['needs_review'][language]}")
+            for warning in title.get("warnings", {}).get(language, ()):
+                click.echo(f"        warning: {warning}")
         if title["error"]:
             click.echo(f"    error: {console.one_line(title['error'], limit=600)}")
         failed |= title["status"] != "done"
@@ -181,7 +183,7 @@ def _single_title(mode: str, source: str, audio: str, script: str | None, output
            "options": {k: v for k, v in {**row_options, **{k: options.pop(k) for k in _ENCODE_OPTIONS}}.items()
                        if v is not None}}
     catalogue = run_folder / "catalogue.yaml"
-    from flows.run_folder import RunFolderBusy, run_lock
+    from dubline.flows.run_folder import RunFolderBusy, run_lock
 
     try:
         with run_lock(str(run_folder)):  # before the catalogue is written; the flow re-enters it
@@ -289,8 +291,8 @@ def avatar(portrait: str, audio: str, output: str, language: str, script: str | 
 @click.argument("out")
 def status(out: str) -> None:
     """Print the per-title, per-stage state of the run folder OUT."""
-    from flows.run_folder import RunFolder, in_pipeline_order
-    from schemas import storage
+    from dubline.flows.run_folder import RunFolder, in_pipeline_order
+    from dubline.schemas import storage
 
     run = RunFolder(out)
     if not storage.exists(run.state_url):
@@ -318,8 +320,8 @@ def status(out: str) -> None:
 def report(out: str) -> None:
     """Print where the per-title, per-language reports of the run folder OUT are, with their lip-sync r
     and, for dubs that need review, why."""
-    from flows.run_folder import RunFolder
-    from schemas import storage
+    from dubline.flows.run_folder import RunFolder
+    from dubline.schemas import storage
 
     run = RunFolder(out)
     if not storage.exists(run.state_url):
@@ -342,14 +344,17 @@ def report(out: str) -> None:
 @click.argument("run_folder")
 @click.option("--title", "title_id", required=True, help="Title to draw.")
 @click.option("--frames", default=6, show_default=True, help="Number of evenly spaced frames.")
+@click.option("--dubbed", "language", default=None, metavar="LANG",
+              help="Draw the dubbed output of this language beside each source frame, with both mouths close up.")
 @click.option("--speakers", is_flag=True, help="Also draw each dubbed language's speaker timeline (who speaks "
               "when, by shot and track), to bind tracks to speakers; one PNG per language, printed after the sheet.")
-def inspect(run_folder: str, title_id: str, frames: int, speakers: bool) -> None:
-    """Draw face meshes, head-pose axes and track ids on sampled frames of a title of RUN_FOLDER."""
-    from flows.inspect import inspect_title, speaker_timelines
+def inspect(run_folder: str, title_id: str, frames: int, language: str | None, speakers: bool) -> None:
+    """Draw face meshes, head-pose axes and track ids on sampled frames of a title of RUN_FOLDER
+    (with --dubbed, beside the dubbed frames and both mouths close up)."""
+    from dubline.flows.inspect import inspect_title, speaker_timelines
 
     try:
-        click.echo(inspect_title(run_folder, title_id, frames))
+        click.echo(inspect_title(run_folder, title_id, frames, language))
         for url in speaker_timelines(run_folder, title_id) if speakers else ():
             click.echo(url)
     except ValueError as exc:
@@ -373,7 +378,7 @@ def lipsync(clips: str, out: str, language: str, **options) -> None:
     Prints per pair r_B (output mouth vs B's recorded mouth), r_A (vs A's original), the lag, PSNR
     outside the lower face, and the controls (passthrough; B's audio 0.5 s late); writes OUT/lipsync.json.
     """
-    from flows import bench as lipsync_bench
+    from dubline.flows import bench as lipsync_bench
 
     work = Path(out).resolve()
     try:
@@ -402,7 +407,7 @@ def lipsync(clips: str, out: str, language: str, **options) -> None:
 def demo(out: str, sample_data: str | None, **options) -> None:
     """Show both jobs on inputs made from what the installed packages ship: a talking video made
     from one portrait and English espeak-ng speech (avatar), then that video dubbed into French (dub)."""
-    from flows.demo import DEMO_AVATAR, DEMO_VIDEO, build_demo_catalogue, build_dub_catalogue, build_sample_catalogue
+    from dubline.flows.demo import DEMO_AVATAR, DEMO_VIDEO, build_demo_catalogue, build_dub_catalogue, build_sample_catalogue
 
     out_dir = Path(out).resolve()
     run = out_dir / "run"
@@ -432,6 +437,6 @@ def demo(out: str, sample_data: str | None, **options) -> None:
     if dubbed:
         click.echo(f"  the same video dubbed into French:      {dubbed}")
     click.echo(f"  reports (HTML):                         {run / 'outputs'}/*/*.report.html  (or: dubline report {run})")
-    click.echo(f"  face meshes and head poses drawn:       dubline inspect {run} --title {DEMO_VIDEO}")
+    click.echo(f"  source and dub side by side, mouths:    dubline inspect {run} --title {DEMO_VIDEO} --dubbed fr")
     click.echo(f"  what ran, per stage:                    dubline status {run}")
     sys.exit(code)

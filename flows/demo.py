@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import yaml
 
-from stages.speech.espeak import Speech, synthesize, write_wav
+from dubline.stages.speech.espeak import Speech, synthesize, write_wav
 
 DEMO_SIZE = 512
 #: The demo's speech: (espeak voice, text) per language. The avatar speaks English; its video is

@@ -19,15 +19,18 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import progress, tasks
-from flows.run_folder import RunFolder, run_lock
-from schemas import storage
-from schemas.catalogue import CatalogueEntry
-from schemas.catalogue_loader import load_catalogue
-from schemas.manifest_io import read_rows, write_manifest
-from schemas.manifests import CATALOGUE, REPORTS
-from stages.base import TitleError
-from stages.speech.whisper_models import BASE_PACKAGED
+from dubline.flows import progress, tasks
+from dubline.flows.run_folder import RunFolder, run_lock
+from dubline.schemas import storage
+from dubline.schemas.catalogue import CatalogueEntry
+from dubline.schemas.catalogue_loader import load_catalogue
+from dubline.schemas.manifest_io import read_rows, write_manifest
+from dubline.schemas.manifests import CATALOGUE, REPORTS
+from dubline.stages.audio.stage import LANGUAGE_MISMATCH, SILENT_DUB
+from dubline.stages.base import TitleError
+from dubline.stages.coeffs.stage import UNTRUSTED_CALIBRATION
+from dubline.stages.render.stage import WEAK_BLENDSHAPE_FIT
+from dubline.stages.speech.whisper_models import BASE_PACKAGED
 
 #: Titles processed at once by one driver; the cluster's own capacity limits the real parallelism.
 TITLES_IN_FLIGHT = 8
@@ -46,7 +49,7 @@ def _describe(exc: BaseException, title_id: str) -> str:
 
 def check_enhancer_weights(url: str) -> None:
     """Refuse unusable GFPGAN weights before any title starts (they would fail every title, last)."""
-    from stages.enhance.gfpgan import load_gfpgan
+    from dubline.stages.enhance.gfpgan import load_gfpgan
 
     if not storage.exists(url):
         raise ValueError(f"enhancer weights {url}: missing file")
@@ -225,8 +228,8 @@ def localize_catalogue(
 
 def summarize(run: RunFolder, invocation: dict[str, Any], title_ids: set[str] | None = None) -> dict[str, Any]:
     """Per title (those of ``title_ids``, default every title of the run folder): status, error,
-    and per produced language its output, report and, when it needs review, why
-    (``needs_review``: {language: reason})."""
+    and per produced language its output, report, when it needs review why (``needs_review``:
+    {language: reason}) and the ``WARNINGS`` its stages raised (``warnings``: {language: [...]})."""
     titles = {t: v for t, v in run.state["titles"].items() if title_ids is None or t in title_ids}
 
     def produced(title: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -246,10 +249,23 @@ def summarize(run: RunFolder, invocation: dict[str, Any], title_ids: set[str] | 
                             for lang, l in produced(t).items()},
                 "needs_review": {lang: l["review_reason"] for lang, l in produced(t).items()
                                  if l["status"] == "needs_review"},
+                "warnings": {lang: found for lang, l in produced(t).items() if (found := dub_warnings(l))},
             }
             for title_id, t in sorted(titles.items())
         },
     }
+
+
+#: Dropped-item reasons of a dub's stages that the run summary repeats as warnings: the video is
+#: written and may be fine, but someone should look.
+WARNINGS = {"audio": (LANGUAGE_MISMATCH, SILENT_DUB), "coeffs": (UNTRUSTED_CALIBRATION,), "render": (WEAK_BLENDSHAPE_FIT,)}
+
+
+def dub_warnings(language_state: dict[str, Any]) -> list[str]:
+    """"stage: reason (count)" for each ``WARNINGS`` reason a dub's stages dropped items for."""
+    stages = language_state.get("stages", {})
+    return [f"{stage}: {reason} ({count})" for stage, reasons in WARNINGS.items()
+            for reason, count in (stages.get(stage, {}).get("dropped") or {}).items() if reason in reasons]
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -268,6 +284,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             report = t["reports"][language]
             r = "–" if report["lipsync_r"] is None else f"{report['lipsync_r']:.2f}"
             review = f"**needs review**: {t['needs_review'][language]}" if language in t["needs_review"] else ""
+            review = "; ".join([review] * bool(review) + [f"warning: {w}" for w in t.get("warnings", {}).get(language, ())])
             html = report["html"] or "–"
             lines.append(f"| {title_id} | {t['status']} | {language} | {r} | {url} | {html} | {review} |")
         if t["error"]:

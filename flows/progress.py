@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
-from flows.run_folder import PIPELINE_ORDER
+from dubline.flows.run_folder import PIPELINE_ORDER
 
 #: Stages run once per title; the others once per (title, language).
 TITLE_STAGES = ("probe", "shots", "faces")
@@ -115,7 +115,7 @@ def lines(printer: Callable[[str], None] | None) -> Iterator[None]:
 def finished(title_id: str, language: str | None, status: str, detail: str | None = None) -> None:
     """A dub of ``title_id`` into ``language`` (None: the title as a whole) ended with ``status``
     ("done", "needs_review", "failed"); ``detail``: its lip-sync r, review reason or error."""
-    from flows.console import one_line
+    from dubline.flows.console import one_line
 
     with _lock:
         if _printer is None:

@@ -45,8 +45,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from schemas import storage
-from stages.base import Stage, StageStats
+from dubline.schemas import storage
+from dubline.stages.base import Stage, StageStats
 
 RUN_STATE_VERSION = 1
 #: Stages in pipeline order, for people reading a run's state.

@@ -12,21 +12,21 @@ from typing import Any, Protocol
 
 from prefect import task
 
-from flows import progress
-from flows.run_folder import RunFolder, in_pipeline_order, stage_key
-from schemas import storage
-from stages.audio.stage import AudioStage
-from stages.base import Stage, StageJob, StageStats, TitleError
-from stages.coeffs.stage import CoeffsStage
-from stages.composite import CompositeStage
-from stages.enhance import EnhanceStage
-from stages.faces import FaceStage
-from stages.probe import ProbeStage
-from stages.render import RenderStage
-from stages.report import ReportStage
-from stages.sequential import SequentialRunner
-from stages.shots import ShotsStage
-from stages.speech.script import read_script
+from dubline.flows import progress
+from dubline.flows.run_folder import RunFolder, in_pipeline_order, stage_key
+from dubline.schemas import storage
+from dubline.stages.audio.stage import AudioStage
+from dubline.stages.base import Stage, StageJob, StageStats, TitleError
+from dubline.stages.coeffs.stage import CoeffsStage
+from dubline.stages.composite import CompositeStage
+from dubline.stages.enhance import EnhanceStage
+from dubline.stages.faces import FaceStage
+from dubline.stages.probe import ProbeStage
+from dubline.stages.render import RenderStage
+from dubline.stages.report import ReportStage
+from dubline.stages.sequential import SequentialRunner
+from dubline.stages.shots import ShotsStage
+from dubline.stages.speech.script import read_script
 
 
 class Runner(Protocol):
@@ -49,8 +49,8 @@ _SESSIONS: dict[str, Session] = {}
 def open_session(out_url: str, executor: str = "ray", ray_address: str | None = None) -> Iterator[Session]:
     """Open the run folder and a runner for the duration of one flow run."""
     if executor == "ray":
-        from cluster.connect import connect
-        from cluster.ray_runner import RayRunner
+        from dubline.cluster.connect import connect
+        from dubline.cluster.ray_runner import RayRunner
 
         connect(ray_address)
         runner: Runner = RayRunner()

@@ -33,8 +33,8 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
-from schemas import storage
-from schemas.colour import parse_colour
+from dubline.schemas import storage
+from dubline.schemas.colour import parse_colour
 
 _URL_OPTIONS = ("ref_pose", "ref_blink")
 _CODECS = ("auto", "h264", "hevc")

@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from schemas import storage
-from schemas.catalogue import (
+from dubline.schemas import storage
+from dubline.schemas.catalogue import (
     SCRIPT_EXTENSIONS,
     Catalogue,
     CatalogueError,

@@ -4,8 +4,8 @@ folders laid out by convention (``schemas.catalogue_folder``), both validated ro
 
 from __future__ import annotations
 
-from schemas.catalogue import Catalogue, load_catalogue_file
-from schemas.catalogue_folder import is_folder, load_folder_catalogue
+from dubline.schemas.catalogue import Catalogue, load_catalogue_file
+from dubline.schemas.catalogue_folder import is_folder, load_folder_catalogue
 
 
 def load_catalogue(url: str, check_files: bool = True) -> Catalogue:

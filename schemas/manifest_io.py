@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas import storage
-from schemas.manifests import ManifestSchema
+from dubline.schemas import storage
+from dubline.schemas.manifests import ManifestSchema
 
 
 class ManifestVersionError(ValueError):

@@ -13,8 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from schemas.manifest_io import read_rows, write_manifest
-from schemas.manifests import ManifestSchema
+from dubline.schemas.manifest_io import read_rows, write_manifest
+from dubline.schemas.manifests import ManifestSchema
 
 
 class TitleError(Exception):
@@ -36,6 +36,12 @@ class Resources:
     cpus: float = 1.0
     gpus: float = 0.0
     memory_gb: float = 1.0
+
+
+#: The work figures every stage that touches video adds to through ``Stage.count_work``: the same
+#: units for all stages, counted by the cluster's metrics (``dubline_frames_processed``,
+#: ``dubline_faces_rendered`` in the Ray dashboard) without knowing any stage.
+FRAMES_PROCESSED, FACES_RENDERED = "frames_processed", "faces_rendered"
 
 
 class Stage(abc.ABC):
@@ -77,6 +83,14 @@ class Stage(abc.ABC):
     def report(self, **metrics: float) -> None:
         """Record figures of the current job (e.g. jitter, fps) for the stage stats."""
         self._metrics.update({name: float(value) for name, value in metrics.items()})
+
+    def count_work(self, frames: int = 0, faces: int = 0) -> None:
+        """Add to the current job's work: video ``frames`` processed (decoded and analysed,
+        generated, encoded) and ``faces``, face crops (faces × frames) rendered, enhanced or
+        pasted back. Kept in the stage stats as ``FRAMES_PROCESSED`` and ``FACES_RENDERED``."""
+        for name, value in ((FRAMES_PROCESSED, frames), (FACES_RENDERED, faces)):
+            if value:
+                self._metrics[name] = self._metrics.get(name, 0.0) + float(value)
 
     def take_metrics(self) -> dict[str, float]:
         metrics, self._metrics = self._metrics, {}

@@ -31,8 +31,8 @@ import av.logging
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from schemas import storage
-from schemas.colour import hex_to_rgb
+from dubline.schemas import storage
+from dubline.schemas.colour import hex_to_rgb
 
 
 @contextlib.contextmanager

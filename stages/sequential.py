@@ -6,7 +6,7 @@ import json
 import os
 import threading
 
-from stages.base import Stage, StageJob, StageStats, run_job
+from dubline.stages.base import Stage, StageJob, StageStats, run_job
 
 
 class SequentialRunner:

@@ -15,8 +15,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from flows.demo import astronaut, grace_hopper, write_portrait_clip  # noqa: E402
-from stages.speech.espeak import synthesize, write_wav  # noqa: E402
+from dubline.flows.demo import astronaut, grace_hopper, write_portrait_clip  # noqa: E402
+from dubline.stages.speech.espeak import synthesize, write_wav  # noqa: E402
 
 CLIP_FPS = 25
 CLIP_SIZE = 256

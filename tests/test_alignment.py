@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.coeffs.alignment import align
-from stages.coeffs.phonetics import VisemeUnit, espeak_voice, viseme_units
-from stages.coeffs.timeline import TextSpan, spans_from_script, spans_from_words
-from stages.coeffs.visemes import VISEME_CLASSES
-from stages.speech.script import ScriptCue
+from dubline.stages.coeffs.alignment import align
+from dubline.stages.coeffs.phonetics import VisemeUnit, espeak_voice, viseme_units
+from dubline.stages.coeffs.timeline import TextSpan, spans_from_script, spans_from_words
+from dubline.stages.coeffs.visemes import VISEME_CLASSES
+from dubline.stages.speech.script import ScriptCue
 
 
 def _posteriors(runs: list[tuple[str, int]], sharpness: float = 0.9) -> np.ndarray:

@@ -10,16 +10,16 @@ import librosa
 import numpy as np
 import pytest
 
-from flows.demo import astronaut, write_portrait_clip
-from schemas.catalogue import OPTION_DEFAULTS
-from schemas.manifest_io import read_rows
-from schemas.manifests import AUDIO_TRACKS
-from stages.audio.stage import AudioStage
-from stages.audio.subtitles import parse_srt
-from stages.base import StageJob, TitleError
-from stages.probe import ProbeStage
-from stages.sequential import SequentialRunner
-from stages.speech.espeak import synthesize, write_wav
+from dubline.flows.demo import astronaut, write_portrait_clip
+from dubline.schemas.catalogue import OPTION_DEFAULTS
+from dubline.schemas.manifest_io import read_rows
+from dubline.schemas.manifests import AUDIO_TRACKS
+from dubline.stages.audio.stage import AudioStage
+from dubline.stages.audio.subtitles import parse_srt
+from dubline.stages.base import StageJob, TitleError
+from dubline.stages.probe import ProbeStage
+from dubline.stages.sequential import SequentialRunner
+from dubline.stages.speech.espeak import synthesize, write_wav
 from tests.conftest import CLIP_FPS, SHOT_SECONDS
 
 FRAMES = round(2 * SHOT_SECONDS * CLIP_FPS)

@@ -32,9 +32,9 @@ import yaml
 
 from click.testing import CliRunner
 
-from flows.cli import main
-from flows.demo import astronaut, push_in, square
-from flows.localize import localize_catalogue
+from dubline.flows.cli import main
+from dubline.flows.demo import astronaut, push_in, square
+from dubline.flows.localize import localize_catalogue
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("prefect_harness")]
 
@@ -338,7 +338,7 @@ def test_full_disk_for_the_outputs_fails_each_title_clearly_and_leaves_no_partia
     catalogue = tiny_catalogue(inputs, tmp_path, ("first", "second"))
     out = tmp_path / "run"
     (out / "outputs").mkdir(parents=True)
-    script = ("import json, os, sys; from flows.localize import localize_catalogue; "
+    script = ("import json, os, sys; from dubline.flows.localize import localize_catalogue; "
               "s = localize_catalogue(catalogue=sys.argv[1], out=sys.argv[2], executor='local'); "
               "print('SUMMARY ' + json.dumps(s)); "
               "print('LEFT ' + json.dumps([f for _, _, fs in os.walk(sys.argv[2] + '/outputs') for f in fs]))")

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from flows.bench import (
+from dubline.flows.bench import (
     AUDIO_RATE,
     SHIFT_S,
     PairResult,
@@ -34,14 +34,14 @@ from flows.bench import (
     summarize,
     write_results,
 )
-from flows.cli import main
-from flows.demo import astronaut, grace_hopper, write_clip, write_portrait_clip
-from stages.coeffs.model import WEIGHTS, SpeechToMouth
-from stages.face_model.landmarks import FaceLandmarker
-from stages.media import read_audio
-from stages.report.mouth import MouthCurve, best_lag, measure_mouths, pearson
-from stages.speech.whisper_models import BASE_PACKAGED
-from stages.speech.espeak import Speech, synthesize
+from dubline.flows.cli import main
+from dubline.flows.demo import astronaut, grace_hopper, write_clip, write_portrait_clip
+from dubline.stages.coeffs.model import WEIGHTS, SpeechToMouth
+from dubline.stages.face_model.landmarks import FaceLandmarker
+from dubline.stages.media import read_audio
+from dubline.stages.report.mouth import MouthCurve, best_lag, measure_mouths, pearson
+from dubline.stages.speech.whisper_models import BASE_PACKAGED
+from dubline.stages.speech.espeak import Speech, synthesize
 
 
 def _read_wav(path: Path) -> np.ndarray:

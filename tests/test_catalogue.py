@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from schemas import storage
-from schemas.catalogue import OPTION_DEFAULTS, Catalogue, CatalogueEntry, CatalogueError
-from schemas.catalogue_loader import load_catalogue
-from schemas.manifest_io import read_rows, write_manifest
-from schemas.manifests import CATALOGUE
+from dubline.schemas import storage
+from dubline.schemas.catalogue import OPTION_DEFAULTS, Catalogue, CatalogueEntry, CatalogueError
+from dubline.schemas.catalogue_loader import load_catalogue
+from dubline.schemas.manifest_io import read_rows, write_manifest
+from dubline.schemas.manifests import CATALOGUE
 
 MEDIA = ("ep01.mp4", "ep02.mp4", "face.png", "ep01.fr.wav", "ep01.de.wav", "ep02.fr.wav", "face.en.wav",
          "ep01.fr.srt", "face.en.txt", "ep02.fr.vtt")
@@ -209,7 +209,7 @@ SCRIPT_ROWS = [
     {**GOOD_ROWS[0], "dub_script": "ep01.fr.srt"},
     GOOD_ROWS[1],
     {**GOOD_ROWS[2], "dub_script": "face.en.txt"},
-    {**GOOD, "dub_script": f"{{media}}/ep02.fr.vtt"},
+    {**GOOD, "dub_script": "{media}/ep02.fr.vtt"},
 ]
 
 
@@ -513,7 +513,7 @@ def test_stems_and_a_binding_in_yaml_and_csv_give_the_same_entries(stems: Path) 
     from_csv = load(stems, csv_rows, "csv")
     assert from_csv.errors == []
     assert from_csv.entries[0].options["dub_speakers"] == entry.options["dub_speakers"]
-    from schemas.catalogue import SPEAKER_NONE, SpeakerBinding, read_speaker_binding
+    from dubline.schemas.catalogue import SPEAKER_NONE, SpeakerBinding, read_speaker_binding
 
     expected = [SpeakerBinding(0, 0, "S1"), SpeakerBinding(0, 1, "S2"), SpeakerBinding(1, 2, SPEAKER_NONE)]
     assert read_speaker_binding(f"{stems}/speakers.yaml") == read_speaker_binding(f"{stems}/speakers.csv") == expected

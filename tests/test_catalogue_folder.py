@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from schemas import storage
-from schemas.catalogue import OPTION_DEFAULTS, CatalogueError
-from schemas.catalogue_loader import load_catalogue
+from dubline.schemas import storage
+from dubline.schemas.catalogue import OPTION_DEFAULTS, CatalogueError
+from dubline.schemas.catalogue_loader import load_catalogue
 
 #: title folder -> files (name -> content); dummy bytes suffice, validation only opens them.
 LAYOUT: dict[str, dict[str, bytes | str]] = {

@@ -119,14 +119,14 @@ def test_dockerfile_installs_torch_then_dubline_then_mediapipe() -> None:
 
 
 def test_readme_stage_table_matches_the_code() -> None:
-    import flows.tasks  # noqa: F401 - imports every stage the flows run
-    from cluster.policy import policy_for
-    from stages.base import Stage
+    import dubline.flows.tasks  # noqa: F401 - imports every stage the flows run
+    from dubline.cluster.policy import policy_for
+    from dubline.stages.base import Stage
 
     def subclasses(cls: type) -> list[type]:
         return [s for sub in cls.__subclasses__() for s in (sub, *subclasses(sub))]
 
-    stages = {s.name: s for s in subclasses(Stage) if s.__module__.startswith("stages.") and "name" in s.__dict__}
+    stages = {s.name: s for s in subclasses(Stage) if s.__module__.startswith("dubline.stages.") and "name" in s.__dict__}
     table = {}
     for line in (CLUSTER / "README.md").read_text().splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]

@@ -10,14 +10,13 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cluster.metrics import StageWork, stage_work
-from cluster.policy import (
+from dubline.cluster.metrics import StageWork, stage_work
+from dubline.cluster.policy import (
     POLICIES,
     TIMEOUT_SCALE_VAR,
     UNKNOWN_DURATION_S,
@@ -25,17 +24,15 @@ from cluster.policy import (
     job_timeout_s,
     policy_for,
 )
-from cluster.ray_runner import RayRunner
-from schemas import storage
-from schemas.catalogue import OPTION_DEFAULTS
-from schemas.manifest_io import write_manifest
-from schemas.manifests import OUTPUTS, RENDERED_TRACKS, SHOTS
-from stages.base import Resources, Stage, StageJob, StageStats, TitleError
-from stages.composite import CompositeStage
-from stages.faces import FaceStage
-from stages.probe import ProbeStage
-from stages.sequential import SequentialRunner
-from stages.shots import ShotsStage
+from dubline.cluster.ray_runner import RayRunner
+from dubline.schemas.catalogue import OPTION_DEFAULTS
+from dubline.schemas.manifests import SHOTS
+from dubline.stages.base import Resources, Stage, StageJob, StageStats, TitleError
+from dubline.stages.composite import CompositeStage
+from dubline.stages.faces import FaceStage
+from dubline.stages.probe import ProbeStage
+from dubline.stages.sequential import SequentialRunner
+from dubline.stages.shots import ShotsStage
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -44,34 +41,21 @@ def stats(stage: str, rows_out: int = 1, seconds: float = 2.0, **metrics: float)
     return StageStats(stage=stage, title_id="t", rows_in=1, rows_out=rows_out, seconds=seconds, metrics=metrics)
 
 
-def test_reported_figures_become_frames_and_faces() -> None:
-    assert stage_work(stats("faces", frames=50, faces_detected=70), "unused") == StageWork("faces", 50, 0, 2.0)
-    assert stage_work(stats("faces", frames=50), "unused").seconds_per_frame == pytest.approx(0.04)
-    assert stage_work(stats("coeffs", frames_generated=125), "unused") == StageWork("coeffs", 125, 0, 2.0)
-    assert stage_work(stats("enhance", crops_enhanced=80, crops_without_alpha=3), "unused") == StageWork("enhance", 0, 80, 2.0)
-    assert stage_work(stats("probe"), "unused") == StageWork("probe", 0, 0, 2.0)
-    assert stage_work(stats("probe"), "unused").seconds_per_frame is None
+def test_the_stages_work_figures_become_frames_and_faces() -> None:
+    assert stage_work(stats("faces", frames_processed=50, faces_detected=70)) == StageWork("faces", 50, 0, 2.0)
+    assert stage_work(stats("faces", frames_processed=50)).seconds_per_frame == pytest.approx(0.04)
+    assert stage_work(stats("any", frames_processed=60, faces_rendered=45)) == StageWork("any", 60, 45, 2.0)
+    assert stage_work(stats("enhance", faces_rendered=80, crops_without_alpha=3)) == StageWork("enhance", 0, 80, 2.0)
+    assert stage_work(stats("probe")) == StageWork("probe", 0, 0, 2.0)
+    assert stage_work(stats("probe")).seconds_per_frame is None
 
 
-def test_render_and_composite_counts_come_from_their_manifests() -> None:
-    folder = f"memory://dubline-tests/{uuid.uuid4().hex}"
-    try:
-        rendered = storage.join(folder, "render.parquet")
-        tracks = [{"title_id": "t", "language": "fr", "shot_index": 0, "track_id": i, "frame_index": frames,
-                   "chunk_urls": ["c"]} for i, frames in enumerate([list(range(0, 10)), list(range(5, 15))])]
-        write_manifest(tracks, RENDERED_TRACKS, rendered)
-        # two faces on frames 5..9: 15 frames carry a rendered face, 20 crops were rendered
-        assert stage_work(stats("render", rows_out=2, seconds=3.0), rendered) == StageWork("render", 15, 20, 3.0)
-
-        outputs = storage.join(folder, "outputs.parquet")
-        write_manifest([{"title_id": "t", "language": "fr", "video_url": "t.fr.mp4", "width": 64, "height": 64,
-                         "fps": 25.0, "frame_count": 60, "duration_s": 2.4, "video_codec": "h264", "audio_codec": "aac",
-                         "audio_source_s": 2.4, "audio_fit": "exact", "faces_dubbed": 45}], OUTPUTS, outputs)
-        assert stage_work(stats("composite"), outputs) == StageWork("composite", 60, 45, 2.0)
-        # a render job without dubbable faces writes no rows and has nothing to count
-        assert stage_work(stats("render", rows_out=0), storage.join(folder, "absent.parquet")) == StageWork("render", 0, 0, 2.0)
-    finally:
-        storage.remove(folder)
+def test_count_work_adds_up_over_a_job() -> None:
+    stage = ProbeStage()
+    stage.count_work(frames=10, faces=4)
+    stage.count_work(frames=5)
+    assert stage.take_metrics() == {"frames_processed": 15.0, "faces_rendered": 4.0}
+    assert stage.take_metrics() == {}  # the next job starts from nothing
 
 
 def exported(node: dict, metric: str, stage: str) -> float:
@@ -101,7 +85,7 @@ def test_stage_actors_export_their_metrics(ray_cluster, media, tmp_path) -> None
              "output_url": str(tmp_path / "t.fr.mp4"), "options_json": json.dumps(OPTION_DEFAULTS)},)))
     finally:
         runner.shutdown()
-    assert face_stats.metrics["frames"] == 60
+    assert face_stats.metrics["frames"] == face_stats.metrics["frames_processed"] == 60
 
     expected = {"faces": 60, "composite": 60}  # two 1.2 s shots at 25 fps
     deadline = time.monotonic() + 90  # actors push metrics to the node's agent every few seconds
@@ -119,7 +103,7 @@ def test_waiting_jobs_ask_the_autoscaler_for_room(ray_cluster, media, tmp_path, 
 
     assert ray.cluster_resources()["CPU"] == 2
     requests: list[list[dict]] = []
-    monkeypatch.setattr("cluster.ray_runner.request_resources", lambda bundles: requests.append(bundles))
+    monkeypatch.setattr("dubline.cluster.ray_runner.request_resources", lambda bundles: requests.append(bundles))
     titles = str(tmp_path / "titles.parquet")
     runner = RayRunner()
     try:

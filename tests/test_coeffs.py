@@ -10,23 +10,23 @@ import numpy as np
 import pytest
 import torch
 
-from flows.demo import astronaut, write_portrait_clip
-from schemas.catalogue import OPTION_DEFAULTS
-from schemas.manifest_io import read_rows
-from schemas.manifests import DRIVEN_COEFFS, EXPRESSION_NAMES, FACE_TRACKS
-from stages.audio.stage import AudioStage
-from stages.base import StageJob
-from stages.coeffs.calibration import fit_calibration
-from stages.coeffs.model import MouthNet, SpeechToMouth, save_weights
-from stages.coeffs.stage import CoeffsStage
-from stages.coeffs.training.corpus import HELD_OUT_VOICES, espeak_examples
-from stages.coeffs.training.encode import encode_all
-from stages.coeffs.training.train import TrainingItem, _item, _synthetic_metrics, best_lag_r, train
-from stages.faces import FaceStage
-from stages.probe import ProbeStage
-from stages.sequential import SequentialRunner
-from stages.shots import ShotsStage
-from stages.speech.espeak import synthesize, write_wav
+from dubline.flows.demo import astronaut, write_portrait_clip
+from dubline.schemas.catalogue import OPTION_DEFAULTS
+from dubline.schemas.manifest_io import read_rows
+from dubline.schemas.manifests import DRIVEN_COEFFS, EXPRESSION_NAMES, FACE_TRACKS
+from dubline.stages.audio.stage import AudioStage
+from dubline.stages.base import StageJob
+from dubline.stages.coeffs.calibration import fit_calibration
+from dubline.stages.coeffs.model import MouthNet, SpeechToMouth, save_weights
+from dubline.stages.coeffs.stage import CoeffsStage
+from dubline.stages.coeffs.training.corpus import HELD_OUT_VOICES, espeak_examples
+from dubline.stages.coeffs.training.encode import encode_all
+from dubline.stages.coeffs.training.train import TrainingItem, _item, _synthetic_metrics, best_lag_r, train
+from dubline.stages.faces import FaceStage
+from dubline.stages.probe import ProbeStage
+from dubline.stages.sequential import SequentialRunner
+from dubline.stages.shots import ShotsStage
+from dubline.stages.speech.espeak import synthesize, write_wav
 
 JAW = EXPRESSION_NAMES.index("jaw_open")
 SAMPLE_DATA = Path(os.environ.get("DUBLINE_SAMPLE_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import ray
 
-from cluster import connect as connect_module
+from dubline.cluster import connect as connect_module
 
 
 @pytest.fixture

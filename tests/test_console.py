@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.console import one_line
+from dubline.flows.console import one_line
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -103,7 +103,7 @@ def test_one_line_keeps_the_first_line_and_the_exception_that_ends_a_remote_trac
 
 
 def test_one_line_per_finished_dub_only_while_a_printer_is_attached():
-    from flows import progress
+    from dubline.flows import progress
 
     printed: list[str] = []
     progress.finished("t", "fr", "done", "lip-sync r 0.91")  # no printer: deployments, tests
@@ -123,7 +123,7 @@ def test_one_line_per_finished_dub_only_while_a_printer_is_attached():
 
 
 def test_verbose_is_what_lets_prefect_info_and_ray_workers_output_through(monkeypatch):
-    from flows import console
+    from dubline.flows import console
 
     for verbose, level, to_driver in ((False, "WARNING", "0"), (True, "INFO", "1")):
         for name in ("PREFECT_LOGGING_LEVEL", "RAY_LOG_TO_DRIVER"):
@@ -131,3 +131,24 @@ def test_verbose_is_what_lets_prefect_info_and_ray_workers_output_through(monkey
         console.prepare_env(verbose)
         assert (os.environ["PREFECT_LOGGING_LEVEL"], os.environ["RAY_LOG_TO_DRIVER"]) == (level, to_driver)
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"  # no telemetry ERROR offline
+
+
+def test_the_summary_repeats_the_warnings_that_matter_under_their_dub(capsys):
+    from dubline.flows.cli import _print_summary
+    from dubline.flows.localize import dub_warnings
+
+    state = {"status": "done", "stages": {
+        "coeffs": {"dropped": {"tracks without a trusted jaw calibration": 1, "dub segments unassigned: off-screen": 2}},
+        "render": {"dropped": {}}, "audio": {"dropped": {"dub language differs from the catalogue": 1}}}}
+    warnings = dub_warnings(state)
+    assert warnings == ["audio: dub language differs from the catalogue (1)",
+                        "coeffs: tracks without a trusted jaw calibration (1)"]  # routine reasons are not repeated
+    summary = {"out": "run", "catalogue_errors": [], "invocation": {
+        "stages_executed": {}, "stages_skipped": {}, "stages_failed": {}, "dubs_needing_review": 0},
+        "titles": {"clip": {"status": "done", "error": None, "outputs": {"fr": "clip.fr.mp4"},
+                            "reports": {"fr": {"html": "clip.fr.report.html", "lipsync_r": 0.9}},
+                            "needs_review": {}, "warnings": {"fr": warnings}}}}
+    assert _print_summary(summary) == 0  # warnings leave the exit code alone
+    printed = capsys.readouterr().out.splitlines()
+    at = printed.index("    fr: clip.fr.mp4")
+    assert printed[at + 2 : at + 4] == [f"        warning: {w}" for w in warnings]

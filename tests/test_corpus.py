@@ -10,7 +10,7 @@ import librosa
 import numpy as np
 import pytest
 
-from stages.coeffs.training.corpus import (
+from dubline.stages.coeffs.training.corpus import (
     DEFAULT_VOICES,
     HELD_OUT_VOICES,
     Example,
@@ -19,10 +19,10 @@ from stages.coeffs.training.corpus import (
     librivox_examples,
     speed_and_pitch,
 )
-from stages.coeffs.training.sentences import SENTENCES
-from stages.coeffs.visemes import VISEME_CLASSES
-from stages.speech.espeak import synthesize
-from stages.speech.features import SAMPLE_RATE, loudness_db
+from dubline.stages.coeffs.training.sentences import SENTENCES
+from dubline.stages.coeffs.visemes import VISEME_CLASSES
+from dubline.stages.speech.espeak import synthesize
+from dubline.stages.speech.features import SAMPLE_RATE, loudness_db
 
 LANGUAGES = sorted(SENTENCES)
 FIRST_VOICES = {language: [voices[0]] for language, voices in DEFAULT_VOICES.items()}

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-import flows.demo
-from flows.cli import main
-from stages.face_model.geometry import (
+from dubline.flows import demo as demo_module
+from dubline.flows.cli import main
+from dubline.stages.face_model.geometry import (
     CHIN,
     LEFT_EYE_LIDS,
     MOUTH_LEFT,
@@ -23,8 +23,8 @@ from stages.face_model.geometry import (
     NOSE_TIP,
     RIGHT_EYE_LIDS,
 )
-from stages.face_model.landmarks import FaceLandmarker
-from stages.speech.espeak import synthesize
+from dubline.stages.face_model.landmarks import FaceLandmarker
+from dubline.stages.speech.espeak import synthesize
 
 pytestmark = [pytest.mark.timeout(400), pytest.mark.usefixtures("prefect_harness")]
 
@@ -45,8 +45,8 @@ def decode(url: str) -> tuple[np.ndarray, float, float]:
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(flows.demo, "DEMO_SPEECH", SPEECH)
-        patch.setattr(flows.demo, "DEMO_PORTRAIT_SIZE", 256)
+        patch.setattr(demo_module, "DEMO_SPEECH", SPEECH)
+        patch.setattr(demo_module, "DEMO_PORTRAIT_SIZE", 256)
         result = CliRunner().invoke(main, ["demo", "--out", str(out), "--executor", "local", "--quiet"])
     return out, result
 

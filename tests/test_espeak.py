@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.speech.espeak import PhonemeEvent, Speech, list_voices, synthesize, write_wav
+from dubline.stages.speech.espeak import PhonemeEvent, Speech, list_voices, synthesize, write_wav
 
 
 def _median_f0(speech: Speech) -> float:
@@ -113,7 +113,7 @@ def test_concurrent_calls_match_serial_ones() -> None:
 
 def test_processes_share_one_copy_of_the_library_in_the_temporary_folder(tmp_path) -> None:
     # Ray workers end without exit handlers: a copy per process would pile up in /tmp.
-    script = "from stages.speech.espeak import synthesize; synthesize('hello')"
+    script = "from dubline.stages.speech.espeak import synthesize; synthesize('hello')"
     environment = {**os.environ, "TMPDIR": str(tmp_path)}
     for _ in range(3):
         subprocess.run([sys.executable, "-c", script], check=True, env=environment, cwd=Path(__file__).parents[1])

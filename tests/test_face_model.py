@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from stages.face_model.similarity import similarity_2d, similarity_3d
+from dubline.stages.face_model.similarity import similarity_2d, similarity_3d
 
 
 def _rotation_2d(angle: float) -> np.ndarray:

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.demo import astronaut, grace_hopper, write_clip, write_portrait_clip
-from schemas.manifest_io import read_rows
-from schemas.manifests import FACE_TRACKS, FRAME_CHUNK, SHOTS
-from stages.base import StageJob
-from stages.face_model.geometry import eye_centres, project
-from stages.faces import FaceStage
-from stages.probe import ProbeStage
-from stages.sequential import SequentialRunner
-from stages.shots import ShotsStage
+from dubline.flows.demo import astronaut, grace_hopper, write_clip, write_portrait_clip
+from dubline.schemas.manifest_io import read_rows
+from dubline.schemas.manifests import FACE_TRACKS, FRAME_CHUNK, SHOTS
+from dubline.stages.base import StageJob
+from dubline.stages.face_model.geometry import eye_centres, project
+from dubline.stages.faces import FaceStage
+from dubline.stages.probe import ProbeStage
+from dubline.stages.sequential import SequentialRunner
+from dubline.stages.shots import ShotsStage
 
 FPS = 25
 SAMPLE_DATA = Path(os.environ.get("DUBLINE_SAMPLE_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))

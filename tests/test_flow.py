@@ -15,18 +15,18 @@ from click.testing import CliRunner
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from flows import progress
-from flows.cli import main
-from flows.demo import astronaut
-from flows.localize import localize_catalogue
-from flows.run_folder import RunFolder
-from schemas import storage
-from schemas.manifest_io import read_rows
-from schemas.manifests import DRIVEN_COEFFS
-from stages.face_model.geometry import LOWER_LIP_INNER, UPPER_LIP_INNER
-from stages.face_model.landmarks import FaceLandmarker
-from stages.sequential import SequentialRunner
-from stages.speech.espeak import synthesize, write_wav
+from dubline.flows import progress
+from dubline.flows.cli import main
+from dubline.flows.demo import astronaut
+from dubline.flows.localize import localize_catalogue
+from dubline.flows.run_folder import RunFolder
+from dubline.schemas import storage
+from dubline.schemas.manifest_io import read_rows
+from dubline.schemas.manifests import DRIVEN_COEFFS
+from dubline.stages.face_model.geometry import LOWER_LIP_INNER, UPPER_LIP_INNER
+from dubline.stages.face_model.landmarks import FaceLandmarker
+from dubline.stages.sequential import SequentialRunner
+from dubline.stages.speech.espeak import synthesize, write_wav
 from tests.conftest import CLIP_FPS, CLIP_SIZE, SHOT_SECONDS
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("ray_cluster", "prefect_harness")]
@@ -78,6 +78,16 @@ def test_catalogue_flow_dubs_titles_and_reports_bad_ones(catalogue, tmp_path):
     assert sheet.exit_code == 0, sheet.output
     png = cv2.imread(sheet.output.strip())
     assert png.shape == (360, 3 * 360, 3) and png.std() > 10  # three drawn frames, not a blank sheet
+    sheet = CliRunner().invoke(main, ["inspect", str(tmp_path / "run"), "--title", "portraits", "--frames", "3",
+                                      "--dubbed", "fr"])
+    assert sheet.exit_code == 0, sheet.output
+    rows = cv2.imread(sheet.output.strip())  # per frame: source | dub | source mouth | dub mouth
+    assert sheet.output.strip().endswith("portraits.fr.png") and rows.shape == (3 * 360, 4 * 360, 3)
+    assert rows[:, 360:720].std() > 10  # the dubbed frames are drawn
+    # The last frame shows the dubbed face (the second shot): its mouth is cut out of both videos.
+    assert rows[720:, 2 * 360:].std() > 10
+    missing = CliRunner().invoke(main, ["inspect", str(tmp_path / "run"), "--title", "portraits", "--dubbed", "es"])
+    assert missing.exit_code != 0 and "portraits: no finished dub in 'es' (finished: de, fr)" in missing.output
 
     assert state["titles"]["still"]["languages"]["fr"]["status"] == "needs_review"
     assert state["titles"]["portraits"]["languages"]["fr"]["status"] == "done"

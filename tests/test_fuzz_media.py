@@ -101,8 +101,8 @@ def make_sources(folder: Path) -> dict[str, Path]:
     import numpy as np
     from PIL import Image
 
-    from flows.demo import astronaut, push_in, square, write_clip
-    from stages.speech.espeak import synthesize, write_wav
+    from dubline.flows.demo import astronaut, push_in, square, write_clip
+    from dubline.stages.speech.espeak import synthesize, write_wav
 
     speech = synthesize("Hello there.", voice="en")
     portrait = square(astronaut(), 64)
@@ -278,9 +278,9 @@ def mutate(data: bytes, fmt: str, rng: random.Random) -> tuple[bytes, str]:
 
 def _steps(kind: str, path: str, titles_url: str) -> list[tuple[str, Callable[[], object]]]:
     """The decode paths a case goes through, by the kind of its source."""
-    from stages import media
-    from stages.audio.stage import AudioStage
-    from stages.probe import ProbeStage
+    from dubline.stages import media
+    from dubline.stages.audio.stage import AudioStage
+    from dubline.stages.probe import ProbeStage
 
     probed: dict = {}
 
@@ -320,7 +320,7 @@ def _outcome(exc: BaseException | None, result: object = None) -> tuple[str, str
     import av
     from PIL import Image
 
-    from stages.base import TitleError
+    from dubline.stages.base import TitleError
 
     if exc is None:
         return "ok", "" if result is None else str(result)[:100]
@@ -490,9 +490,9 @@ def _severity(outcome: str) -> int:
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory) -> tuple[dict[str, Path], str]:
     """The sources, and the ``titles`` manifest of the clean clip (the audio stage's picture)."""
-    from schemas.manifest_io import write_manifest
-    from schemas.manifests import TITLES
-    from stages.probe import ProbeStage
+    from dubline.schemas.manifest_io import write_manifest
+    from dubline.schemas.manifests import TITLES
+    from dubline.stages.probe import ProbeStage
 
     folder = tmp_path_factory.mktemp("fuzz_sources")
     made = make_sources(folder)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.demo import astronaut, write_portrait_clip
-from stages.base import StageJob
-from stages.probe import ProbeStage
-from stages.sequential import SequentialRunner
+from dubline.flows.demo import astronaut, write_portrait_clip
+from dubline.stages.base import StageJob
+from dubline.stages.probe import ProbeStage
+from dubline.stages.sequential import SequentialRunner
 from tests.test_audio_stage import analyse
 
 SAMPLE_DATA = Path(os.environ.get("DUBLINE_SAMPLE_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))

@@ -13,16 +13,16 @@ import av
 import numpy as np
 import pytest
 
-from flows.demo import astronaut
-from schemas.manifest_io import read_rows
-from schemas.manifests import OUTPUTS, TITLES
-from stages.base import StageJob
-from stages.composite import CompositeStage
-from stages.composite.encode import plan_encode
-from stages.composite.stage import _Output
-from stages.media import Colour, describe, rgb_frames
-from stages.probe import ProbeStage
-from stages.sequential import SequentialRunner
+from dubline.flows.demo import astronaut
+from dubline.schemas.manifest_io import read_rows
+from dubline.schemas.manifests import OUTPUTS, TITLES
+from dubline.stages.base import StageJob
+from dubline.stages.composite import CompositeStage
+from dubline.stages.composite.encode import plan_encode
+from dubline.stages.composite.stage import _Output
+from dubline.stages.media import Colour, describe, rgb_frames
+from dubline.stages.probe import ProbeStage
+from dubline.stages.sequential import SequentialRunner
 
 pytestmark = pytest.mark.timeout(180)
 

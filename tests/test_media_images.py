@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.demo import astronaut
-from schemas.manifest_io import read_rows, write_manifest
-from schemas.manifests import FACE_TRACKS, OUTPUTS, SHOTS, TITLES
-from stages.base import StageJob
-from stages.composite import CompositeStage
-from stages.faces import FaceStage
-from stages.media import STILL_BACKGROUND, describe, load_still
-from stages.probe import ProbeStage
-from stages.sequential import SequentialRunner
+from dubline.flows.demo import astronaut
+from dubline.schemas.manifest_io import read_rows, write_manifest
+from dubline.schemas.manifests import FACE_TRACKS, OUTPUTS, SHOTS, TITLES
+from dubline.stages.base import StageJob
+from dubline.stages.composite import CompositeStage
+from dubline.stages.faces import FaceStage
+from dubline.stages.media import STILL_BACKGROUND, describe, load_still
+from dubline.stages.probe import ProbeStage
+from dubline.stages.sequential import SequentialRunner
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -57,7 +57,7 @@ def test_the_background_is_a_probe_option_and_reaches_every_stage(tmp_path):
                                     rows=({"title_id": "t", "mode": "avatar", "source_url": str(tmp_path / "empty.png")},)))
     (title,) = read_rows(titles, TITLES)
     assert (title["still"], title["background"], title["frame_count"]) == (True, "#00ff00", 1)
-    from stages.media import rgb_frames as decode_rgb
+    from dubline.stages.media import rgb_frames as decode_rgb
 
     (_, rgb), = list(decode_rgb(title))
     assert (rgb == (0, 255, 0)).all()

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from schemas.manifest_io import read_rows
-from schemas.manifests import OUTPUTS, TITLES
-from stages.base import StageJob, TitleError
-from stages.composite import CompositeStage
-from stages.media import Orientation, describe, load_still, rgb_frames
-from stages.probe import ProbeStage
-from stages.sequential import SequentialRunner
+from dubline.schemas.manifest_io import read_rows
+from dubline.schemas.manifests import OUTPUTS, TITLES
+from dubline.stages.base import StageJob, TitleError
+from dubline.stages.composite import CompositeStage
+from dubline.stages.media import Orientation, describe, load_still, rgb_frames
+from dubline.stages.probe import ProbeStage
+from dubline.stages.sequential import SequentialRunner
 
 pytestmark = pytest.mark.timeout(120)
 

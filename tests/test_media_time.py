@@ -13,13 +13,13 @@ import av
 import numpy as np
 import pytest
 
-from schemas.manifest_io import read_rows
-from schemas.manifests import OUTPUTS, TITLES
-from stages.base import StageJob
-from stages.composite import CompositeStage
-from stages.media import FrameClock, describe, read_audio, rgb_frames
-from stages.probe import ProbeStage
-from stages.sequential import SequentialRunner
+from dubline.schemas.manifest_io import read_rows
+from dubline.schemas.manifests import OUTPUTS, TITLES
+from dubline.stages.base import StageJob
+from dubline.stages.composite import CompositeStage
+from dubline.stages.media import FrameClock, describe, read_audio, rgb_frames
+from dubline.stages.probe import ProbeStage
+from dubline.stages.sequential import SequentialRunner
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -212,9 +212,9 @@ def test_flash_and_click_stay_within_one_frame_through_a_vfr_dub(tmp_path, start
 def test_shot_cuts_are_numbered_on_the_titles_clock(tmp_path):
     """A VFR source that starts late: the shots stage's cut is the clock frame the other stages
     see the new shot on (the first bright one), not a frame count of the source's own."""
-    from schemas.manifests import SHOTS
-    from stages.media import ShownVideo
-    from stages.shots import ShotsStage
+    from dubline.schemas.manifests import SHOTS
+    from dubline.stages.media import ShownVideo
+    from dubline.stages.shots import ShotsStage
 
     times = [t for t in range(300, 2000, 40) if not 1500 <= t < 1700] + list(range(2000, 2800, 80))  # a gap, then 80 ms steps
     levels = [40 if t < 1700 else 210 for t in times]

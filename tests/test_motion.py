@@ -6,7 +6,7 @@ import librosa
 import numpy as np
 import pytest
 
-from stages.coeffs.motion import (
+from dubline.stages.coeffs.motion import (
     ANGLE_LIMITS,
     SAMPLE_RATE,
     blinks_from_reference,
@@ -16,7 +16,7 @@ from stages.coeffs.motion import (
     prosody,
     style_params,
 )
-from stages.speech.espeak import synthesize
+from dubline.stages.speech.espeak import synthesize
 
 FPS = 25.0
 BASE = np.array([2.0, -1.0, 0.5, 128.0, 120.0, 80.0])  # a portrait with an 80 px inter-ocular distance

@@ -14,7 +14,7 @@ import yaml
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell
 
-from flows.localize import localize_catalogue
+from dubline.flows.localize import localize_catalogue
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 

@@ -44,7 +44,7 @@ def _options(command: click.Command) -> set[str]:
 
 
 def test_every_dubline_command_and_option_of_the_docs_exists():
-    from flows.cli import main
+    from dubline.flows.cli import main
 
     checked = 0
     for doc, tokens in _shell_lines():

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import yaml
 
-from cluster.policy import policy_for
-from flows.localize import localize_catalogue
-from schemas.manifest_io import read_rows
-from schemas.manifests import SHOTS
-from stages.base import Resources, Stage, StageJob
+from dubline.cluster.policy import policy_for
+from dubline.flows.localize import localize_catalogue
+from dubline.schemas.manifest_io import read_rows
+from dubline.schemas.manifests import SHOTS
+from dubline.stages.base import Resources, Stage, StageJob
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("prefect_harness")]
 
@@ -139,7 +139,7 @@ class DiesOnceStage(Stage):
 def test_ray_worker_that_dies_in_a_job_is_restarted_and_the_job_retried(ray_cluster, tmp_path):
     from ray import cloudpickle
 
-    from cluster.ray_runner import RayRunner
+    from dubline.cluster.ray_runner import RayRunner
 
     assert policy_for(DiesOnceStage.name).max_retries >= 1
     # Ray workers cannot import this test module: ship the stage class itself.

@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.demo import astronaut, write_portrait_clip
-from schemas.manifest_io import read_rows, write_manifest
-from schemas.manifests import DRIVEN_COEFFS, EXPRESSION_NAMES, FACE_TRACKS, FRAME_CHUNK, RENDERED_TRACKS
-from stages.base import StageJob
-from stages.composite.paste import paste
-from stages.face_model.geometry import (LEFT_BROW, LEFT_EYE_CORNERS, LEFT_EYE_LIDS, LOWER_LIP_INNER, NOSE_TIP,
+from dubline.flows.demo import astronaut, write_portrait_clip
+from dubline.schemas.manifest_io import read_rows, write_manifest
+from dubline.schemas.manifests import DRIVEN_COEFFS, EXPRESSION_NAMES, FACE_TRACKS, FRAME_CHUNK, RENDERED_TRACKS
+from dubline.stages.base import StageJob
+from dubline.stages.composite.paste import paste
+from dubline.stages.face_model.geometry import (LEFT_BROW, LEFT_EYE_CORNERS, LEFT_EYE_LIDS, LOWER_LIP_INNER, NOSE_TIP,
                                         RIGHT_BROW, RIGHT_EYE_CORNERS, RIGHT_EYE_LIDS, UPPER_LIP_INNER)
-from stages.face_model.landmarks import FaceLandmarker
-from stages.faces import FaceStage
-from stages.probe import ProbeStage
-from stages.render import RenderStage
-from stages.sequential import SequentialRunner
-from stages.shots import ShotsStage
+from dubline.stages.face_model.landmarks import FaceLandmarker
+from dubline.stages.faces import FaceStage
+from dubline.stages.probe import ProbeStage
+from dubline.stages.render import RenderStage
+from dubline.stages.sequential import SequentialRunner
+from dubline.stages.shots import ShotsStage
 
 JAW = EXPRESSION_NAMES.index("jaw_open")
 #: Eye corners, lids and brows (inner and outer) of MediaPipe's mesh, both eyes.
@@ -70,7 +70,7 @@ def rgba(row) -> np.ndarray:
 
 def pasted(analysed, crops, frame_index: int) -> tuple[np.ndarray, np.ndarray]:
     """(source frame, the frame with its rendered crop pasted) at ``frame_index``."""
-    from stages.media import rgb_frames as decode_rgb
+    from dubline.stages.media import rgb_frames as decode_rgb
 
     _, folder, _, _ = analysed
     frame = next(rgb for i, rgb in decode_rgb(str(folder / "clip.mp4")) if i == frame_index)
@@ -131,6 +131,8 @@ def test_only_driven_frames_are_rendered_and_the_mouth_fades_in(analysed):
     crops, _, stats = render(analysed, 0.25, weight)
     assert [r["frame_index"] for r in crops] == list(track["frame_index"][6:])
     assert stats.metrics["frames_rendered"] == frames - 6
+    # the cluster's metrics: one face on each rendered frame
+    assert stats.metrics["frames_processed"] == stats.metrics["faces_rendered"] == frames - 6
     peak = [rgba(r)[..., 3].max() for r in crops]
     # The alpha is scaled by the weight: 0.2 of full strength at the first frame of the fade.
     assert peak[0] == pytest.approx(0.2 * peak[-1], abs=3) and peak[4] == peak[-1] == 255
@@ -157,7 +159,7 @@ def test_paste_leaves_everything_outside_the_mask_bit_identical():
 
 
 def test_avatar_framings(analysed):
-    from stages.composite.stage import _avatar_framing
+    from dubline.stages.composite.stage import _avatar_framing
 
     _, _, urls, track = analysed
     title = {"title_id": "t", "width": 640, "height": 896}

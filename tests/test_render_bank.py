@@ -19,20 +19,20 @@ import cv2
 import numpy as np
 import pytest
 
-from schemas.manifest_io import read_rows, write_manifest
-from schemas.manifests import (
+from dubline.schemas.manifest_io import read_rows, write_manifest
+from dubline.schemas.manifests import (
     DRIVEN_COEFFS,
     EXPRESSION_NAMES,
     FRAME_CHUNK,
     RENDERED_TRACKS,
 )
-from stages.base import StageJob
-from stages.chunk_images import decode_rgb, decode_rgba
-from stages.face_model.landmarks import FaceLandmarker
-from stages.media import rgb_frames
-from stages.render import RenderStage
-from stages.render.warp import INNER_LIPS, OUTER_LIPS
-from stages.sequential import SequentialRunner
+from dubline.stages.base import StageJob
+from dubline.stages.chunk_images import decode_rgb, decode_rgba
+from dubline.stages.face_model.landmarks import FaceLandmarker
+from dubline.stages.media import rgb_frames
+from dubline.stages.render import RenderStage
+from dubline.stages.render.warp import INNER_LIPS, OUTER_LIPS
+from dubline.stages.sequential import SequentialRunner
 from tests.test_render import driven_row
 from tests.test_render_closing import analyse, gap_iod
 
@@ -85,7 +85,7 @@ def test_a_shut_filmed_mouth_driven_open_shows_the_speakers_own_open_mouth(speak
 
     wanted = np.repeat(expression[widest : widest + 1], len(expression), axis=0)
     banked = render_crops(folder, clip, wanted, "bank")
-    import stages.render.stage as render_stage
+    import dubline.stages.render.stage as render_stage
 
     monkeypatch.setattr(render_stage, "pick_candidates", lambda e, count=0: np.array([int(np.argmin(e[:, JAW]))]))
     drawn = render_crops(folder, clip, wanted, "one_closed_donor")

@@ -13,22 +13,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.demo import astronaut, push_in, write_clip
-from schemas.manifest_io import read_rows, write_manifest
-from schemas.manifests import DRIVEN_COEFFS, EXPRESSION_NAMES, FACE_TRACKS, FRAME_CHUNK, RENDERED_TRACKS
-from stages.base import StageJob
-from stages.chunk_images import decode_rgba
-from stages.composite.paste import paste
-from stages.face_model.geometry import LOWER_LIP_INNER, UPPER_LIP_INNER, eye_centres
-from stages.face_model.landmarks import FaceLandmarker
-from stages.faces import FaceStage
-from stages.media import rgb_frames as decode_rgb
-from stages.probe import ProbeStage
-from stages.render import RenderStage
-from stages.render.warp import INNER_PAIRS, OUTER_LIPS
-from stages.sequential import SequentialRunner
+from dubline.flows.demo import astronaut, push_in, write_clip
+from dubline.schemas.manifest_io import read_rows, write_manifest
+from dubline.schemas.manifests import DRIVEN_COEFFS, EXPRESSION_NAMES, FACE_TRACKS, FRAME_CHUNK, RENDERED_TRACKS
+from dubline.stages.base import StageJob
+from dubline.stages.chunk_images import decode_rgba
+from dubline.stages.composite.paste import paste
+from dubline.stages.face_model.geometry import LOWER_LIP_INNER, UPPER_LIP_INNER, eye_centres
+from dubline.stages.face_model.landmarks import FaceLandmarker
+from dubline.stages.faces import FaceStage
+from dubline.stages.media import rgb_frames as decode_rgb
+from dubline.stages.probe import ProbeStage
+from dubline.stages.render import RenderStage
+from dubline.stages.render.warp import INNER_PAIRS, OUTER_LIPS
+from dubline.stages.sequential import SequentialRunner
 from tests.test_render import driven_row
-from stages.shots import ShotsStage
+from dubline.stages.shots import ShotsStage
 
 JAW = EXPRESSION_NAMES.index("jaw_open")
 FRAMES = 20

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from flows.cli import main
-from flows.localize import REVIEW_THRESHOLD, localize_catalogue, review_reason
-from stages.report.stage import ReportStage
+from dubline.flows.cli import main
+from dubline.flows.localize import REVIEW_THRESHOLD, localize_catalogue, review_reason
+from dubline.stages.report.stage import ReportStage
 
 SMALL = "face too small (median height 57 px < 64)"
 

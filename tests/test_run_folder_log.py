@@ -15,8 +15,8 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from flows.run_folder import RunFolder
-from schemas import storage
+from dubline.flows.run_folder import RunFolder
+from dubline.schemas import storage
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -47,7 +47,7 @@ def test_log_survives_a_killed_process(tmp_path):
     folder = tmp_path / "run"
     script = textwrap.dedent(f"""
         import os
-        from flows.run_folder import RunFolder
+        from dubline.flows.run_folder import RunFolder
         run = RunFolder({str(folder)!r})
         run.begin("cat.yaml", {{}}, [])
         for i in range(50):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from flows.run_folder import (
+from dubline.flows.run_folder import (
     LOCK_NAME,
     RunFolder,
     RunFolderBusy,
@@ -26,7 +26,7 @@ from flows.run_folder import (
     held_lock,
     run_lock,
 )
-from schemas import storage
+from dubline.schemas import storage
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -39,9 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 def _hold(url: str, heartbeat_s: float, stale_after_s: float) -> None:
     """Hold the lock of ``url`` and keep writing run.json until stdin closes; print LOST and exit 3
     when a write is refused because the lock was taken over."""
-    import flows.run_folder
+    from dubline.flows import run_folder
 
-    flows.run_folder.HEARTBEAT_S, flows.run_folder.STALE_AFTER_S = heartbeat_s, stale_after_s
+    run_folder.HEARTBEAT_S, run_folder.STALE_AFTER_S = heartbeat_s, stale_after_s
     with run_lock(url) as lock:
         print(f"HELD {lock.owner['invocation']}", flush=True)
         stdin_closed = threading.Event()
@@ -120,8 +120,8 @@ def test_a_second_writer_is_refused_with_the_holder_named(tmp_path):
 
 
 def test_the_flow_and_the_cli_are_refused_while_another_invocation_writes(media, tmp_path, prefect_harness):
-    from flows.cli import main
-    from flows.localize import localize_catalogue
+    from dubline.flows.cli import main
+    from dubline.flows.localize import localize_catalogue
 
     catalogue = tmp_path / "catalogue.yaml"
     catalogue.write_text(json.dumps([{"title_id": "t", "video": str(media["one_shot"]), "language": "fr",

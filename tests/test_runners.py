@@ -7,13 +7,13 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.ray_runner import RayRunner
-from schemas.catalogue import OPTION_DEFAULTS
-from stages.base import StageJob, TitleError
-from stages.composite import CompositeStage
-from stages.probe import ProbeStage
-from stages.sequential import SequentialRunner
-from stages.shots import ShotsStage
+from dubline.cluster.ray_runner import RayRunner
+from dubline.schemas.catalogue import OPTION_DEFAULTS
+from dubline.stages.base import StageJob, TitleError
+from dubline.stages.composite import CompositeStage
+from dubline.stages.probe import ProbeStage
+from dubline.stages.sequential import SequentialRunner
+from dubline.stages.shots import ShotsStage
 
 pytestmark = pytest.mark.timeout(180)
 

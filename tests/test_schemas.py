@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from schemas import storage
-from schemas.manifest_io import ManifestVersionError, read_manifest, read_rows, to_table, write_manifest
-from schemas.manifests import (
+from dubline.schemas import storage
+from dubline.schemas.manifest_io import ManifestVersionError, read_manifest, read_rows, to_table, write_manifest
+from dubline.schemas.manifests import (
     ALL_SCHEMAS,
     BLINK_NAMES,
     EXPRESSION_NAMES,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from schemas import storage
-from stages.speech.script import ScriptCue, parse_script, read_script, read_script_cues
+from dubline.schemas import storage
+from dubline.stages.speech.script import ScriptCue, parse_script, read_script, read_script_cues
 
 # A French SubRip file as subtitle tools write it: CRLF line endings, a byte order mark, italics,
 # an ASS position code, dialogue dashes, a speaker label, a sound note, a two-line cue, and the

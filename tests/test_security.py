@@ -47,12 +47,12 @@ def _driver(work: Path) -> None:
     import ray
     import ray.data
 
-    from cluster.connect import connect, disconnect
-    from cluster.ray_runner import RayRunner
-    from flows.demo import astronaut, square, write_clip
-    from stages.base import StageJob
-    from stages.probe import ProbeStage
-    from stages.shots import ShotsStage
+    from dubline.cluster.connect import connect, disconnect
+    from dubline.cluster.ray_runner import RayRunner
+    from dubline.flows.demo import astronaut, square, write_clip
+    from dubline.stages.base import StageJob
+    from dubline.stages.probe import ProbeStage
+    from dubline.stages.shots import ShotsStage
 
     clip = work / "clip.mp4"
     write_clip(clip, [square(astronaut(), 64)] * 10, fps=25)

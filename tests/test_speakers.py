@@ -12,13 +12,13 @@ import cv2
 import numpy as np
 import pytest
 
-from flows.demo import grace_hopper, square, write_clip
-from schemas.catalogue import OPTION_DEFAULTS
-from schemas.manifest_io import read_rows
-from schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS
-from stages.audio.stage import AudioStage
-from stages.base import StageJob, TitleError
-from stages.coeffs.speakers import (
+from dubline.flows.demo import grace_hopper, square, write_clip
+from dubline.schemas.catalogue import OPTION_DEFAULTS
+from dubline.schemas.manifest_io import read_rows
+from dubline.schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS
+from dubline.stages.audio.stage import AudioStage
+from dubline.stages.base import StageJob, TitleError
+from dubline.stages.coeffs.speakers import (
     NO_FACE,
     NOBODY,
     FaceMouth,
@@ -30,24 +30,24 @@ from stages.coeffs.speakers import (
     stem_turns,
     window_correlation,
 )
-from stages.coeffs.stage import CoeffsStage
-from stages.coeffs.visemes import espeak_viseme, target_curve
-from stages.composite import CompositeStage
-from stages.face_model.geometry import (
+from dubline.stages.coeffs.stage import CoeffsStage
+from dubline.stages.coeffs.visemes import espeak_viseme, target_curve
+from dubline.stages.composite import CompositeStage
+from dubline.stages.face_model.geometry import (
     LOWER_LIP_INNER,
     MOUTH_LEFT,
     MOUTH_RIGHT,
     UPPER_LIP_INNER,
 )
-from stages.face_model.landmarks import FaceLandmarker
-from stages.faces import FaceStage
-from stages.media import open_media, read_audio
-from stages.probe import ProbeStage
-from stages.render import RenderStage
-from stages.report.mouth import measure_mouths, pearson
-from stages.sequential import SequentialRunner
-from stages.shots import ShotsStage
-from stages.speech.espeak import Speech, synthesize, write_wav
+from dubline.stages.face_model.landmarks import FaceLandmarker
+from dubline.stages.faces import FaceStage
+from dubline.stages.media import open_media, read_audio
+from dubline.stages.probe import ProbeStage
+from dubline.stages.render import RenderStage
+from dubline.stages.report.mouth import measure_mouths, pearson
+from dubline.stages.sequential import SequentialRunner
+from dubline.stages.shots import ShotsStage
+from dubline.stages.speech.espeak import Speech, synthesize, write_wav
 
 FPS = 25.0
 
@@ -506,7 +506,7 @@ def test_cli_stems_and_binding_reach_the_coeffs_job_and_a_changed_binding_recomp
         puppet_dialogue, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from flows.cli import main
+    from dubline.flows.cli import main
 
     _, media, run = puppet_dialogue
     left, right, alone = faces_of(run)

@@ -9,17 +9,17 @@ import av
 import numpy as np
 import pytest
 
-from flows.demo import astronaut
-from schemas import storage
-from schemas.catalogue import OPTION_DEFAULTS
-from schemas.manifest_io import read_rows
-from schemas.manifests import OUTPUTS, SHOTS, TITLES
-from stages.base import StageJob, TitleError
-from stages.composite import CompositeStage
-from stages.probe import ProbeStage
-from stages.sequential import SequentialRunner
-from stages.shots import ShotsStage
-from stages.speech.fit import fit_policy
+from dubline.flows.demo import astronaut
+from dubline.schemas import storage
+from dubline.schemas.catalogue import OPTION_DEFAULTS
+from dubline.schemas.manifest_io import read_rows
+from dubline.schemas.manifests import OUTPUTS, SHOTS, TITLES
+from dubline.stages.base import StageJob, TitleError
+from dubline.stages.composite import CompositeStage
+from dubline.stages.probe import ProbeStage
+from dubline.stages.sequential import SequentialRunner
+from dubline.stages.shots import ShotsStage
+from dubline.stages.speech.fit import fit_policy
 from tests.conftest import CLIP_FPS, CLIP_SIZE, SHOT_SECONDS
 
 SHOT_FRAMES = round(SHOT_SECONDS * CLIP_FPS)

@@ -1,7 +1,8 @@
-"""The layout's rules, read from the source: no stage package imports another stage's package
-(what stages share lives in shared modules: ``stages.face_model``, ``stages.speech``,
-``stages.media`` ...), and no two modules of dubline import each other, directly or around a
-loop, at module level or inside a function."""
+"""The layout's rules, read from the source: one import namespace, ``dubline`` (the top-level
+folders are its subpackages); no stage package imports another stage's package (what stages
+share lives in shared modules: ``dubline.stages.face_model``, ``dubline.stages.speech``,
+``dubline.stages.media`` ...); and no two modules of dubline import each other, directly or
+around a loop, at module level or inside a function."""
 
 from __future__ import annotations
 
@@ -12,15 +13,16 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("stages", "flows", "schemas", "cluster")
 #: The offline mouth-model training tool runs probe, shots and faces on real clips, as a flow
 #: does; its command is recorded with the shipped weights (stages/coeffs/weights/metrics.json).
-ALLOWED = {("stages.coeffs.training.real_clips", "faces"), ("stages.coeffs.training.real_clips", "probe"),
-           ("stages.coeffs.training.real_clips", "shots")}
+ALLOWED = {("dubline.stages.coeffs.training.real_clips", "faces"), ("dubline.stages.coeffs.training.real_clips", "probe"),
+           ("dubline.stages.coeffs.training.real_clips", "shots")}
 
 
 def _modules() -> dict[str, Path]:
+    """Dotted name -> file of every module of dubline (the repository's folders under ``dubline``)."""
     modules = {}
     for package in PACKAGES:
         for path in (REPO / package).rglob("*.py"):
-            name = ".".join(path.relative_to(REPO).with_suffix("").parts)
+            name = ".".join(("dubline", *path.relative_to(REPO).with_suffix("").parts))
             modules[name.removesuffix(".__init__")] = path
     return modules
 
@@ -57,11 +59,11 @@ def test_no_stage_imports_another_stages_package():
     stages = _stage_packages()
     crossings = []
     for name, path in _modules().items():
-        parts = name.split(".")
+        parts = name.split(".")[1:]
         if parts[0] != "stages" or len(parts) < 3 or parts[1] not in stages:
             continue
         for line, imported in _imports(path):
-            bits = imported.split(".")
+            bits = imported.split(".")[1:] if imported.startswith("dubline.") else []
             if (len(bits) > 1 and bits[0] == "stages" and bits[1] in stages and bits[1] != parts[1]
                     and (name, bits[1]) not in ALLOWED):
                 crossings.append(f"{path.relative_to(REPO)}:{line} imports {imported}")
@@ -72,7 +74,7 @@ def test_no_import_cycles():
     modules = _modules()
     graph = {m: {i for _, i in _imports(p) if i in modules and i != m} for m, p in modules.items()}
     # A package's own __init__ importing its submodules, and they importing a sibling through the
-    # package (``from stages.report import plots``), is not a loop between two modules.
+    # package (``from dubline.stages.report import plots``), is not a loop between two modules.
     for module, targets in graph.items():
         graph[module] = {t for t in targets if not module.startswith(t + ".")}
     cycles, state = [], {}
@@ -90,3 +92,32 @@ def test_no_import_cycles():
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+def test_code_imports_dubline_only_through_its_namespace():
+    """Importing ``stages`` or ``flows`` bare would load a second copy of a module beside the
+    ``dubline.`` one (and only works from the repository's folder)."""
+    roots = ("benchmarks", "tests", *PACKAGES)
+    bare = [f"{path.relative_to(REPO)}:{line} imports {name}"
+            for root in roots for path in (REPO / root).rglob("*.py")
+            for line, name in _imports(path) if name.split(".")[0] in PACKAGES]
+    assert bare == []
+
+
+def test_the_installed_distribution_has_one_top_level_package():
+    from importlib.metadata import distribution
+
+    dist = distribution("dubline")
+    assert dist.read_text("top_level.txt").split() == ["dubline"]
+    assert dist.entry_points.select(group="console_scripts")["dubline"].value == "dubline.flows.cli:main"
+
+
+def test_every_subpackage_is_in_the_distribution():
+    """pyproject.toml lists the packages one by one (the repository's root is the ``dubline``
+    package): a new folder with an ``__init__.py`` must be listed, or a wheel would lack it."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"dubline"} | {".".join(("dubline", *p.parent.relative_to(REPO).parts))
+                           for package in PACKAGES for p in (REPO / package).rglob("__init__.py")}
+    assert listed == found

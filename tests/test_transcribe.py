@@ -7,10 +7,10 @@ import librosa
 import numpy as np
 import pytest
 
-from stages.audio.subtitles import LINE_CHARS, MAX_CUE_CHARS, MAX_CUE_S, parse_srt, to_srt, to_vtt
-from stages.speech.espeak import synthesize
-from stages.speech.features import SAMPLE_RATE
-from stages.speech.transcribe import (
+from dubline.stages.audio.subtitles import LINE_CHARS, MAX_CUE_CHARS, MAX_CUE_S, parse_srt, to_srt, to_vtt
+from dubline.stages.speech.espeak import synthesize
+from dubline.stages.speech.features import SAMPLE_RATE
+from dubline.stages.speech.transcribe import (
     Segment,
     Transcriber,
     Transcript,
@@ -18,8 +18,8 @@ from stages.speech.transcribe import (
     language_matches,
     speech_segments,
 )
-from stages.speech.whisper_models import TINY_EN_PACKAGED as PACKAGED_MODEL
-from stages.speech.whisper_models import resolve_model
+from dubline.stages.speech.whisper_models import TINY_EN_PACKAGED as PACKAGED_MODEL
+from dubline.stages.speech.whisper_models import resolve_model
 
 # tiny.en hears espeak's robotic voice badly on some words ("brown fox" -> "roundfark"); this
 # sentence came out word-perfect with every English voice and rate tried.

@@ -17,23 +17,28 @@ from typing import Any
 import av
 import numpy as np
 
-from schemas import storage
-from schemas.manifest_io import read_rows
-from schemas.manifests import AUDIO_TRACKS, TITLES
-from stages.audio.subtitles import to_srt, to_vtt
-from stages.base import Resources, Stage, TitleError
-from stages.media import audio_duration, media_error, read_audio
-from stages.speech.features import SAMPLE_RATE, loudness_db
-from stages.speech.fit import fit_policy, fit_samples
-from stages.speech.script import read_script_cues
-from stages.speech.transcribe import Transcriber, language_matches, speech_segments, whisper_language
-from stages.speech.whisper_models import BASE_PACKAGED
+from dubline.schemas import storage
+from dubline.schemas.manifest_io import read_rows
+from dubline.schemas.manifests import AUDIO_TRACKS, TITLES
+from dubline.stages.audio.subtitles import to_srt, to_vtt
+from dubline.stages.base import Resources, Stage, TitleError
+from dubline.stages.media import audio_duration, media_error, read_audio
+from dubline.stages.speech.features import SAMPLE_RATE, loudness_db
+from dubline.stages.speech.fit import fit_policy, fit_samples
+from dubline.stages.speech.script import read_script_cues
+from dubline.stages.speech.transcribe import Transcriber, language_matches, speech_segments, whisper_language
+from dubline.stages.speech.whisper_models import BASE_PACKAGED
 
 
 #: The longest audio an avatar title takes (s): its picture lasts as long as the audio.
 MAX_AVATAR_AUDIO_S = 2 * 3600.0
 #: Language-detection probability above which Whisper's language beats the catalogue's for the transcript.
 _SURE = 0.8
+
+
+#: Dropped-item reasons worth a look, repeated by the run summary.
+LANGUAGE_MISMATCH = "dub language differs from the catalogue"
+SILENT_DUB = "silent dub audio"
 
 
 class AudioStage(Stage):
@@ -117,7 +122,7 @@ class AudioStage(Stage):
         if not np.isfinite(samples).all():
             raise TitleError(title_id, f"[{language}] dub audio {url} decodes to NaN or infinite samples")
         if np.abs(samples).max() < 1e-4:
-            self.drop("silent dub audio")  # legal (a mute title), but worth a line in the report
+            self.drop(SILENT_DUB)  # legal (a mute title), but worth a line in the report
         return samples
 
     @staticmethod
@@ -158,7 +163,7 @@ class AudioStage(Stage):
                 raise TitleError(title_id, f"[{language}] cannot write {subtitles_url + suffix} "
                                            f"({exc.strerror or exc})") from exc
         if matches is False:
-            self.drop("dub language differs from the catalogue")
+            self.drop(LANGUAGE_MISMATCH)
         return {
             "transcript": transcript.text,
             "words": [

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stages.speech.transcribe import Segment
+from dubline.stages.speech.transcribe import Segment
 
 MAX_CUE_S = 7.0
 LINE_CHARS = 42  # the usual broadcast limit per line, two lines per cue

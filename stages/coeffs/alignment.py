@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stages.coeffs.phonetics import VisemeUnit
-from stages.coeffs.visemes import VISEME_CLASSES
-from stages.speech.speech_encoder import STATE_RATE
+from dubline.stages.coeffs.phonetics import VisemeUnit
+from dubline.stages.coeffs.visemes import VISEME_CLASSES
+from dubline.stages.speech.speech_encoder import STATE_RATE
 
 
 @dataclass(frozen=True)

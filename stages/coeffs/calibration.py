@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from schemas.manifests import EXPRESSION_NAMES
-from stages.coeffs.visemes import MOUTH_COEFFS
+from dubline.schemas.manifests import EXPRESSION_NAMES
+from dubline.stages.coeffs.visemes import MOUTH_COEFFS
 
 MOUTH_COLUMNS = [EXPRESSION_NAMES.index(name) for name in MOUTH_COEFFS]
 

@@ -8,7 +8,7 @@ second, speaker-independent) and gives, per state, two things:
   speaker's resting mouth, inter-ocular distances).
 
 ``MouthNet`` is a small temporal convolution network (about ±0.35 s of context) trained by
-``python -m stages.coeffs.training.train``; weights ship as safetensors with a model card in
+``python -m dubline.stages.coeffs.training.train``; weights ship as safetensors with a model card in
 ``stages/coeffs/weights/``.
 """
 
@@ -24,9 +24,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from stages.coeffs.visemes import MOUTH_COEFFS, VISEME_CLASSES
-from stages.speech.speech_encoder import SpeechEncoder
-from stages.speech.whisper_models import BASE_PACKAGED
+from dubline.stages.coeffs.visemes import MOUTH_COEFFS, VISEME_CLASSES
+from dubline.stages.speech.speech_encoder import SpeechEncoder
+from dubline.stages.speech.whisper_models import BASE_PACKAGED
 
 WEIGHTS = Path(__file__).parent / "weights" / "mouthnet.safetensors"
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from stages.coeffs.alignment import Alignment
-from stages.coeffs.model import SpeechAnalysis
-from stages.coeffs.phonetics import espeak_voice
-from stages.coeffs.timeline import TextSpan, align_spans
-from stages.coeffs.visemes import MOUTH_COEFFS, VISEMES
-from stages.speech.speech_encoder import STATE_RATE, on_frame_clock
+from dubline.stages.coeffs.alignment import Alignment
+from dubline.stages.coeffs.model import SpeechAnalysis
+from dubline.stages.coeffs.phonetics import espeak_voice
+from dubline.stages.coeffs.timeline import TextSpan, align_spans
+from dubline.stages.coeffs.visemes import MOUTH_COEFFS, VISEMES
+from dubline.stages.speech.speech_encoder import STATE_RATE, on_frame_clock
 
 #: Temporal smoothing of the network's mouth (s): real mouths are smoother than 20 ms steps.
 _SMOOTH_S = 0.04

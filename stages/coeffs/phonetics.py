@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import langcodes
 
-from stages.coeffs.visemes import espeak_viseme
-from stages.speech.espeak import list_voices, synthesize
+from dubline.stages.coeffs.visemes import espeak_viseme
+from dubline.stages.speech.espeak import list_voices, synthesize
 
 #: espeak voices for languages whose BCP-47 tag is not a voice name of its own.
 _VOICE_ALIASES = {"zh": "cmn", "yue": "yue", "nn": "nb", "no": "nb", "iw": "he", "jw": "id", "fil": "id"}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.face_model import geometry
-from stages.face_model.landmarks import FaceLandmarker
-from stages.face_model.smoothing import one_euro
-from stages.media import describe, rgb_frames
+from dubline.stages.face_model import geometry
+from dubline.stages.face_model.landmarks import FaceLandmarker
+from dubline.stages.face_model.smoothing import one_euro
+from dubline.stages.media import describe, rgb_frames
 
 
 def reference_motion(url: str, landmarker: FaceLandmarker, fps: float) -> tuple[np.ndarray, np.ndarray]:

@@ -27,28 +27,33 @@ from typing import Any
 
 import numpy as np
 
-from schemas.catalogue import SPEAKER_NONE, SpeakerBinding, read_speaker_binding
-from schemas.manifest_io import read_rows
-from schemas.manifests import AUDIO_TRACKS, DRIVEN_COEFFS, EXPRESSION_NAMES, FACE_TRACKS, TITLES
-from stages.base import Resources, Stage, TitleError
-from stages.coeffs.calibration import MOUTH_COLUMNS, Calibration, fit_calibration, measured_mouth
-from stages.coeffs.model import WEIGHTS, SpeechToMouth
-from stages.coeffs.motion import blinks_from_reference, generate_blinks, generate_pose, pose_from_reference, prosody
-from stages.coeffs.mouth import DrivenMouth, DubText, drive_mouth, mouth_curve
-from stages.coeffs.reference import reference_motion
-from stages.coeffs.speakers import (ActiveSpeakers, FaceMouth, Turn, bind_stems, detect, driven_weight, dub_turns,
+from dubline.schemas.catalogue import SPEAKER_NONE, SpeakerBinding, read_speaker_binding
+from dubline.schemas.manifest_io import read_rows
+from dubline.schemas.manifests import AUDIO_TRACKS, DRIVEN_COEFFS, EXPRESSION_NAMES, FACE_TRACKS, TITLES
+from dubline.stages.base import Resources, Stage, TitleError
+from dubline.stages.coeffs.calibration import MOUTH_COLUMNS, Calibration, fit_calibration, measured_mouth
+from dubline.stages.coeffs.model import WEIGHTS, SpeechToMouth
+from dubline.stages.coeffs.motion import blinks_from_reference, generate_blinks, generate_pose, pose_from_reference, prosody
+from dubline.stages.coeffs.mouth import DrivenMouth, DubText, drive_mouth, mouth_curve
+from dubline.stages.coeffs.reference import reference_motion
+from dubline.stages.coeffs.speakers import (ActiveSpeakers, FaceMouth, Turn, bind_stems, detect, driven_weight, dub_turns,
                                     frame_mask, stem_turns)
-from stages.coeffs.timeline import spans_from_script, spans_from_words
-from stages.face_model.landmarks import FaceLandmarker
-from stages.media import read_audio
-from stages.speech.features import SAMPLE_RATE
-from stages.speech.fit import fit_samples
-from stages.speech.script import ScriptCue
-from stages.speech.transcribe import speech_segments
-from stages.speech.whisper_models import BASE_PACKAGED
+from dubline.stages.coeffs.timeline import spans_from_script, spans_from_words
+from dubline.stages.face_model.landmarks import FaceLandmarker
+from dubline.stages.media import read_audio
+from dubline.stages.speech.features import SAMPLE_RATE
+from dubline.stages.speech.fit import fit_samples
+from dubline.stages.speech.script import ScriptCue
+from dubline.stages.speech.transcribe import speech_segments
+from dubline.stages.speech.whisper_models import BASE_PACKAGED
 
 #: Coefficients whose measured motion follows the original speech: held at rest in a dub.
 _SPEECH_COUPLED = [EXPRESSION_NAMES.index(n) for n in ("upper_lip_raise", "lower_lip_depress")]
+
+
+#: Dropped-item reason of a driven track whose jaw scale could not be calibrated on its filmed
+#: mouth (the model's scale is used): worth a look, so the run summary repeats it.
+UNTRUSTED_CALIBRATION = "tracks without a trusted jaw calibration"
 
 
 def speech_mask(segments: list[dict[str, float]], frames: int, fps: float, ramp_frames: int = 3) -> np.ndarray:
@@ -187,7 +192,7 @@ class CoeffsStage(Stage):
             if np.any(row["driven_weight"] > 0):
                 r_jaw.append(calibration.r[0])
                 if not calibration.trusted[0]:
-                    self.drop("tracks without a trusted jaw calibration")
+                    self.drop(UNTRUSTED_CALIBRATION)
         self.report(tracks_driven=len(r_jaw), tracks_left_as_filmed=len(outputs) - len(r_jaw),
                     frames_driven=sum(int(np.count_nonzero(r["driven_weight"] > 0)) for r in outputs),
                     **({"calibration_jaw_r": float(np.mean(r_jaw))} if r_jaw else {}))
@@ -267,6 +272,7 @@ class CoeffsStage(Stage):
             blink = blinks_from_reference(self._reference(options["ref_blink"], fps)[1], frames)
         else:
             blink = generate_blinks(frames, fps, seed=options.get("pose_style", 0))
+        self.count_work(frames=frames)
         self.report(frames_generated=frames, pose_style=options.get("pose_style", 0))
         # The portrait's largest face talks on every frame (the head moves even in silence).
         return _row(title, language, track, list(range(frames)), driven, pose, blink, dub, None, np.ones(frames), None)

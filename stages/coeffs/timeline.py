@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stages.coeffs.alignment import AlignedUnit, Alignment, align
-from stages.coeffs.model import SpeechAnalysis
-from stages.coeffs.phonetics import viseme_units
-from stages.speech.script import ScriptCue
-from stages.speech.speech_encoder import STATE_RATE
+from dubline.stages.coeffs.alignment import AlignedUnit, Alignment, align
+from dubline.stages.coeffs.model import SpeechAnalysis
+from dubline.stages.coeffs.phonetics import viseme_units
+from dubline.stages.speech.script import ScriptCue
+from dubline.stages.speech.speech_encoder import STATE_RATE
 
 _MARGIN_S = 0.4  # a stretch's window reaches this far beyond its own times
 _MAX_GAP_S = 0.35  # a pause this long between transcript words starts a new stretch

@@ -1,3 +1,3 @@
-from stages.composite.stage import CompositeStage
+from dubline.stages.composite.stage import CompositeStage
 
 __all__ = ["CompositeStage"]

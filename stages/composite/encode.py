@@ -23,7 +23,7 @@ from typing import Any
 
 import av
 
-from stages.media import (
+from dubline.stages.media import (
     MAX_LEVEL_PIXELS,
     PRIMARIES_BT2020,
     RANGE_LIMITED,

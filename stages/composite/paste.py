@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
-from schemas.manifest_io import read_rows
-from schemas.manifests import FRAME_CHUNK, RENDERED_TRACKS
-from stages.chunk_images import decode_rgba
+from dubline.schemas.manifest_io import read_rows
+from dubline.schemas.manifests import FRAME_CHUNK, RENDERED_TRACKS
+from dubline.stages.chunk_images import decode_rgba
 
 
 def paste(frame: np.ndarray, rgba: np.ndarray, to_frame: np.ndarray) -> np.ndarray:

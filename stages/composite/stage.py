@@ -18,19 +18,19 @@ import av
 import cv2
 import numpy as np
 
-from schemas import storage
-from schemas.manifest_io import read_rows
-from schemas.manifests import FACE_TRACKS, OUTPUTS, TITLES
-from stages.base import Resources, Stage, TitleError
-from stages.composite.encode import (
+from dubline.schemas import storage
+from dubline.schemas.manifest_io import read_rows
+from dubline.schemas.manifests import FACE_TRACKS, OUTPUTS, TITLES
+from dubline.stages.base import Resources, Stage, TitleError
+from dubline.stages.composite.encode import (
     EncodePlan,
     add_video_stream,
     plan_encode,
     sws_matrix,
     tag,
 )
-from stages.composite.paste import paste, rendered_crops
-from stages.media import (
+from dubline.stages.composite.paste import paste, rendered_crops
+from dubline.stages.media import (
     FilterChain,
     ShownVideo,
     audio_duration,
@@ -38,7 +38,7 @@ from stages.media import (
     frames,
     sdr_filter,
 )
-from stages.speech.fit import fit_policy
+from dubline.stages.speech.fit import fit_policy
 
 AUDIO_RATE = 48_000
 AUDIO_LAYOUT = "stereo"
@@ -124,6 +124,7 @@ class CompositeStage(Stage):
             raise TitleError(title_id, f"[{row['language']}] {exc}") from exc
         except (av.error.FFmpegError, OSError) as exc:
             raise TitleError(title_id, f"[{row['language']}] encoding failed ({exc})") from exc
+        self.count_work(frames=written, faces=faces)
         self.report(crf=plan.crf, bit_depth=plan.colour.bit_depth, tone_mapped=plan.to_sdr)
         return {
             "title_id": title_id,

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from schemas import storage
+from dubline.schemas import storage
 
 #: Side of the square face the v1.4 weights were trained on.
 OUT_SIZE = 512

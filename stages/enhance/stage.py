@@ -30,13 +30,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from schemas.manifest_io import read_rows, write_manifest
-from schemas.manifests import FACE_TRACKS, FRAME_CHUNK, RENDERED_TRACKS
-from stages.base import Resources, Stage
-from stages.chunk_images import decode_rgba, encode_rgba
-from stages.enhance.gfpgan import GFPGANv1Clean, load_gfpgan
-from stages.face_model.crop import TEMPLATE as CROP_TEMPLATE
-from stages.face_model.similarity import similarity_2d
+from dubline.schemas.manifest_io import read_rows, write_manifest
+from dubline.schemas.manifests import FACE_TRACKS, FRAME_CHUNK, RENDERED_TRACKS
+from dubline.stages.base import Resources, Stage
+from dubline.stages.chunk_images import decode_rgba, encode_rgba
+from dubline.stages.enhance.gfpgan import GFPGANv1Clean, load_gfpgan
+from dubline.stages.face_model.crop import TEMPLATE as CROP_TEMPLATE
+from dubline.stages.face_model.similarity import similarity_2d
 
 #: The reason recorded in the stage stats (and so in the run report) when no weights are given.
 SKIPPED_NO_WEIGHTS = "enhancement skipped: no GFPGAN weights configured"
@@ -179,6 +179,7 @@ class EnhanceStage(Stage):
                 urls.append(url)
             outputs.append({**track, "chunk_urls": urls})
         seconds = time.perf_counter() - started
+        self.count_work(faces=counts["enhanced"])
         self.report(crops_enhanced=counts["enhanced"], crops_without_alpha=counts["passed"],
                     crops_with_source_face=counts["with_face"],
                     seconds_per_crop=seconds / counts["enhanced"] if counts["enhanced"] else 0.0)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from stages.face_model.geometry import NOSE_TIP, eye_centres
-from stages.face_model.similarity import similarity_2d
-from stages.face_model.smoothing import one_euro
+from dubline.stages.face_model.geometry import NOSE_TIP, eye_centres
+from dubline.stages.face_model.similarity import similarity_2d
+from dubline.stages.face_model.smoothing import one_euro
 
 #: Where the right eye, left eye and nose tip land in a crop of side 1 (the mouth and chin fit).
 TEMPLATE = np.array([[0.38, 0.33], [0.62, 0.33], [0.50, 0.46]])

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from stages.face_model.similarity import similarity_3d
+from dubline.stages.face_model.similarity import similarity_3d
 
 # Landmark indices of MediaPipe's face mesh ("right"/"left" are the subject's).
 RIGHT_EYE_CORNERS = (33, 133)

@@ -1,5 +1,5 @@
 """faces: every face in every shot, tracked, with 3D pose, expression and blink coefficients."""
 
-from stages.faces.stage import FaceStage
+from dubline.stages.faces.stage import FaceStage
 
 __all__ = ["FaceStage"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from schemas.manifest_io import write_manifest
-from schemas.manifests import FRAME_CHUNK
+from dubline.schemas.manifest_io import write_manifest
+from dubline.schemas.manifests import FRAME_CHUNK
 
 
 class ChunkWriter:

@@ -15,16 +15,16 @@ from typing import Any
 import av
 import numpy as np
 
-from schemas.manifest_io import read_rows
-from schemas.manifests import FACE_TRACKS, SHOTS, TITLES
-from stages.base import Resources, Stage, TitleError
-from stages.face_model import geometry
-from stages.face_model.crop import crop_face, crop_transforms
-from stages.face_model.landmarks import FaceLandmarker
-from stages.face_model.smoothing import jitter, lag_frames, one_euro
-from stages.faces.chunks import ChunkWriter
-from stages.faces.tracking import TrackLinker, distinct
-from stages.media import rgb_frames
+from dubline.schemas.manifest_io import read_rows
+from dubline.schemas.manifests import FACE_TRACKS, SHOTS, TITLES
+from dubline.stages.base import Resources, Stage, TitleError
+from dubline.stages.face_model import geometry
+from dubline.stages.face_model.crop import crop_face, crop_transforms
+from dubline.stages.face_model.landmarks import FaceLandmarker
+from dubline.stages.face_model.smoothing import jitter, lag_frames, one_euro
+from dubline.stages.faces.chunks import ChunkWriter
+from dubline.stages.faces.tracking import TrackLinker, distinct
+from dubline.stages.media import rgb_frames
 
 
 class FaceStage(Stage):
@@ -72,6 +72,7 @@ class FaceStage(Stage):
         self._write_crops(title, analysed, row["chunks_url"])
         dubbable = [t for t in analysed if t["dubbable"]]
         weights = [len(t["frame_index"]) for t in analysed] or [1]
+        self.count_work(frames=frames)
         self.report(
             frames=frames,
             faces_detected=faces,

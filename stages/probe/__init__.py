@@ -1,3 +1,3 @@
-from stages.probe.stage import ProbeStage
+from dubline.stages.probe.stage import ProbeStage
 
 __all__ = ["ProbeStage"]

@@ -8,11 +8,11 @@ from typing import Any
 import av
 from PIL import Image
 
-from schemas import storage
-from schemas.colour import parse_colour, rgb_to_hex
-from schemas.manifests import TITLES
-from stages.base import Resources, Stage, TitleError
-from stages.media import (
+from dubline.schemas import storage
+from dubline.schemas.colour import parse_colour, rgb_to_hex
+from dubline.schemas.manifests import TITLES
+from dubline.stages.base import Resources, Stage, TitleError
+from dubline.stages.media import (
     MAX_LEVEL_PIXELS,
     ShownVideo,
     StillHeader,

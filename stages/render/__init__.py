@@ -1,5 +1,5 @@
 """render: re-drive the mouth in each dubbed face's aligned crops."""
 
-from stages.render.stage import RenderStage
+from dubline.stages.render.stage import RenderStage
 
 __all__ = ["RenderStage"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from schemas.manifests import EXPRESSION_NAMES
+from dubline.schemas.manifests import EXPRESSION_NAMES
 
 #: Mouth-shape coefficients and the difference of each that counts as one unit of mismatch (IOD).
 #: jaw_open matters most: the warp can widen or purse lips convincingly, but an opening it must

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from schemas.manifests import MESH_POINTS
-from stages.face_model import geometry
-from stages.render.warp import INNER_LIPS, OUTER_LIPS, Box, bounding_box, box_grid, mesh_triangles, remap, triangle_map
+from dubline.schemas.manifests import MESH_POINTS
+from dubline.stages.face_model import geometry
+from dubline.stages.render.warp import INNER_LIPS, OUTER_LIPS, Box, bounding_box, box_grid, mesh_triangles, remap, triangle_map
 
 #: Half-axes (IOD) of the ellipse around the mouth centre whose mesh vertices carry the donor.
 _REGION_AXES = (0.62, 0.34)

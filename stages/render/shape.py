@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from stages.face_model import geometry
-from stages.face_model.similarity import similarity_2d
-from stages.render.warp import INNER_PAIRS
+from dubline.stages.face_model import geometry
+from dubline.stages.face_model.similarity import similarity_2d
+from dubline.stages.render.warp import INNER_PAIRS
 
 #: MediaPipe mesh vertices of the upper and lower lip (outer contour, two middle rings, inner
 #: contour; corners excluded), checked on the canonical mesh of real tracks.

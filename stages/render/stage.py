@@ -29,15 +29,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from schemas.manifest_io import read_rows, write_manifest
-from schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS, FRAME_CHUNK, RENDERED_TRACKS
-from stages.base import Resources, Stage
-from stages.chunk_images import decode_rgb, encode_rgba
-from stages.face_model.geometry import project
-from stages.render.bank import Blend, choose_donors, crossfades, pick_candidates
-from stages.render.mouth import Donor, inner_gap, iod, mouth_box, mouth_layer, mouth_region, region_triangles
-from stages.render.shape import MouthModel, driven_landmarks, lower_face_weights, mouth_model
-from stages.render.warp import box_grid, lower_face_grid, remap
+from dubline.schemas.manifest_io import read_rows, write_manifest
+from dubline.schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS, FRAME_CHUNK, RENDERED_TRACKS
+from dubline.stages.base import Resources, Stage
+from dubline.stages.chunk_images import decode_rgb, encode_rgba
+from dubline.stages.face_model.geometry import project
+from dubline.stages.render.bank import Blend, choose_donors, crossfades, pick_candidates
+from dubline.stages.render.mouth import Donor, inner_gap, iod, mouth_box, mouth_layer, mouth_region, region_triangles
+from dubline.stages.render.shape import MouthModel, driven_landmarks, lower_face_weights, mouth_model
+from dubline.stages.render.warp import box_grid, lower_face_grid, remap
 
 _AVATAR_CHUNK = 48  # frames per rendered chunk of an avatar
 #: IOD beyond the moving points where the warp has faded out. In dub mode it is inside the region
@@ -70,6 +70,11 @@ class TrackPlan:
     model: MouthModel | None  # None for an avatar
 
 
+#: Dropped-item reason of a track whose lips the blendshape fit follows poorly (an anatomical
+#: prior is mixed in): worth a look, so the run summary repeats it.
+WEAK_BLENDSHAPE_FIT = "tracks with a weak blendshape fit (anatomical prior mixed in)"
+
+
 class RenderStage(Stage):
     """One row per (title, language) -> ``rendered_tracks`` rows + RGBA frame chunks.
 
@@ -84,7 +89,7 @@ class RenderStage(Stage):
     defaults = {"webp_quality": 92}
 
     def setup(self) -> None:
-        from stages.render.warp import mesh_triangles
+        from dubline.stages.render.warp import mesh_triangles
 
         mesh_triangles()  # MediaPipe's tessellation, read once per worker
 
@@ -103,6 +108,8 @@ class RenderStage(Stage):
             figures.append(track_figures)
             outputs.append({k: driven[k] for k in ("title_id", "language", "shot_index", "track_id")}
                            | {"frame_index": rendered, "chunk_urls": urls})
+        self.count_work(frames=len({i for o in outputs for i in o["frame_index"]}),
+                        faces=sum(len(o["frame_index"]) for o in outputs))
         if outputs:
             self.report(tracks_rendered=len(outputs), frames_rendered=sum(len(o["frame_index"]) for o in outputs),
                         **_summary(figures),
@@ -197,7 +204,7 @@ class RenderStage(Stage):
             "prior_weight": 0.0 if avatar else plan.model.prior_weight,
         }
         if not avatar and plan.model.prior_weight > 0:
-            self.drop("tracks with a weak blendshape fit (anatomical prior mixed in)")
+            self.drop(WEAK_BLENDSHAPE_FIT)
         return urls, rendered, figures
 
     @staticmethod

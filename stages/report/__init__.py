@@ -1,5 +1,5 @@
 """report: per title and language, the lip-sync self-check, plots and stats (HTML and JSON)."""
 
-from stages.report.stage import ReportStage
+from dubline.stages.report.stage import ReportStage
 
 __all__ = ["ReportStage"]

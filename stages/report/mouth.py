@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from stages.face_model import geometry
-from stages.face_model.landmarks import FaceLandmarker
-from stages.media import describe, frames
+from dubline.stages.face_model import geometry
+from dubline.stages.face_model.landmarks import FaceLandmarker
+from dubline.stages.media import describe, frames
 
 #: IOD added around the hull of the mesh at and below the nose: the region dubbing may change.
 _LOWER_FACE_MARGIN = 0.35

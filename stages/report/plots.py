@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from schemas.manifests import EXPRESSION_NAMES  # noqa: E402
+from dubline.schemas.manifests import EXPRESSION_NAMES  # noqa: E402
 
 _MAX_TRACK_PANELS = 4
 

@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from schemas import storage
-from schemas.manifest_io import read_rows
-from schemas.manifests import AUDIO_TRACKS, DRIVEN_COEFFS, FACE_TRACKS, OUTPUTS, REPORTS, SHOTS, TITLES
-from stages.base import Resources, Stage
-from stages.face_model.landmarks import FaceLandmarker
-from stages.report import plots
-from stages.report.mouth import measure_mouths, pearson
+from dubline.schemas import storage
+from dubline.schemas.manifest_io import read_rows
+from dubline.schemas.manifests import AUDIO_TRACKS, DRIVEN_COEFFS, FACE_TRACKS, OUTPUTS, REPORTS, SHOTS, TITLES
+from dubline.stages.base import Resources, Stage
+from dubline.stages.face_model.landmarks import FaceLandmarker
+from dubline.stages.report import plots
+from dubline.stages.report.mouth import measure_mouths, pearson
 
 
 class ReportStage(Stage):

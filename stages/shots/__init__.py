@@ -1,3 +1,3 @@
-from stages.shots.stage import ShotsStage
+from dubline.stages.shots.stage import ShotsStage
 
 __all__ = ["ShotsStage"]

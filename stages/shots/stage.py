@@ -13,9 +13,9 @@ import numpy as np
 
 from scenedetect import ContentDetector
 
-from schemas.manifests import SHOTS, TITLES
-from stages.base import Resources, Stage, TitleError
-from stages.media import ShownVideo, rgb_frames
+from dubline.schemas.manifests import SHOTS, TITLES
+from dubline.stages.base import Resources, Stage, TitleError
+from dubline.stages.media import ShownVideo, rgb_frames
 
 
 class ShotsStage(Stage):

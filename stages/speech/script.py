@@ -13,8 +13,8 @@ import html
 import re
 from dataclasses import dataclass
 
-from schemas import storage
-from schemas.catalogue import script_extension_problem
+from dubline.schemas import storage
+from dubline.schemas.catalogue import script_extension_problem
 
 
 @dataclass(frozen=True)

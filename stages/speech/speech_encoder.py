@@ -17,8 +17,8 @@ import ctranslate2
 import numpy as np
 from faster_whisper import WhisperModel
 
-from stages.speech.features import SAMPLE_RATE
-from stages.speech.whisper_models import BASE_PACKAGED, resolve_model
+from dubline.stages.speech.features import SAMPLE_RATE
+from dubline.stages.speech.whisper_models import BASE_PACKAGED, resolve_model
 
 STATE_RATE = 50  # encoder states per second (one per 20 ms)
 _WINDOW_S = 30

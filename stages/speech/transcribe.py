@@ -14,8 +14,8 @@ import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-from stages.speech.features import SAMPLE_RATE
-from stages.speech.whisper_models import resolve_model
+from dubline.stages.speech.features import SAMPLE_RATE
+from dubline.stages.speech.whisper_models import resolve_model
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ import numpy as np
 from scipy import fft
 from scipy.signal import fftconvolve
 
-from stages.coeffs.training.sentences import SENTENCES
-from stages.coeffs.visemes import VISEME_CLASSES, arpabet_viseme, espeak_viseme, target_curve
-from stages.speech.espeak import synthesize
-from stages.speech.features import SAMPLE_RATE
+from dubline.stages.coeffs.training.sentences import SENTENCES
+from dubline.stages.coeffs.visemes import VISEME_CLASSES, arpabet_viseme, espeak_viseme, target_curve
+from dubline.stages.speech.espeak import synthesize
+from dubline.stages.speech.features import SAMPLE_RATE
 
 Segment = tuple[str, float, float]  # viseme class, start_s, end_s
 

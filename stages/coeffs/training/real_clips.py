@@ -15,19 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.manifest_io import read_rows
-from schemas.manifests import FACE_TRACKS, TITLES
-from stages.base import StageJob
-from stages.coeffs.calibration import measured_mouth
-from stages.coeffs.training.corpus import Example, Segment
-from stages.coeffs.visemes import arpabet_viseme
-from stages.faces import FaceStage
-from stages.media import read_audio
-from stages.probe import ProbeStage
-from stages.sequential import SequentialRunner
-from stages.shots import ShotsStage
-from stages.speech.features import SAMPLE_RATE
-from stages.speech.transcribe import Transcriber
+from dubline.schemas.manifest_io import read_rows
+from dubline.schemas.manifests import FACE_TRACKS, TITLES
+from dubline.stages.base import StageJob
+from dubline.stages.coeffs.calibration import measured_mouth
+from dubline.stages.coeffs.training.corpus import Example, Segment
+from dubline.stages.coeffs.visemes import arpabet_viseme
+from dubline.stages.faces import FaceStage
+from dubline.stages.media import read_audio
+from dubline.stages.probe import ProbeStage
+from dubline.stages.sequential import SequentialRunner
+from dubline.stages.shots import ShotsStage
+from dubline.stages.speech.features import SAMPLE_RATE
+from dubline.stages.speech.transcribe import Transcriber
 
 _MARGIN_S = 0.3  # audio kept around each transcript stretch for its alignment
 

@@ -1,6 +1,6 @@
 """Train the audio -> mouth network and write its weights, metrics and model card.
 
-    python -m stages.coeffs.training.train --out stages/coeffs/weights \\
+    python -m dubline.stages.coeffs.training.train --out stages/coeffs/weights \\
         [--train-clips ../shared/data/video/train] [--measure-clips ../shared/data/video/eval]
 
 Inputs are Whisper base's encoder states (``stages.speech.speech_encoder``), frozen. Data (all
@@ -32,19 +32,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.coeffs.model import MouthNet, SpeechToMouth, save_weights
-from stages.coeffs.mouth import PATHS, DubText, drive_mouth, mouth_curve
-from stages.coeffs.stage import CoeffsStage, speech_mask
-from stages.coeffs.timeline import spans_from_script, spans_from_words
-from stages.coeffs.training.corpus import HELD_OUT_VOICES, Example, augment_audio, espeak_examples, librivox_examples
-from stages.coeffs.training.encode import encode_all
-from stages.coeffs.training.real_clips import RealClip, load_clip
-from stages.coeffs.visemes import MOUTH_COEFFS, VISEME_CLASSES
-from stages.speech.features import SAMPLE_RATE
-from stages.speech.script import ScriptCue, read_script_cues
-from stages.speech.speech_encoder import STATE_RATE, SpeechEncoder
-from stages.speech.transcribe import Transcriber, speech_segments
-from stages.speech.whisper_models import BASE_PACKAGED
+from dubline.stages.coeffs.model import MouthNet, SpeechToMouth, save_weights
+from dubline.stages.coeffs.mouth import PATHS, DubText, drive_mouth, mouth_curve
+from dubline.stages.coeffs.stage import CoeffsStage, speech_mask
+from dubline.stages.coeffs.timeline import spans_from_script, spans_from_words
+from dubline.stages.coeffs.training.corpus import HELD_OUT_VOICES, Example, augment_audio, espeak_examples, librivox_examples
+from dubline.stages.coeffs.training.encode import encode_all
+from dubline.stages.coeffs.training.real_clips import RealClip, load_clip
+from dubline.stages.coeffs.visemes import MOUTH_COEFFS, VISEME_CLASSES
+from dubline.stages.speech.features import SAMPLE_RATE
+from dubline.stages.speech.script import ScriptCue, read_script_cues
+from dubline.stages.speech.speech_encoder import STATE_RATE, SpeechEncoder
+from dubline.stages.speech.transcribe import Transcriber, speech_segments
+from dubline.stages.speech.whisper_models import BASE_PACKAGED
 
 LANGUAGES = ("en", "fr", "de", "es", "it", "pt", "ru", "hi", "ja", "cmn")
 HELD_OUT_LIBRIVOX = "0930"
@@ -263,7 +263,7 @@ def _clips(folder: Path | None, work: Path, transcriber: Transcriber) -> list[Re
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in (".mp4", ".mov", ".mkv", ".webm")):
         language = CLIP_LANGUAGES.get(path.stem)
         if language is None:
-            from stages.media import read_audio
+            from dubline.stages.media import read_audio
 
             detected, probability = transcriber.detect_language(read_audio(str(path), 16_000))
             language = detected if probability >= 0.8 else "en"
@@ -343,7 +343,7 @@ def main() -> None:
     encoder = SpeechEncoder(BASE_PACKAGED)
     args.out.mkdir(parents=True, exist_ok=True)
     weights = args.out / "mouthnet.safetensors"
-    command = "python -m stages.coeffs.training.train " + " ".join(
+    command = "python -m dubline.stages.coeffs.training.train " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "cache", "evaluate") and v is not None)
     if args.evaluate:
         summary = json.loads((args.out / "metrics.json").read_text())
