@@ -94,7 +94,7 @@ def _language(run_url: str, title_id: str, language: str, titles_url: str, shots
     coeffs_url = tasks.coeffs(run_url, title_id, language, titles_url, faces_url, audio_url, options)
     render_url = tasks.render(run_url, title_id, language, faces_url, coeffs_url)
     faces_out = tasks.enhance(run_url, title_id, language, render_url, faces_url, enhancer_weights)
-    outputs_url = tasks.composite(run_url, title_id, language, titles_url, shots_url, dub, options, faces_out, faces_url)
+    outputs_url = tasks.composite(run_url, title_id, language, titles_url, dub, options, faces_out, faces_url)
     run = tasks.session_for(run_url).run
     try:
         report_url = tasks.report(run_url, title_id, language, {

@@ -21,6 +21,7 @@ from dubline.stages.coeffs.stage import CoeffsStage
 from dubline.stages.composite import CompositeStage
 from dubline.stages.enhance import EnhanceStage
 from dubline.stages.faces import FaceStage
+from dubline.stages.job_rows import key_inputs, manifest_key
 from dubline.stages.probe import ProbeStage
 from dubline.stages.render import RenderStage
 from dubline.stages.report import ReportStage
@@ -71,15 +72,10 @@ def session_for(run_url: str) -> Session:
     return _SESSIONS[run_url.rstrip("/")]
 
 
-def _key_of(manifest_url: str) -> str:
-    return manifest_url.rsplit("/", 1)[-1].removesuffix(".parquet")
-
-
 def _execute(
     run_url: str,
     stage: type[Stage],
     title_id: str,
-    inputs: dict[str, Any],
     *,
     language: str | None = None,
     rows: tuple[dict[str, Any], ...] = (),
@@ -89,12 +85,17 @@ def _execute(
 ) -> str:
     """Run ``stage`` unless its keyed output is already complete; returns the manifest URL.
 
-    ``with_chunks``: the stage writes frame chunks too; each row gets a ``chunks_url`` folder
-    beside the manifest, so chunks share the output's key.
+    The output's key comes from the stage, its parameters (``Stage.param_files`` by content) and
+    its job: the typed rows' key inputs (``stages.job_rows.key_inputs``) or the key of the
+    ``input_url`` manifest. ``with_chunks``: the stage writes frame chunks too; each row gets a
+    ``chunks_url`` folder beside the manifest, so chunks share the output's key.
     """
     session = session_for(run_url)
     run, params = session.run, params or {}
-    key = stage_key(stage, params, inputs)
+    job = ([key_inputs(stage.job_row, row) for row in rows] if stage.job_row is not None
+           else {"input": manifest_key(input_url or "")})
+    keyed_params = {k: storage.fingerprint(v) if k in stage.param_files and v else v for k, v in params.items()}
+    key = stage_key(stage, keyed_params, job)
     url = run.manifest_url(stage.name, title_id, key)
     if with_chunks:
         rows = tuple({**row, "chunks_url": url.removesuffix(".parquet") + ".chunks"} for row in rows)
@@ -134,20 +135,18 @@ def _execute(
 def probe(run_url: str, title_id: str, mode: str, source_url: str, background: str) -> str:
     """The source's facts; ``background`` (a colour option) goes under a portrait's transparent pixels."""
     row = {"title_id": title_id, "mode": mode, "source_url": source_url}
-    return _execute(run_url, ProbeStage, title_id, {"source": storage.stat_token(source_url)}, rows=(row,),
-                    params={"background": background})
+    return _execute(run_url, ProbeStage, title_id, rows=(row,), params={"background": background})
 
 
 @task(name="shots", task_run_name="shots-{title_id}")
 def shots(run_url: str, title_id: str, titles_url: str) -> str:
-    return _execute(run_url, ShotsStage, title_id, {"titles": _key_of(titles_url)}, input_url=titles_url)
+    return _execute(run_url, ShotsStage, title_id, input_url=titles_url)
 
 
 @task(name="faces", task_run_name="faces-{title_id}")
 def faces(run_url: str, title_id: str, titles_url: str, shots_url: str) -> str:
     row = {"title_id": title_id, "titles_url": titles_url, "shots_url": shots_url}
-    inputs = {"titles": _key_of(titles_url), "shots": _key_of(shots_url)}
-    return _execute(run_url, FaceStage, title_id, inputs, rows=(row,), with_chunks=True)
+    return _execute(run_url, FaceStage, title_id, rows=(row,), with_chunks=True)
 
 
 @task(name="audio", task_run_name="audio-{title_id}-{language}")
@@ -171,11 +170,7 @@ def audio(run_url: str, title_id: str, language: str, titles_url: str, dub_audio
         "options_json": json.dumps(options, sort_keys=True),
         "subtitles_url": run.output_url(title_id, language).removesuffix(".mp4"),
     }
-    inputs = {"titles": _key_of(titles_url), "dub_audio": storage.fingerprint(dub_audio_url), "language": language,
-              "tolerance": options["audio_tolerance_s"], "subtitles": row["subtitles_url"]}
-    if dub_script_url:  # only when given, so the keys of dubs without a script stay as they were
-        inputs["dub_script"] = storage.fingerprint(dub_script_url)
-    return _execute(run_url, AudioStage, title_id, inputs, language=language, rows=(row,),
+    return _execute(run_url, AudioStage, title_id, language=language, rows=(row,),
                     params={"whisper_model": whisper_model})
 
 
@@ -184,63 +179,39 @@ def coeffs(run_url: str, title_id: str, language: str, titles_url: str, faces_ur
            options: dict) -> str:
     row = {"title_id": title_id, "language": language, "titles_url": titles_url, "faces_url": faces_url,
            "audio_url": audio_url, "options_json": json.dumps(options, sort_keys=True)}
-    driving = ("expression_scale", "pose_style", "still", "yaw", "pitch", "roll")
-    inputs = {"titles": _key_of(titles_url), "faces": _key_of(faces_url), "audio": _key_of(audio_url),
-              **{k: options[k] for k in driving},
-              **{k: storage.fingerprint(options[k]) for k in ("ref_pose", "ref_blink") if options[k]}}
-    # Who speaks when: the stems' and the binding's content, only when given (other keys stay as they were).
-    if options.get("dub_speakers"):
-        inputs["dub_speakers"] = {name: storage.fingerprint(url) for name, url in sorted(options["dub_speakers"].items())}
-    if options.get("speaker_binding"):
-        inputs["speaker_binding"] = storage.fingerprint(options["speaker_binding"])
-    return _execute(run_url, CoeffsStage, title_id, inputs, language=language, rows=(row,))
+    return _execute(run_url, CoeffsStage, title_id, language=language, rows=(row,))
 
 
 @task(name="render", task_run_name="render-{title_id}-{language}")
 def render(run_url: str, title_id: str, language: str, faces_url: str, coeffs_url: str) -> str:
     row = {"title_id": title_id, "language": language, "faces_url": faces_url, "coeffs_url": coeffs_url}
-    inputs = {"faces": _key_of(faces_url), "coeffs": _key_of(coeffs_url)}
-    return _execute(run_url, RenderStage, title_id, inputs, language=language, rows=(row,), with_chunks=True)
+    return _execute(run_url, RenderStage, title_id, language=language, rows=(row,), with_chunks=True)
 
 
 @task(name="enhance", task_run_name="enhance-{title_id}-{language}")
 def enhance(run_url: str, title_id: str, language: str, render_url: str, faces_url: str,
             enhancer_weights: str | None) -> str:
     row = {"title_id": title_id, "language": language, "render_url": render_url, "faces_url": faces_url}
-    inputs = {"render": _key_of(render_url), "faces": _key_of(faces_url),
-              "weights": storage.fingerprint(enhancer_weights) if enhancer_weights else None}
-    return _execute(run_url, EnhanceStage, title_id, inputs, language=language, rows=(row,), with_chunks=True,
+    return _execute(run_url, EnhanceStage, title_id, language=language, rows=(row,), with_chunks=True,
                     params={"weights": enhancer_weights})
 
 
 @task(name="composite", task_run_name="composite-{title_id}-{language}")
 def composite(
-    run_url: str, title_id: str, language: str, titles_url: str, shots_url: str, dub_audio_url: str, options: dict,
+    run_url: str, title_id: str, language: str, titles_url: str, dub_audio_url: str, options: dict,
     render_url: str | None = None, faces_url: str | None = None,
 ) -> str:
-    session = session_for(run_url)
-    output_url = session.run.output_url(title_id, language)
-    inputs = {
-        "titles": _key_of(titles_url),
-        "shots": _key_of(shots_url),
-        "dub_audio": storage.fingerprint(dub_audio_url),
-        "language": language,
-        "options": options,
-        "output": output_url,
-        "render": _key_of(render_url) if render_url else None,
-        "faces": _key_of(faces_url) if faces_url else None,
-    }
     row = {
         "title_id": title_id,
         "language": language,
         "titles_url": titles_url,
         "dub_audio_url": dub_audio_url,
-        "output_url": output_url,
+        "output_url": session_for(run_url).run.output_url(title_id, language),
         "options_json": json.dumps(options, sort_keys=True),
         "render_url": render_url,
         "faces_url": faces_url,
     }
-    return _execute(run_url, CompositeStage, title_id, inputs, language=language, rows=(row,))
+    return _execute(run_url, CompositeStage, title_id, language=language, rows=(row,))
 
 
 @task(name="report", task_run_name="report-{title_id}-{language}")
@@ -257,5 +228,4 @@ def report(run_url: str, title_id: str, language: str, upstream: dict[str, str])
         "report_url": run.output_url(title_id, language).removesuffix(".mp4") + ".report",
         "stages_json": json.dumps(in_pipeline_order(stages), default=str),
     }
-    inputs = {name: _key_of(url) for name, url in upstream.items()}
-    return _execute(run_url, ReportStage, title_id, inputs, language=language, rows=(row,))
+    return _execute(run_url, ReportStage, title_id, language=language, rows=(row,))

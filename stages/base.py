@@ -13,8 +13,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from pydantic import ValidationError
+
 from dubline.schemas.manifest_io import read_rows, write_manifest
 from dubline.schemas.manifests import ManifestSchema
+from dubline.stages.job_rows import JobRow
 
 
 class TitleError(Exception):
@@ -53,6 +56,11 @@ class Stage(abc.ABC):
     resources: ClassVar[Resources] = Resources()
     batch_size: ClassVar[int] = 1
     input_schema: ClassVar[ManifestSchema | None] = None
+    #: The typed row of a job given inline rows (``stages.job_rows``): validated by ``run_job``,
+    #: and what the output's cache key is derived from. None for a stage that reads a manifest.
+    job_row: ClassVar[type[JobRow] | None] = None
+    #: Parameters naming a file (e.g. model weights) that enter the output key by content.
+    param_files: ClassVar[tuple[str, ...]] = ()
     output_schema: ClassVar[ManifestSchema]
     #: Parameter names and defaults; a stage is constructed with a subset of these.
     defaults: ClassVar[dict[str, Any]] = {}
@@ -131,6 +139,11 @@ def run_job(stage: Stage, job: StageJob, worker: str = "") -> StageStats:
     """
     started = time.perf_counter()
     rows = list(job.rows)
+    if stage.job_row is not None:  # only what the row type declares reaches the stage
+        try:
+            rows = [stage.job_row.model_validate(row).model_dump() for row in rows]
+        except ValidationError as exc:
+            raise ValueError(f"{stage.name} {job.title_id}: bad job row: {exc}") from exc
     if job.input_url is not None:
         assert stage.input_schema is not None, f"{stage.name} takes no input manifest"
         rows = read_rows(job.input_url, stage.input_schema)

@@ -12,7 +12,7 @@ transcript are what the coeffs stage aligns the mouth's visemes to.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import av
 import numpy as np
@@ -22,6 +22,7 @@ from dubline.schemas.manifest_io import read_rows
 from dubline.schemas.manifests import AUDIO_TRACKS, TITLES
 from dubline.stages.audio.subtitles import to_srt, to_vtt
 from dubline.stages.base import Resources, Stage, TitleError
+from dubline.stages.job_rows import JobRow, Content, Upstream
 from dubline.stages.media import audio_duration, media_error, read_audio
 from dubline.stages.speech.features import SAMPLE_RATE, loudness_db
 from dubline.stages.speech.fit import fit_policy, fit_samples
@@ -41,18 +42,27 @@ LANGUAGE_MISMATCH = "dub language differs from the catalogue"
 SILENT_DUB = "silent dub audio"
 
 
+class AudioJob(JobRow):
+    options: ClassVar[tuple[str, ...]] = ("audio_tolerance_s",)
+
+    language: str
+    dub_audio_url: Content
+    dub_script_url: Content | None = None  # the flow has checked that it reads
+    titles_url: Upstream
+    options_json: str
+    subtitles_url: str  # URL prefix; ".srt" and ".vtt" are appended
+
 class AudioStage(Stage):
     """One row per (title, language) -> one ``audio_tracks`` row (+ subtitles).
 
-    Input row keys: title_id, language, dub_audio_url, dub_script_url (None without a script; the
-    flow has checked that it reads), titles_url, options_json, subtitles_url (URL prefix; ".srt"
-    and ".vtt" are appended).
+    Its job row is an ``AudioJob``.
     """
 
     name = "audio"
     version = "3"  # 3: an English-only model leaves the language unchecked
     resources = Resources(cpus=1.0, memory_gb=2.0)
     output_schema = AUDIO_TRACKS
+    job_row = AudioJob
     #: A model name or local CTranslate2 model folder (see ``whisper_models``); None: no transcript.
     defaults = {"whisper_model": BASE_PACKAGED}
 

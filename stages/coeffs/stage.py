@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from dubline.schemas.catalogue import SPEAKER_NONE, SpeakerBinding, read_speaker
 from dubline.schemas.manifest_io import read_rows
 from dubline.schemas.manifests import AUDIO_TRACKS, DRIVEN_COEFFS, EXPRESSION_NAMES, FACE_TRACKS, TITLES
 from dubline.stages.base import Resources, Stage, TitleError
+from dubline.stages.job_rows import JobRow, Upstream
 from dubline.stages.coeffs.calibration import MOUTH_COLUMNS, Calibration, fit_calibration, measured_mouth
 from dubline.stages.coeffs.model import WEIGHTS, SpeechToMouth
 from dubline.stages.coeffs.motion import blinks_from_reference, generate_blinks, generate_pose, pose_from_reference, prosody
@@ -64,13 +65,22 @@ def speech_mask(segments: list[dict[str, float]], frames: int, fps: float, ramp_
     return _eased(mask, ramp_frames)
 
 
+class CoeffsJob(JobRow):
+    options: ClassVar[tuple[str, ...]] = ("expression_scale", "dub_speakers", "speaker_binding", "pose_style", "still",
+                                          "ref_pose", "ref_blink", "yaw", "pitch", "roll")
+    option_files: ClassVar[tuple[str, ...]] = ("dub_speakers", "speaker_binding", "ref_pose", "ref_blink")
+
+    language: str
+    titles_url: Upstream
+    faces_url: Upstream
+    audio_url: Upstream  # the ``audio_tracks`` manifest
+    options_json: str
+
 class CoeffsStage(Stage):
     """One row per (title, language) -> ``driven_coeffs`` rows, one per dubbable track.
 
-    Input row keys: title_id, language, titles_url, faces_url, audio_url (the ``audio_tracks``
-    manifest), options_json (``expression_scale``, ``dub_speakers``, ``speaker_binding``; in avatar
-    mode also ``pose_style``, ``still``, ``ref_pose``, ``ref_blink``, ``yaw``, ``pitch``, ``roll``).
-    Raises TitleError for a speaker binding or stem that cannot be read, or a binding that names a
+    Its job row is a ``CoeffsJob`` (the avatar-only options: ``pose_style``, ``still``,
+    ``ref_pose``, ``ref_blink``, ``yaw``, ``pitch``, ``roll``). Raises TitleError for a speaker binding or stem that cannot be read, or a binding that names a
     face track the title does not have.
     """
 
@@ -78,6 +88,7 @@ class CoeffsStage(Stage):
     version = "5"  # 4: who speaks when; 5: tracks lined up with the audio, a face alone on screen judged on its whole track
     resources = Resources(cpus=1.0, gpus=0.25, memory_gb=2.0)
     output_schema = DRIVEN_COEFFS
+    job_row = CoeffsJob
     #: min_alignment_score: below it a text is taken not to be what the audio says (see
     #: ``alignment``). Set on ``video/train`` clips: their own transcripts score 0.42-0.68,
     #: another clip's words at the same times 0.01-0.18.

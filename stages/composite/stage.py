@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from fractions import Fraction
-from typing import Any
+from typing import Any, ClassVar
 
 import av
 import cv2
@@ -22,6 +22,7 @@ from dubline.schemas import storage
 from dubline.schemas.manifest_io import read_rows
 from dubline.schemas.manifests import FACE_TRACKS, OUTPUTS, TITLES
 from dubline.stages.base import Resources, Stage, TitleError
+from dubline.stages.job_rows import JobRow, Content, Upstream
 from dubline.stages.composite.encode import (
     EncodePlan,
     add_video_stream,
@@ -67,12 +68,22 @@ class _AudioFeed:
         return out
 
 
+class CompositeJob(JobRow):
+    options: ClassVar[tuple[str, ...]] = ("crf", "preset", "video_codec", "hdr_output", "avatar_framing",
+                                          "audio_tolerance_s")
+
+    language: str
+    titles_url: Upstream
+    dub_audio_url: Content
+    output_url: str
+    options_json: str
+    render_url: Upstream | None = None  # None: the picture passes through unchanged
+    faces_url: Upstream | None = None  # an avatar's framing needs its face's box
+
 class CompositeStage(Stage):
     """One row per (title, language) -> one ``outputs`` row and the encoded video at ``output_url``.
 
-    Input row keys: title_id, language, titles_url, dub_audio_url, output_url, options_json, and
-    render_url (the ``rendered_tracks`` manifest; None: the picture passes through unchanged) and,
-    for an avatar, faces_url (its framing needs the face's box). The title's options may set
+    Its job row is a ``CompositeJob``. The title's options may set
     ``crf`` (None or "auto": from the source), ``preset``, ``video_codec`` and ``hdr_output``;
     the stage parameters are their defaults.
     """
@@ -81,6 +92,7 @@ class CompositeStage(Stage):
     version = "5"  # 5: the source as shown; its colour, bit depth and codec kept; faces pasted in YUV
     resources = Resources(cpus=1.0, memory_gb=1.0)
     output_schema = OUTPUTS
+    job_row = CompositeJob
     defaults = {
         "video_codec": "auto",  # "auto" (close to the source), "h264" or "hevc"
         "hdr_output": "source",  # an HDR source stays HDR ("source") or is tone-mapped to SDR ("sdr")

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from dubline.schemas.manifest_io import read_rows, write_manifest
 from dubline.schemas.manifests import FACE_TRACKS, FRAME_CHUNK, RENDERED_TRACKS
 from dubline.stages.base import Resources, Stage
+from dubline.stages.job_rows import JobRow, Place, Upstream
 from dubline.stages.chunk_images import decode_rgba, encode_rgba
 from dubline.stages.enhance.gfpgan import GFPGANv1Clean, load_gfpgan
 from dubline.stages.face_model.crop import TEMPLATE as CROP_TEMPLATE
@@ -114,12 +115,17 @@ def blend_enhanced(net: GFPGANv1Clean, crops: np.ndarray, strength: float, devic
     return out.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+class EnhanceJob(JobRow):
+    language: str
+    render_url: Upstream  # the render stage's ``rendered_tracks``
+    faces_url: Upstream | None = None  # its original crops fill in what the render's RGB lacks
+    chunks_url: Place | None = None  # the new crops' folder, beside the output manifest
+
 class EnhanceStage(Stage):
     """One row per (title, language) -> ``rendered_tracks`` rows pointing at enhanced chunks.
 
-    Input row keys: title_id, language, render_url (the render stage's ``rendered_tracks``
-    manifest), chunks_url (folder for the new chunks) and, optionally, faces_url (the faces
-    stage's ``face_tracks``: its original crops fill in what the render's RGB lacks, see above).
+    Its job row is an ``EnhanceJob`` (``faces_url``: the original crops fill in what the render's
+    RGB lacks, see above).
     Parameters: ``weights`` (path or fsspec URL of GFPGANv1.4 .pth/.safetensors, or None: skip),
     ``strength`` (0..1 blend towards the restoration inside the alpha), ``batch_size`` (crops
     per forward pass), ``precision`` (auto | fp32 | fp16 | bf16; auto = bf16/fp16 on GPU, fp32 on
@@ -132,6 +138,8 @@ class EnhanceStage(Stage):
     version = "2"
     resources = Resources(cpus=1.0, gpus=0.5, memory_gb=3.0)
     output_schema = RENDERED_TRACKS
+    job_row = EnhanceJob
+    param_files = ("weights",)
     defaults = {"weights": None, "strength": 0.5, "batch_size": 8, "precision": "auto", "webp_quality": None,
                 "align_ffhq": True}
 

@@ -18,6 +18,7 @@ import numpy as np
 from dubline.schemas.manifest_io import read_rows
 from dubline.schemas.manifests import FACE_TRACKS, SHOTS, TITLES
 from dubline.stages.base import Resources, Stage, TitleError
+from dubline.stages.job_rows import JobRow, Place, Upstream
 from dubline.stages.face_model import geometry
 from dubline.stages.face_model.crop import crop_face, crop_transforms
 from dubline.stages.face_model.landmarks import FaceLandmarker
@@ -27,13 +28,19 @@ from dubline.stages.faces.tracking import TrackLinker, distinct
 from dubline.stages.media import rgb_frames
 
 
+class FacesJob(JobRow):
+    titles_url: Upstream
+    shots_url: Upstream
+    chunks_url: Place | None = None  # the crops' folder, beside the output manifest
+
 class FaceStage(Stage):
-    """One row per title (title_id, titles_url, shots_url, chunks_url) -> ``face_tracks`` rows."""
+    """One row per title (a ``FacesJob``) -> ``face_tracks`` rows."""
 
     name = "faces"
     version = "5"  # 5: frames as shown (upright, on the frame clock, SDR view for analysis)
     resources = Resources(cpus=1.0, memory_gb=2.0)
     output_schema = FACE_TRACKS
+    job_row = FacesJob
     defaults = {
         "min_detection_confidence": 0.5,
         "discover_every": 5,  # frames between tiled detections that find small faces

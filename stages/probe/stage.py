@@ -12,6 +12,7 @@ from dubline.schemas import storage
 from dubline.schemas.colour import parse_colour, rgb_to_hex
 from dubline.schemas.manifests import TITLES
 from dubline.stages.base import Resources, Stage, TitleError
+from dubline.stages.job_rows import JobRow, Source
 from dubline.stages.media import (
     MAX_LEVEL_PIXELS,
     ShownVideo,
@@ -25,6 +26,12 @@ from dubline.stages.media import (
 
 _FFMPEG_PICTURE_SIZE = re.compile(r"Picture size (\d+)x(\d+) is invalid")
 
+
+class ProbeJob(JobRow):
+    """A title's source: ``mode`` "dub" (a video) or "avatar" (a portrait)."""
+
+    mode: str
+    source_url: Source
 
 class ProbeStage(Stage):
     """Catalogue rows (title_id, mode, source_url) -> ``titles`` rows: the source as shown
@@ -45,6 +52,7 @@ class ProbeStage(Stage):
     version = "3"  # 3: the source as shown (orientation, VFR on a clock, colour, stills); VFR accepted
     resources = Resources(cpus=0.5, memory_gb=0.5)
     output_schema = TITLES
+    job_row = ProbeJob
     defaults = {
         "max_side": 8192,  # refuse absurd video resolutions before anything decodes them
         "vfr_tolerance": 0.02,  # relative spread of frame durations above which a stream is VFR

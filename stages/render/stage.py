@@ -32,6 +32,7 @@ import numpy as np
 from dubline.schemas.manifest_io import read_rows, write_manifest
 from dubline.schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS, FRAME_CHUNK, RENDERED_TRACKS
 from dubline.stages.base import Resources, Stage
+from dubline.stages.job_rows import JobRow, Place, Upstream
 from dubline.stages.chunk_images import decode_rgb, encode_rgba
 from dubline.stages.face_model.geometry import project
 from dubline.stages.render.bank import Blend, choose_donors, crossfades, pick_candidates
@@ -75,17 +76,23 @@ class TrackPlan:
 WEAK_BLENDSHAPE_FIT = "tracks with a weak blendshape fit (anatomical prior mixed in)"
 
 
+class RenderJob(JobRow):
+    language: str
+    faces_url: Upstream
+    coeffs_url: Upstream
+    chunks_url: Place | None = None  # the crops' folder, beside the output manifest
+
 class RenderStage(Stage):
     """One row per (title, language) -> ``rendered_tracks`` rows + RGBA frame chunks.
 
-    Input row keys: title_id, language, faces_url, coeffs_url, chunks_url. A track that is driven
-    on no frame gets no output row.
+    Its job row is a ``RenderJob``. A track that is driven on no frame gets no output row.
     """
 
     name = "render"
     version = "7"  # 7: only driven frames, alpha faded with the driven weight
     resources = Resources(cpus=1.0, memory_gb=2.0)  # OpenCV warps on a box around the mouth: no GPU
     output_schema = RENDERED_TRACKS
+    job_row = RenderJob
     defaults = {"webp_quality": 92}
 
     def setup(self) -> None:

@@ -21,24 +21,36 @@ from dubline.schemas import storage
 from dubline.schemas.manifest_io import read_rows
 from dubline.schemas.manifests import AUDIO_TRACKS, DRIVEN_COEFFS, FACE_TRACKS, OUTPUTS, REPORTS, SHOTS, TITLES
 from dubline.stages.base import Resources, Stage
+from dubline.stages.job_rows import JobRow, Place, Upstream
 from dubline.stages.face_model.landmarks import FaceLandmarker
 from dubline.stages.report import plots
 from dubline.stages.report.mouth import measure_mouths, pearson
 
 
+class ReportJob(JobRow):
+    language: str
+    titles_url: Upstream
+    shots_url: Upstream
+    faces_url: Upstream
+    audio_url: Upstream
+    coeffs_url: Upstream
+    outputs_url: Upstream
+    report_url: str  # path without extension
+    #: the run's stage records of this title and language (timings, counts): for the record only
+    stages_json: Place
+
 class ReportStage(Stage):
     """One row per (title, language) -> one ``reports`` row, plus ``<report_url>.html`` and ``.json``.
 
-    Input row keys: title_id, language, titles_url, shots_url, faces_url, audio_url, coeffs_url,
-    outputs_url, report_url (path without extension) and stages_json (the run's stage records of
-    this title and language in pipeline order, as [name, record] pairs: seconds, rows, dropped
-    items, metrics).
+    Its job row is a ``ReportJob``; ``stages_json`` holds the run's stage records of this title
+    and language in pipeline order, as [name, record] pairs: seconds, rows, dropped items, metrics.
     """
 
     name = "report"
     version = "2"  # 2: who speaks when; only driven frames are measured
     resources = Resources(cpus=1.0, memory_gb=1.0)
     output_schema = REPORTS
+    job_row = ReportJob
 
     def setup(self) -> None:
         self._landmarker = FaceLandmarker()
