@@ -120,25 +120,3 @@ def test_a_threshold_that_is_no_correlation_is_refused(tmp_path) -> None:
                                        "--review-threshold", "1.5"])
     assert result.exit_code == 2 and "1.5 is not in the range -1.0<=x<=1.0" in result.output
 
-
-@pytest.mark.timeout(300)
-def test_a_changed_option_recomputes_only_the_stages_that_read_it(dubbed) -> None:
-    """Job rows carry only the options their stage reads (``stages.job_rows``), and the outputs'
-    keys come from the rows: the encoder's CRF redoes the composite (and the report of its video),
-    the mouth's scale everything from the coefficients on; the analysis of source and dub stays."""
-    catalogue, out = dubbed
-    row = yaml.safe_load(catalogue.read_text())[0]
-
-    def run(**options) -> dict:
-        catalogue.write_text(yaml.safe_dump([{**row, **options}]))
-        localize_catalogue(catalogue=str(catalogue), out=str(out), executor="local")
-        return json.loads((out / "run.json").read_text())["invocations"][-1]
-
-    try:
-        run(crf=30)
-        assert run(crf=28)["stages_executed"] == {"composite": 1, "report": 1}
-        changed = run(crf=28, expression_scale=0.8)
-        assert changed["stages_executed"] == {"coeffs": 1, "render": 1, "enhance": 1, "composite": 1, "report": 1}
-        assert changed["stages_skipped"] == {"probe": 1, "shots": 1, "faces": 1, "audio": 1}
-    finally:
-        catalogue.write_text(yaml.safe_dump([row]))
