@@ -27,7 +27,7 @@ def inspect_title(run_url: str, title_id: str, frames: int = 6, dubbed: str | No
     ``dubbed``: a language whose output is finished; each row then shows the source frame with
     its faces, the dubbed frame, and the mouth of the largest dubbed face close up in both
     (``inspect/<title>.<language>.png``). Raises ValueError naming the title for an unknown title,
-    unfinished face analysis or a language without a finished output."""
+    unfinished face analysis, a language without a finished output, or ``dubbed`` for an avatar."""
     run = RunFolder(run_url)
     title_state = run.state["titles"].get(title_id)
     if title_state is None:
@@ -37,6 +37,8 @@ def inspect_title(run_url: str, title_id: str, frames: int = 6, dubbed: str | No
         raise ValueError(f"{title_id}: face analysis has not finished in {run_url}")
     (title,) = read_rows(run.manifest_url("probe", title_id, stages["probe"]["key"]), TITLES)
     tracks = read_rows(run.manifest_url("faces", title_id, stages["faces"]["key"]), FACE_TRACKS)
+    if dubbed and title["mode"] == "avatar":
+        raise ValueError(f"{title_id}: an avatar is one portrait, with no source frames to set its video beside")
     output = rgb_frames(_dubbed_output(run, title_id, title_state, dubbed)) if dubbed else None
 
     wanted = set(np.linspace(0, title["frame_count"] - 1, frames).round().astype(int).tolist())

@@ -63,7 +63,9 @@ def test_a_run_on_ray_prints_one_line_per_dub_and_the_summary_only(media, tmp_pa
     run_log, console_log = logs.removeprefix("logs: ").split(", ")
     assert Path(run_log).parent == out / "logs" and "probe not_a_video failed" in Path(run_log).read_text()
     assert "Traceback" in Path(console_log).read_text()  # Prefect's, kept off the console
-    assert len(lines) <= 13, console
+    # the synthetic clip's dub raises warnings worth a look (repeated under it, one line each)
+    warnings = [line for line in lines if line.startswith("        warning: ")]
+    assert len(lines) - len(warnings) <= 13 and len(warnings) <= 4, console
 
 
 def test_quiet_prints_the_summary_only_and_verbose_brings_the_logs_back(media, tmp_path):
