@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from prefect.cli.deploy._models import PrefectYamlModel
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.utilities.templating import apply_values
@@ -23,7 +25,16 @@ pytestmark = pytest.mark.timeout(180)
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = ROOT / "prefect.yaml"
-ENV = {"DUBLINE_HOME": str(ROOT), "DUBLINE_CATALOGUE": "memory://drop/catalogue/", "DUBLINE_OUT": "memory://runs/nightly"}
+#: What README.md's deployment block exports (run from the checkout: DUBLINE_HOME=$PWD).
+ENV = {"DUBLINE_HOME": str(ROOT), "DUBLINE_CATALOGUE": "s3://media/drop/", "DUBLINE_OUT": "s3://media/dubline/nightly"}
+
+
+def readme_deployment_lines() -> list[str]:
+    """The command lines of README.md's deployment block (shells 1-3), comments dropped."""
+    readme = (ROOT / "README.md").read_text()
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", readme, flags=re.S) if "prefect work-pool create" in b)
+    lines = [re.split(r"\s+#\s", line, maxsplit=1)[0].strip() for line in block.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 @pytest.fixture(scope="module")
@@ -90,25 +101,35 @@ def test_unset_variables_stay_as_written() -> None:
 
 @pytest.fixture(scope="module")
 def registered(prefect_harness) -> dict[str, Any]:
-    """Both deployments registered with `prefect deploy --all` on the harness API."""
+    """README.md's deployment block run as written, in one shell in the checkout, against the
+    harness's Prefect server instead of one on port 4200: the work pool, the exports,
+    `prefect deploy --all` and both `prefect deployment run` lines. Only the two long-running
+    lines (`prefect server start`, `prefect worker start`) and the API URL exports are left out."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.settings import PREFECT_API_URL
-    from prefect.workers.process import ProcessWorker
 
+    lines = readme_deployment_lines()
+    kept = [line for line in lines if not re.search(r"prefect (server|worker) start|export PREFECT_API_URL=", line)]
+    assert len(lines) - len(kept) == 4 and len(kept) == 5, lines
+    assert f"export DUBLINE_HOME=$PWD DUBLINE_CATALOGUE={ENV['DUBLINE_CATALOGUE']} DUBLINE_OUT={ENV['DUBLINE_OUT']}" in kept
     with get_client(sync_client=True) as client:
-        client.create_work_pool(
-            WorkPoolCreate(name="dubline-local", type="process",
-                           base_job_template=ProcessWorker.get_default_base_job_template()),
-            overwrite=True,
-        )
-    env = {**os.environ, **ENV, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    prefect = Path(sys.executable).parent / "prefect"
-    done = subprocess.run([str(prefect), "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+        try:
+            client.delete_work_pool("dubline-local")  # as on a server that never had it
+        except Exception:  # noqa: BLE001 - not there
+            pass
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-ec", "\n".join(kept)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     with get_client(sync_client=True) as client:
-        return {name: client.read_deployment_by_name(f"localize_catalogue/{name}") for name in ("nightly", "on-demand")}
+        deployments = {name: client.read_deployment_by_name(f"localize_catalogue/{name}") for name in ("nightly", "on-demand")}
+        for name, parameters in (("on-demand", {"catalogue": "s3://media/new.yaml", "out": "s3://media/dubline/new"}),
+                                 ("nightly", {"catalogue": ENV["DUBLINE_CATALOGUE"], "out": ENV["DUBLINE_OUT"]})):
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployments[name].id])))
+            (run,) = [r for r in runs if "auto-scheduled" not in r.tags]  # the README's, not a scheduler's
+            assert {k: run.parameters[k] for k in parameters} == parameters and run.state.is_scheduled()
+            client.delete_flow_run(run.id)  # nothing may pick them up later in the session
+    return deployments
 
 
 def test_deploy_registers_both_deployments(registered: dict[str, Any]) -> None:
@@ -147,7 +168,6 @@ def test_server_schedules_the_nightly_runs_at_two(registered: dict[str, Any]) ->
     """The call the server's scheduler makes for every deployment with an active schedule."""
     import httpx
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.settings import PREFECT_API_URL
 
     deployment_id = registered["nightly"].id

@@ -1,6 +1,8 @@
 """The shell blocks of README.md and cluster/README.md against the code: every `dubline` command
 and option they use exists, every `ray start` flag of the own-head recipe exists, every pip extra
-they name is defined, and the Quick start activates the venv before the bare commands that follow.
+they name is defined, the Quick start activates the venv before the bare commands that follow, and
+the Quick start's demo and the commands after it run as written (the deployment block is run by
+tests/test_deployments.py).
 """
 
 from __future__ import annotations
