@@ -105,9 +105,20 @@ def test_code_imports_dubline_only_through_its_namespace():
 
 
 def test_the_installed_distribution_has_one_top_level_package():
-    from importlib.metadata import distribution
+    """From the installed distribution's own file list (its dist-info in site-packages): the
+    modules it puts there, and for an editable install the names its import finder maps."""
+    import re
+    import site
+    from importlib.metadata import distributions
 
-    dist = distribution("dubline")
+    (dist,) = [d for d in distributions(path=site.getsitepackages()) if d.metadata["Name"] == "dubline"]
+    files = [Path(str(f)) for f in dist.files]
+    placed = {f.parts[0] for f in files if f.suffix == ".py" and f.parts[0] != "__pycache__"
+              and not f.name.startswith("__editable__")}
+    assert placed <= {"dubline"}, placed
+    for finder in [f for f in files if f.name.startswith("__editable__") and f.suffix == ".py"]:
+        mapping = re.search(r"MAPPING\b[^=]*=\s*(\{.*?\})", Path(dist.locate_file(finder)).read_text(), re.S).group(1)
+        assert set(re.findall(r"'([^']+)':", mapping)) == {"dubline"}, mapping
     assert dist.read_text("top_level.txt").split() == ["dubline"]
     assert dist.entry_points.select(group="console_scripts")["dubline"].value == "dubline.flows.cli:main"
 
