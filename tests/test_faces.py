@@ -140,6 +140,25 @@ def test_undubbable_tracks_are_kept_with_a_reason(runner, media, tmp_path):
     assert track["chunk_urls"] == [] and stats.dropped["face too small"] == 1
 
 
+def test_a_track_the_detector_never_scored_high_is_not_taken_for_a_face(runner, media, tmp_path):
+    tracks, _, stats = analyse(runner, tmp_path / "run", media["one_shot"], min_face_score=1.01)  # unreachable
+    (track,) = tracks
+    assert not track["dubbable"] and track["skip_reason"].startswith("not surely a face (best detector score 0.")
+    assert stats.dropped["not surely a face"] == 1
+
+
+GESTURES = SAMPLE_DATA / "video" / "eval" / "vertical_man_seated.mp4"
+
+
+@pytest.mark.skipif(not GESTURES.exists(), reason="needs ../shared/data")
+def test_a_gesturing_hand_is_not_dubbed_as_a_face(runner, tmp_path):
+    """The fault found on this clip: the tiled detector took the speaker's hand (frames 155-172,
+    bottom left) for a small face, at scores 0.61-0.72, and it was dubbed."""
+    tracks, _, _ = analyse(runner, tmp_path / "run", GESTURES)
+    assert [(t["frame_index"][0], len(t["frame_index"]), t["dubbable"]) for t in tracks] == [(0, 300, True), (155, 18, False)]
+    assert tracks[1]["skip_reason"].startswith("not surely a face")
+
+
 @pytest.mark.skipif(not (SAMPLE_DATA / "video" / "talk_en_man_office.mp4").exists(), reason="needs ../shared/data")
 def test_jaw_moves_with_speech_on_a_real_clip(runner, tmp_path):
     talking, _, _ = analyse(runner, tmp_path / "talk", SAMPLE_DATA / "video" / "talk_en_man_office.mp4")

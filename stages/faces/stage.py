@@ -24,7 +24,7 @@ from dubline.stages.face_model.crop import crop_face, crop_transforms
 from dubline.stages.face_model.landmarks import FaceLandmarker
 from dubline.stages.face_model.smoothing import jitter, lag_frames, one_euro
 from dubline.stages.faces.chunks import ChunkWriter
-from dubline.stages.faces.tracking import TrackLinker, distinct
+from dubline.stages.faces.tracking import TrackLinker, distinct, iou
 from dubline.stages.media import rgb_frames
 
 
@@ -37,7 +37,7 @@ class FaceStage(Stage):
     """One row per title (a ``FacesJob``) -> ``face_tracks`` rows."""
 
     name = "faces"
-    version = "5"  # 5: frames as shown (upright, on the frame clock, SDR view for analysis)
+    version = "6"  # 5: frames as shown (upright, on the frame clock, SDR view for analysis); 6: detector score per track
     resources = Resources(cpus=1.0, memory_gb=2.0)
     output_schema = FACE_TRACKS
     job_row = FacesJob
@@ -50,6 +50,10 @@ class FaceStage(Stage):
         # the title's length (one minute at 25 fps; each part is fitted and calibrated on its own).
         "max_track_frames": 1500,
         "min_track_frames": 8,
+        # A track the face detector never scored this high is not taken for a face: a gesturing
+        # hand found on the tiles scored at most 0.72 over 18 frames, while the real faces of the
+        # video/train clips score a median 0.81-0.96 frame by frame (each track's best is higher).
+        "min_face_score": 0.8,
         "min_face_px": 64,  # median face box height below which a track is not dubbed
         "max_abs_yaw": 50.0,  # degrees; beyond this profile the mouth cannot be re-driven well
         "smoothing_min_cutoff": 3.0,  # One-Euro filter, Hz
@@ -108,29 +112,34 @@ class FaceStage(Stage):
             frames += 1
             shot_index = max(0, bisect_right(starts, index) - 1)
             linker = linkers[shot_index]
-            boxes, meshes = self._faces_in_frame(rgb, index, linker)
+            boxes, meshes, scores = self._faces_in_frame(rgb, index, linker)
             faces += len(boxes)
-            linker.add(index, boxes, meshes)
+            linker.add(index, boxes, meshes, scores)
             analysed += [(shot_index, t.serial, self._analyse(title, shot_index, t)) for t in linker.pop_finished(index)]
         for shot_index, linker in enumerate(linkers):
             analysed += [(shot_index, t.serial, self._analyse(title, shot_index, t)) for t in linker.tracks]
         analysed.sort(key=lambda item: item[:2])
         return [track for _, _, track in analysed], frames, faces
 
-    def _faces_in_frame(self, rgb: np.ndarray, index: int, linker: TrackLinker) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Meshes of the faces in one frame, with their boxes (N×4, from the mesh's extent).
+    def _faces_in_frame(self, rgb: np.ndarray, index: int,
+                        linker: TrackLinker) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """Meshes of the faces in one frame, with their boxes (N×4, from the mesh's extent) and
+        the detector's best score on each (N; 0 where it was only followed).
 
         Candidates: tracked faces where they were in the previous frame, the detector's faces,
         and every few frames faces found on tiles (small faces). The mesh confirms each one.
         """
-        candidates = [linker.expected_boxes(index), self._landmarker.detect(rgb)[:, :4]]
+        expected = linker.expected_boxes(index)
+        candidates = [np.hstack([expected, np.zeros((len(expected), 1))]), self._landmarker.detect(rgb)]
         if index % self.params["discover_every"] == 0:
-            candidates.append(self._landmarker.detect_tiled(rgb, self.params["discover_grid"])[:, :4])
+            candidates.append(self._landmarker.detect_tiled(rgb, self.params["discover_grid"]))
         candidates = np.concatenate(candidates)
-        meshes = [m for m in (self._landmarker.mesh(rgb, candidates[i]) for i in distinct(candidates)) if m is not None]
+        meshes = [m for m in (self._landmarker.mesh(rgb, candidates[i, :4]) for i in distinct(candidates)) if m is not None]
         boxes = np.array([geometry.mesh_box(m) for m in meshes]).reshape(-1, 4)
         kept = distinct(boxes)  # two candidates may have found the same face
-        return boxes[kept], [meshes[i] for i in kept]
+        overlap = iou(boxes[kept], candidates[:, :4]) if len(kept) and len(candidates) else np.zeros((len(kept), 0))
+        scores = np.where(overlap >= 0.3, candidates[None, :, 4], 0.0).max(axis=1, initial=0.0)
+        return boxes[kept], [meshes[i] for i in kept], scores
 
     def _analyse(self, title: dict[str, Any], shot_index: int, track) -> dict[str, Any]:
         """Smoothing, pose, coefficients and blendshape map of one track."""
@@ -149,6 +158,8 @@ class FaceStage(Stage):
         reason = None
         if len(frames) < p["min_track_frames"] and title["mode"] != "avatar":  # a portrait is one frame
             reason = f"track too short ({len(frames)} frames < {p['min_track_frames']})"
+        elif track.best_score < p["min_face_score"] and title["mode"] != "avatar":  # a portrait is a face
+            reason = f"not surely a face (best detector score {track.best_score:.2f} < {p['min_face_score']})"
         elif np.median(boxes[:, 3] - boxes[:, 1]) < p["min_face_px"]:
             reason = f"face too small (median height {np.median(boxes[:, 3] - boxes[:, 1]):.0f} px < {p['min_face_px']})"
         elif np.median(np.abs(pose[:, 0])) > p["max_abs_yaw"]:

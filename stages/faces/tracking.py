@@ -20,6 +20,7 @@ class Track:
     frames: list[int] = field(default_factory=list)
     boxes: list[np.ndarray] = field(default_factory=list)  # 4 (x0, y0, x1, y1)
     landmarks: list[np.ndarray] = field(default_factory=list)  # 478×3
+    best_score: float = 0.0  # the face detector's highest score on it (0: only ever followed)
 
     @property
     def last_frame(self) -> int:
@@ -84,8 +85,10 @@ class TrackLinker:
         """Boxes of the tracks seen in the previous frame: where to look for them again."""
         return np.array([t.boxes[-1] for t in self.tracks if t.last_frame == frame - 1]).reshape(-1, 4)
 
-    def add(self, frame: int, boxes: np.ndarray, landmarks: list[np.ndarray]) -> None:
-        """Faces of one frame: boxes N×4 with their 478×3 landmarks."""
+    def add(self, frame: int, boxes: np.ndarray, landmarks: list[np.ndarray], scores: np.ndarray | None = None) -> None:
+        """Faces of one frame: boxes N×4 with their 478×3 landmarks and detector scores N (0 where
+        a face was only followed from the previous frame)."""
+        scores = np.zeros(len(boxes)) if scores is None else np.asarray(scores, np.float64)
         open_tracks = [t for t in self.tracks if frame - t.last_frame <= self.max_gap + 1]
         unmatched = set(range(len(boxes)))
         if open_tracks and len(boxes):
@@ -96,7 +99,9 @@ class TrackLinker:
                     open_tracks[r].frames.append(frame)
                     open_tracks[r].boxes.append(boxes[c])
                     open_tracks[r].landmarks.append(landmarks[c].astype(np.float32))  # half the memory of long tracks
+                    open_tracks[r].best_score = max(open_tracks[r].best_score, float(scores[c]))
                     unmatched.discard(c)
         for c in sorted(unmatched):
-            self.tracks.append(Track(self._created, [frame], [boxes[c]], [landmarks[c].astype(np.float32)]))
+            self.tracks.append(Track(self._created, [frame], [boxes[c]], [landmarks[c].astype(np.float32)],
+                                     float(scores[c])))
             self._created += 1
