@@ -129,7 +129,7 @@ def test_the_quick_start_demo_and_what_follows_it_run_as_written(tmp_path):
     assert demo[0].startswith("1/2 avatar:") and "where to look:" in demo  # as the README shows it
     assert (tmp_path / "dubline-demo" / "run" / "outputs" / "video" / "video.fr.mp4").exists()
     assert "video: done" in printed["status"] and "video [fr]:" in printed["report"]
-    sheet = Path(printed["inspect"].strip())
+    sheet = tmp_path / printed["inspect"].strip()  # printed relative to the shell's folder
     assert sheet.name == "video.fr.png" and sheet.exists()
     import av
 
