@@ -73,8 +73,12 @@ def inspect_title(run_url: str, title_id: str, frames: int = 6, dubbed: str | No
 def _dubbed_output(run: RunFolder, title_id: str, title_state: dict, language: str) -> str:
     languages = title_state.get("languages", {})
     url = run.output_url(title_id, language)
-    if language not in languages or not storage.exists(url):
-        finished = sorted(lang for lang in languages if storage.exists(run.output_url(title_id, lang)))
+
+    def produced(lang: str) -> bool:  # by the last run of that language, not left over from an earlier one
+        return languages[lang].get("status") in ("done", "needs_review") and storage.exists(run.output_url(title_id, lang))
+
+    if language not in languages or not produced(language):
+        finished = sorted(lang for lang in languages if produced(lang))
         raise ValueError(f"{title_id}: no finished dub in {language!r} (finished: {', '.join(finished) or 'none'})")
     return url
 
@@ -107,7 +111,8 @@ def _crop(image: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarra
         return np.zeros((8, 8, 3), np.uint8)
     x0, y0, x1, y1 = box
     h, w = image.shape[:2]
-    return image[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)]
+    cut = image[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)]
+    return cut if cut.size else np.zeros((8, 8, 3), np.uint8)  # a mouth outside the frame
 
 
 def speaker_timelines(run_url: str, title_id: str) -> list[str]:

@@ -342,7 +342,9 @@ class RunFolder:
     """A run folder at any fsspec URL. Thread-safe: many Prefect tasks update it at once."""
 
     def __init__(self, url: str):
-        self.url = url.rstrip("/")
+        # A local folder by its absolute path: the outputs' URLs enter stage keys, and "runs/x"
+        # and "./runs/x" are one run folder.
+        self.url = os.path.abspath(url) if storage.is_local(url) and "://" not in url else url.rstrip("/")
         self._lock = threading.Lock()
         self.state = self._load_state()
         self._executed: Counter[str] = Counter()
@@ -361,14 +363,23 @@ class RunFolder:
         return storage.join(self.url, "outputs", title_id, f"{title_id}.{language}.mp4")
 
     def finished(self, stage: str, title_id: str, key: str) -> dict[str, Any] | None:
-        """Stats of a completed stage output, or None when it must be (re)computed."""
+        """Stats of a completed stage output, or None when it must be (re)computed: its marker or
+        manifest is missing, or a file it published has changed since (another job overwrote it)."""
         marker = self._marker_url(stage, title_id, key)
         if not storage.exists(marker) or not storage.exists(self.manifest_url(stage, title_id, key)):
             return None
-        return json.loads(storage.read_text(marker))
+        record = json.loads(storage.read_text(marker))
+        for url, token in record.get("published", {}).items():
+            if not storage.exists(url) or storage.stat_token(url) != token:
+                return None
+        return record
 
-    def mark_finished(self, stage: str, title_id: str, key: str, stats: StageStats) -> None:
-        record = {**stats.to_dict(), "key": key, "finished": _now()}
+    def mark_finished(self, stage: str, title_id: str, key: str, stats: StageStats,
+                      published: list[str] = ()) -> None:
+        """Write the completion marker: the job's stats and the change token of each file it
+        ``published`` (checked by ``finished``)."""
+        record = {**stats.to_dict(), "key": key, "finished": _now(),
+                  "published": {url: storage.stat_token(url) for url in published}}
         storage.write_text(self._marker_url(stage, title_id, key), json.dumps(record, indent=1))
 
     def count(self, stage: str, outcome: str) -> None:

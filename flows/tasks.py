@@ -15,6 +15,7 @@ from prefect import task
 from dubline.flows import progress
 from dubline.flows.run_folder import RunFolder, in_pipeline_order, stage_key
 from dubline.schemas import storage
+from dubline.schemas.manifest_io import read_rows
 from dubline.stages.audio.stage import AudioStage
 from dubline.stages.base import Stage, StageJob, StageStats, TitleError
 from dubline.stages.coeffs.stage import CoeffsStage
@@ -109,7 +110,8 @@ def _execute(
             progress.advance(stage.name)
             run.log(f"{stage.name} {title_id}{f' [{language}]' if language else ''} failed: {exc}")
             raise
-        run.mark_finished(stage.name, title_id, key, stats)
+        published = [row[name] for row in read_rows(url, stage.output_schema) for name in stage.published if row[name]]
+        run.mark_finished(stage.name, title_id, key, stats, published)
         record = stats.to_dict()
     run.count(stage.name, "executed" if executed else "skipped")
     progress.advance(stage.name)

@@ -61,6 +61,10 @@ class Stage(abc.ABC):
     job_row: ClassVar[type[JobRow] | None] = None
     #: Parameters naming a file (e.g. model weights) that enter the output key by content.
     param_files: ClassVar[tuple[str, ...]] = ()
+    #: Output columns holding URLs of files the stage writes outside the run's keyed manifests, at
+    #: places a later job with another key may overwrite (the video, subtitles, report): a reused
+    #: output is checked against them.
+    published: ClassVar[tuple[str, ...]] = ()
     output_schema: ClassVar[ManifestSchema]
     #: Parameter names and defaults; a stage is constructed with a subset of these.
     defaults: ClassVar[dict[str, Any]] = {}
@@ -138,6 +142,7 @@ def run_job(stage: Stage, job: StageJob, worker: str = "") -> StageStats:
     Shared by every runner so that the sequential and Ray runners write identical manifests.
     """
     started = time.perf_counter()
+    stage.take_dropped(), stage.take_metrics()  # nothing left over from a job of this worker that failed
     rows = list(job.rows)
     if stage.job_row is not None:  # only what the row type declares reaches the stage
         try:

@@ -193,3 +193,20 @@ def test_a_short_occlusion_does_not_break_the_track(runner, tmp_path):
     (track,) = tracks
     assert track["frame_index"] == list(range(20))
     assert stats.dropped["frames interpolated in tracks"] == 3
+
+
+def test_a_track_split_for_length_keeps_its_detector_score_and_is_looked_for_where_it_was():
+    from dubline.stages.faces.tracking import TrackLinker
+
+    linker = TrackLinker(max_gap=2, max_length=3)
+    box, mesh = np.array([10.0, 10.0, 50.0, 50.0]), np.zeros((478, 3))
+    done = []
+    for frame in range(5):
+        score = 0.95 if frame == 0 else 0.0  # detected once, then only followed
+        linker.add(frame, box[None], [mesh], np.array([score]))
+        done += linker.pop_finished(frame)
+        if frame == 2:  # the first part is full: where it was is where to look next
+            assert np.array_equal(linker.expected_boxes(3), box[None])
+    parts = done + linker.tracks
+    assert [t.frames for t in parts] == [[0, 1, 2], [3, 4]]
+    assert [t.best_score for t in parts] == [0.95, 0.95]

@@ -270,3 +270,12 @@ def test_progress_bars_are_off_when_quiet_in_ci_or_piped(monkeypatch):
     monkeypatch.delenv("CI")
     monkeypatch.setattr("sys.stderr.isatty", lambda: False)
     assert not progress.wanted(quiet=False)
+
+
+def test_inspect_draws_a_placeholder_for_a_mouth_outside_the_frame():
+    from dubline.flows.inspect import _crop, _tile
+
+    frame = np.full((100, 80, 3), 200, np.uint8)
+    assert _crop(frame, (90, 120, 130, 160)).shape == (8, 8, 3)  # a face cut off at the bottom edge
+    assert _tile(_crop(frame, (90, 120, 130, 160)), "fr mouth").shape == (360, 360, 3)
+    assert _crop(frame, (-10, 90, 30, 130)).shape == (10, 30, 3)  # partly inside: what is inside

@@ -77,3 +77,26 @@ def test_every_stage_declares_its_job_row_or_reads_a_manifest():
     assert len(stages) >= 9
     assert all((s.job_row is None) != (s.input_schema is None) for s in stages), \
         [s.name for s in stages if (s.job_row is None) == (s.input_schema is None)]
+
+
+class _FailsOnceStage(Stage):
+    name, version, output_schema = "fails", "1", ShotsStage.output_schema
+    job_row = CoeffsJob
+    calls = 0
+
+    def process_batch(self, rows):
+        _FailsOnceStage.calls += 1
+        self.drop("silent dub audio")
+        self.count_work(frames=10)
+        if _FailsOnceStage.calls == 1:
+            raise RuntimeError("bad title")
+        return []
+
+
+def test_a_failed_job_leaves_nothing_in_the_next_jobs_stats(tmp_path):
+    """A worker runs many jobs on one stage instance: what a failed job counted is not the next one's."""
+    stage, out = _FailsOnceStage(), str(tmp_path / "out.parquet")
+    with pytest.raises(RuntimeError):
+        run_job(stage, StageJob(_FailsOnceStage, {}, out, "a", rows=(_coeffs_row(tmp_path),)))
+    stats = run_job(stage, StageJob(_FailsOnceStage, {}, out, "b", rows=(_coeffs_row(tmp_path),)))
+    assert stats.dropped == {"silent dub audio": 1} and stats.metrics == {"frames_processed": 10.0}

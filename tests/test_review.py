@@ -120,3 +120,16 @@ def test_a_threshold_that_is_no_correlation_is_refused(tmp_path) -> None:
                                        "--review-threshold", "1.5"])
     assert result.exit_code == 2 and "1.5 is not in the range -1.0<=x<=1.0" in result.output
 
+
+@pytest.mark.timeout(300)
+def test_a_published_video_overwritten_since_is_made_again(dubbed) -> None:
+    """The video sits at one place per title and language whatever the settings: after a run with
+    other settings wrote there, going back must not reuse the old key's output as it is now."""
+    catalogue, out = dubbed
+    localize_catalogue(catalogue=str(catalogue), out=str(out), executor="local")  # everything finished
+    video = out / "outputs" / "portraits" / "portraits.fr.mp4"
+    original = video.read_bytes()
+    video.write_bytes(original[: len(original) // 2])  # what another key's composite left there
+    summary = localize_catalogue(catalogue=str(catalogue), out=str(out), executor="local")
+    assert summary["invocation"]["stages_executed"] == {"composite": 1}
+    assert video.read_bytes() == original  # the same job, the same bytes

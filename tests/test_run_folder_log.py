@@ -91,3 +91,10 @@ def test_log_on_a_store_without_append_mode(monkeypatch):
     log = run.state["invocations"][-1]["log"]
     assert _lines(log) == ["run of cat.yaml into " + url] + [f"line {i}" for i in range(5)]
     assert not [p for p in memory.find(url) if p.endswith(".partial")]
+
+
+def test_a_local_run_folder_is_one_folder_however_it_is_written(tmp_path, monkeypatch):
+    """Its outputs' URLs enter stage keys: "runs/x" and "./runs/x" must not make a second set of keys."""
+    monkeypatch.chdir(tmp_path)
+    assert RunFolder("runs/x").url == RunFolder("./runs/x/").url == str(tmp_path / "runs" / "x")
+    assert RunFolder("memory://bucket/runs/x/").url == "memory://bucket/runs/x"

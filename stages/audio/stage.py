@@ -63,6 +63,7 @@ class AudioStage(Stage):
     resources = Resources(cpus=1.0, memory_gb=2.0)
     output_schema = AUDIO_TRACKS
     job_row = AudioJob
+    published = ("srt_url", "vtt_url")
     #: A model name or local CTranslate2 model folder (see ``whisper_models``); None: no transcript.
     defaults = {"whisper_model": BASE_PACKAGED}
 

@@ -93,6 +93,7 @@ class CompositeStage(Stage):
     resources = Resources(cpus=1.0, memory_gb=1.0)
     output_schema = OUTPUTS
     job_row = CompositeJob
+    published = ("video_url",)
     defaults = {
         "video_codec": "auto",  # "auto" (close to the source), "h264" or "hevc"
         "hdr_output": "source",  # an HDR source stays HDR ("source") or is tone-mapped to SDR ("sdr")

@@ -51,6 +51,7 @@ class ReportStage(Stage):
     resources = Resources(cpus=1.0, memory_gb=1.0)
     output_schema = REPORTS
     job_row = ReportJob
+    published = ("html_url", "json_url")
 
     def setup(self) -> None:
         self._landmarker = FaceLandmarker()

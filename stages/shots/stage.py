@@ -42,6 +42,7 @@ class ShotsStage(Stage):
         except Exception as exc:  # noqa: BLE001 - decoder errors surface as the title's problem
             raise TitleError(title_id, f"shot detection failed while decoding ({exc})") from exc
         bounds = [0, *[c for c in cut_frames if 0 < c < frame_count], frame_count]
+        self.count_work(frames=frame_count)  # every frame is decoded and compared with the last
         return [
             {
                 "title_id": title_id,
