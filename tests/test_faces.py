@@ -153,7 +153,7 @@ GESTURES = SAMPLE_DATA / "video" / "eval" / "vertical_man_seated.mp4"
 @pytest.mark.skipif(not GESTURES.exists(), reason="needs ../shared/data")
 def test_a_gesturing_hand_is_not_dubbed_as_a_face(runner, tmp_path):
     """The fault found on this clip: the tiled detector took the speaker's hand (frames 155-172,
-    bottom left) for a small face, at scores 0.61-0.72, and it was dubbed."""
+    bottom left) for a small face, at scores 0.61-0.72: a dubbable face, a candidate speaker."""
     tracks, _, _ = analyse(runner, tmp_path / "run", GESTURES)
     assert [(t["frame_index"][0], len(t["frame_index"]), t["dubbable"]) for t in tracks] == [(0, 300, True), (155, 18, False)]
     assert tracks[1]["skip_reason"].startswith("not surely a face")
