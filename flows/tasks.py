@@ -110,7 +110,8 @@ def _execute(
             progress.advance(stage.name)
             run.log(f"{stage.name} {title_id}{f' [{language}]' if language else ''} failed: {exc}")
             raise
-        published = [row[name] for row in read_rows(url, stage.output_schema) for name in stage.published if row[name]]
+        published = ([row[name] for row in read_rows(url, stage.output_schema) for name in stage.published if row[name]]
+                     if stage.published else [])  # only stages that publish files read their output back
         run.mark_finished(stage.name, title_id, key, stats, published)
         record = stats.to_dict()
     run.count(stage.name, "executed" if executed else "skipped")

@@ -80,6 +80,7 @@ def _key_by(field: FieldInfo) -> KeyBy:
 
 
 def _content(value: Any) -> Any:
+    """Fingerprint of the file at URL ``value`` ({name: URL}: of each; None stays None)."""
     if isinstance(value, dict):
         return {name: _content(v) for name, v in sorted(value.items())}
     return storage.fingerprint(value) if value else None
@@ -101,7 +102,7 @@ def key_inputs(row_type: type[JobRow], row: dict[str, Any]) -> dict[str, Any]:
         elif by is KeyBy.MANIFEST:
             value = manifest_key(value)
         elif by is KeyBy.CONTENT:
-            value = storage.fingerprint(value)
+            value = _content(value)
         elif by is KeyBy.STAT:
             value = storage.stat_token(value)
         inputs[name] = value
