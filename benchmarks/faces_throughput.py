@@ -52,7 +52,7 @@ def main() -> None:
             stats = runner.run(StageJob(FaceStage, {}, f"{tmp}/faces{i}.parquet", "bench", rows=(row,)))
             if i:
                 analysis_fps.append(stats.metrics["analysis_fps"])
-                stage_fps.append(stats.metrics["frames"] / stats.seconds)
+                stage_fps.append(stats.metrics["frames_processed"] / stats.seconds)
 
     decode, analysis, stage = (statistics.median(v) for v in (decode_fps, analysis_fps, stage_fps))
     print(f"clip: {args.video.name}, {frames} frames; machine: {platform.processor() or platform.machine()}, "

@@ -100,7 +100,7 @@ def test_a_long_track_continues_as_new_tracks_of_bounded_length(runner, media, t
 def test_blank_frames_give_no_track_and_no_error(runner, tmp_path):
     write_clip(tmp_path / "blank.mp4", [np.zeros((128, 128, 3), np.uint8)] * 10, FPS)
     tracks, _, stats = analyse(runner, tmp_path / "run", tmp_path / "blank.mp4")
-    assert tracks == [] and stats.metrics["frames"] == 10 and stats.metrics["faces_detected"] == 0
+    assert tracks == [] and stats.metrics["frames_processed"] == 10 and stats.metrics["faces_detected"] == 0
 
 
 def test_fitted_mesh_reprojects_onto_the_measured_mesh(runner, media, tmp_path):

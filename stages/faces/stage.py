@@ -85,7 +85,6 @@ class FaceStage(Stage):
         weights = [len(t["frame_index"]) for t in analysed] or [1]
         self.count_work(frames=frames)
         self.report(
-            frames=frames,
             faces_detected=faces,
             tracks=len(analysed),
             tracks_dubbable=len(dubbable),
