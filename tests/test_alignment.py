@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from dubline.stages.coeffs.alignment import align
+from dubline.stages.coeffs.model import SpeechAnalysis
+from dubline.stages.coeffs.mouth import DubText, drive_mouth
 from dubline.stages.coeffs.phonetics import VisemeUnit, espeak_voice, viseme_units
 from dubline.stages.coeffs.timeline import TextSpan, spans_from_script, spans_from_words
 from dubline.stages.coeffs.visemes import VISEME_CLASSES
@@ -76,6 +78,34 @@ def _word(text: str, start: float, end: float) -> dict:
 def test_transcript_stretches_split_at_pauses():
     words = [_word(" Hello", 0.5, 0.8), _word(" there.", 0.85, 1.2), _word(" How", 2.0, 2.2), _word(" are", 2.25, 2.4)]
     assert spans_from_words(words) == [TextSpan(0.5, 1.2, "Hello there."), TextSpan(2.0, 2.4, "How are")]
+
+
+def test_words_whisper_is_unsure_of_are_left_out_and_split_their_stretch():
+    words = [_word(" Hello", 0.5, 0.8), _word(" there.", 0.85, 1.2), _word(" How", 1.25, 1.4), _word(" are", 1.45, 1.6)]
+    sure = [{**w, "probability": p} for w, p in zip(words, (0.95, 0.9, 0.1, 0.8))]
+    assert spans_from_words(sure, min_probability=0.3) == [TextSpan(0.5, 1.2, "Hello there."), TextSpan(1.45, 1.6, "are")]
+    assert spans_from_words(sure) == [TextSpan(0.5, 1.6, "Hello there. How are")]  # no floor: every word
+    assert spans_from_words(words, min_probability=0.3) == spans_from_words(words)  # no probability: taken as sure
+
+
+def test_a_misheard_transcript_does_not_shut_the_lips_where_the_speech_is_open():
+    """Espeak's French "Bonjour, mon ami." heard by Whisper base on one CPU as "pour vous, m'oubami."
+    (word probabilities 0.04-0.37; real speech in video/train: median 0.89-0.99): the misheard
+    m and b would shut an open mouth. Below the word floor the model alone drives."""
+    open_mouth = np.tile([0.08, 0.0, 0.0, 0.0], (100, 1)).astype(np.float32)  # 2 s: an open "a" from 0.2 to 1.8 s
+    analysis = SpeechAnalysis(_posteriors([("rest", 10), ("open", 80), ("rest", 10)]).astype(np.float32), open_mouth)
+    heard = [{**_word(" m", 0.6, 0.8), "probability": 0.09}, {**_word(" 'oubami.", 0.8, 1.06), "probability": 0.22}]
+    priors = np.log(np.full(len(VISEME_CLASSES), 1 / len(VISEME_CLASSES)))
+
+    def drive(floor: float):
+        text = DubText("transcript-aligned", spans_from_words(heard, min_probability=floor), "fr")
+        return drive_mouth(analysis, priors, [text], 25.0, 50, min_score=0.0)
+
+    trusted = drive(0.0)  # every word aligned, as before the floor: the lips shut inside the open vowel
+    assert trusted.path == "transcript-aligned" and trusted.coefficients[5:45, 0].min() < 0.01
+    floored = drive(0.3)
+    assert (floored.path, floored.note) == ("model-only", "no transcript words sure enough to align")
+    assert floored.coefficients[5:45, 0].min() > 0.07
 
 
 def test_script_stretches_from_cue_times_or_from_the_transcript():

@@ -105,11 +105,11 @@ def analyse_title(folder, title_id: str, mode: str, source, dub, script=None, wh
     return runner, urls
 
 
-def driven_rows(runner, folder, urls, title_id: str, language="fr", **options):
-    out = str(folder / f"coeffs-{abs(hash(str(sorted(options.items()))))}.parquet")
+def driven_rows(runner, folder, urls, title_id: str, language="fr", params: dict | None = None, **options):
+    out = str(folder / f"coeffs-{abs(hash(str(sorted(options.items())) + str(params)))}.parquet")
     row = {"title_id": title_id, "language": language, "titles_url": urls["titles"], "faces_url": urls["faces"],
            "audio_url": urls["audio"], "options_json": json.dumps({**OPTION_DEFAULTS, **options})}
-    stats = runner.run(StageJob(CoeffsStage, {}, out, title_id, rows=(row,)))
+    stats = runner.run(StageJob(CoeffsStage, params or {}, out, title_id, rows=(row,)))
     return read_rows(out, DRIVEN_COEFFS), stats
 
 
@@ -129,9 +129,14 @@ def dubbed_title(tmp_path_factory):
     return runner, folder, urls, dub
 
 
-def drive(dubbed_title, **options):
+def drive(dubbed_title, params: dict | None = None, **options):
     runner, folder, urls, _ = dubbed_title
-    return driven_rows(runner, folder, urls, "t", **options)
+    return driven_rows(runner, folder, urls, "t", params=params, **options)
+
+
+#: Whisper base hears espeak-ng's French as e.g. "Boussou, papa mojun pom", word probabilities
+#: 0.14-0.5, under the stage's floor for real speech: the tests of the transcript path take every word.
+EVERY_WORD = {"min_word_probability": 0.0}
 
 
 def test_driven_mouth_follows_the_dub_and_keeps_pose_and_blinks(dubbed_title):
@@ -149,7 +154,7 @@ def test_driven_mouth_follows_the_dub_and_keeps_pose_and_blinks(dubbed_title):
 
 
 def test_the_transcript_aligns_and_every_aligned_bilabial_shuts_the_lips(dubbed_title):
-    (driven,), stats = drive(dubbed_title)
+    (driven,), stats = drive(dubbed_title, params=EVERY_WORD)
     assert driven["mouth_path"] == "transcript-aligned" and driven["alignment_score"] >= CoeffsStage.defaults["min_alignment_score"]
     assert stats.metrics["mouth_path_transcript_aligned"] == 1.0
     jaw = np.asarray(driven["expression"])[:, JAW]
@@ -171,7 +176,7 @@ def test_a_matching_script_is_aligned_and_a_wrong_one_falls_back(dubbed_title, t
         work = tmp_path / script.stem
         work.mkdir()
         runner, urls = analyse_title(work, "t", "dub", folder / "clip.mp4", folder / "dub.wav", script=script)
-        (driven,), _ = driven_rows(runner, work, urls, "t")
+        (driven,), _ = driven_rows(runner, work, urls, "t", params=EVERY_WORD)
         assert driven["mouth_path"] == path
         if path == "transcript-aligned":
             assert "the script does not match the audio" in driven["mouth_path_note"]

@@ -32,22 +32,28 @@ from tests.conftest import CLIP_FPS, CLIP_SIZE, SHOT_SECONDS
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("ray_cluster", "prefect_harness")]
 
 
-@pytest.fixture
-def catalogue(media, tmp_path):
+@pytest.fixture(scope="module")
+def first_run(media, tmp_path_factory) -> tuple[Path, Path, dict]:
+    """(catalogue, run folder, summary) of one catalogue run that the tests below share, in file
+    order: the first reads what it made, the next ones rerun into the same folder. The French
+    dub of ``portraits`` is a copy, so that a test can change it."""
+    folder = tmp_path_factory.mktemp("flow")
+    dub_fr = folder / "dub.fr.wav"
+    dub_fr.write_bytes(media["dub_fr"].read_bytes())
     rows = [
-        {"title_id": "portraits", "video": str(media["two_shots"]),
-         "dubs": {"fr": str(media["dub_fr"]), "de": str(media["dub_de"])}},
+        {"title_id": "portraits", "video": str(media["two_shots"]), "dubs": {"fr": str(dub_fr), "de": str(media["dub_de"])}},
         {"title_id": "still", "video": str(media["one_shot"]), "language": "fr", "dub_audio": str(media["dub_fr"])},
-        {"title_id": "missing_video", "video": str(tmp_path / "nope.mp4"), "language": "fr", "dub_audio": str(media["dub_fr"])},
+        {"title_id": "missing_video", "video": str(folder / "nope.mp4"), "language": "fr", "dub_audio": str(media["dub_fr"])},
         {"title_id": "not_a_video", "video": str(media["dub_fr"]), "language": "fr", "dub_audio": str(media["dub_fr"])},
     ]
-    path = tmp_path / "catalogue.yaml"
-    path.write_text(yaml.safe_dump(rows))
-    return path
+    catalogue = folder / "catalogue.yaml"
+    catalogue.write_text(yaml.safe_dump(rows))
+    out = folder / "run"
+    return catalogue, out, localize_catalogue(catalogue=str(catalogue), out=str(out))
 
 
-def test_catalogue_flow_dubs_titles_and_reports_bad_ones(catalogue, tmp_path):
-    summary = localize_catalogue(catalogue=str(catalogue), out=str(tmp_path / "run"))
+def test_catalogue_flow_dubs_titles_and_reports_bad_ones(first_run):
+    _, run, summary = first_run
     titles = summary["titles"]
     assert titles["portraits"]["status"] == "done" and set(titles["portraits"]["outputs"]) == {"fr", "de"}
     assert titles["still"]["status"] == "done"
@@ -70,15 +76,15 @@ def test_catalogue_flow_dubs_titles_and_reports_bad_ones(catalogue, tmp_path):
             assert audio.codec_context.name == "aac"
             assert float(audio.duration * audio.time_base) == pytest.approx(2 * SHOT_SECONDS, abs=0.05)
 
-    state = json.loads((tmp_path / "run" / "run.json").read_text())
+    state = json.loads((run / "run.json").read_text())
     stages = state["titles"]["portraits"]["stages"]
     assert stages["shots"]["rows_out"] == 2 and stages["probe"]["executed"]
     assert stages["faces"]["rows_out"] == 2 and stages["faces"]["metrics"]["tracks"] == 2
-    sheet = CliRunner().invoke(main, ["inspect", str(tmp_path / "run"), "--title", "portraits", "--frames", "3"])
+    sheet = CliRunner().invoke(main, ["inspect", str(run), "--title", "portraits", "--frames", "3"])
     assert sheet.exit_code == 0, sheet.output
     png = cv2.imread(sheet.output.strip())
     assert png.shape == (360, 3 * 360, 3) and png.std() > 10  # three drawn frames, not a blank sheet
-    sheet = CliRunner().invoke(main, ["inspect", str(tmp_path / "run"), "--title", "portraits", "--frames", "3",
+    sheet = CliRunner().invoke(main, ["inspect", str(run), "--title", "portraits", "--frames", "3",
                                       "--dubbed", "fr"])
     assert sheet.exit_code == 0, sheet.output
     rows = cv2.imread(sheet.output.strip())  # per frame: source | dub | source mouth | dub mouth
@@ -86,7 +92,7 @@ def test_catalogue_flow_dubs_titles_and_reports_bad_ones(catalogue, tmp_path):
     assert rows[:, 360:720].std() > 10  # the dubbed frames are drawn
     # The last frame shows the dubbed face (the second shot): its mouth is cut out of both videos.
     assert rows[720:, 2 * 360:].std() > 10
-    missing = CliRunner().invoke(main, ["inspect", str(tmp_path / "run"), "--title", "portraits", "--dubbed", "es"])
+    missing = CliRunner().invoke(main, ["inspect", str(run), "--title", "portraits", "--dubbed", "es"])
     assert missing.exit_code != 0 and "portraits: no finished dub in 'es' (finished: de, fr)" in missing.output
 
     assert state["titles"]["still"]["languages"]["fr"]["status"] == "needs_review"
@@ -107,7 +113,7 @@ def test_catalogue_flow_dubs_titles_and_reports_bad_ones(catalogue, tmp_path):
     assert details["tracks_skipped"][0]["reason"].startswith("face too small")  # the 57 px astronaut
     assert {s["shot_index"]: s["tracks_dubbed"] for s in details["shots"]} == {0: 0, 1: 1}
     assert list(details["stages"]) == ["probe", "shots", "faces", "audio", "coeffs", "render", "enhance", "composite"]
-    printed = CliRunner().invoke(main, ["report", str(tmp_path / "run")])
+    printed = CliRunner().invoke(main, ["report", str(run)])
     assert printed.exit_code == 0 and f"portraits [fr]: {report['html']}" in printed.output
     (still_line,) = [line for line in printed.output.splitlines() if line.startswith("still [fr]: ")]
     assert "(lip-sync r –)  NEEDS REVIEW: no face was dubbed" in still_line
@@ -121,14 +127,13 @@ def test_catalogue_flow_dubs_titles_and_reports_bad_ones(catalogue, tmp_path):
                and "**needs review**: no face was dubbed" in (a.data or "") for a in artifacts)
 
 
-def test_second_run_recomputes_nothing_and_a_lost_stage_is_redone(catalogue, tmp_path):
-    out = str(tmp_path / "run")
-    first = localize_catalogue(catalogue=str(catalogue), out=out)
+def test_second_run_recomputes_nothing_and_a_lost_stage_is_redone(first_run):
+    catalogue, run, first = first_run
     video = first["titles"]["portraits"]["outputs"]["fr"]
     before = storage.fingerprint(video)
 
     with progress.bars(True) as display:  # the CLI's bars, attached to this run
-        second = localize_catalogue(catalogue=str(catalogue), out=out)
+        second = localize_catalogue(catalogue=str(catalogue), out=str(run))
     assert second["invocation"]["stages_executed"] == {}
     assert second["invocation"]["stages_skipped"] == {"probe": 2, "shots": 2, "faces": 2, "audio": 3, "coeffs": 3,
                                                       "render": 3, "enhance": 3, "composite": 3, "report": 3}
@@ -139,24 +144,20 @@ def test_second_run_recomputes_nothing_and_a_lost_stage_is_redone(catalogue, tmp
     assert storage.fingerprint(video) == before
 
     # A run killed before a stage's marker was written: only that stage runs again.
-    (marker,) = [p for p in (tmp_path / "run" / "manifests" / "composite" / "still").glob("*.done")]
+    (marker,) = [p for p in (run / "manifests" / "composite" / "still").glob("*.done")]
     marker.unlink()
-    third = localize_catalogue(catalogue=str(catalogue), out=out)
+    third = localize_catalogue(catalogue=str(catalogue), out=str(run))
     assert third["invocation"]["stages_executed"] == {"composite": 1}
     assert third["titles"]["still"]["status"] == "done"
 
 
-def test_changed_dub_audio_recomputes_only_that_language(media, tmp_path):
-    dub = tmp_path / "dub.wav"
-    dub.write_bytes(media["dub_fr"].read_bytes())
-    catalogue = tmp_path / "catalogue.csv"
-    catalogue.write_text(f"title_id,video,language,dub_audio\nclip,{media['two_shots']},fr,{dub}\nclip,{media['two_shots']},de,{media['dub_de']}\n")
-    out = str(tmp_path / "run")
-    localize_catalogue(catalogue=str(catalogue), out=out)
-    dub.write_bytes(media["dub_de"].read_bytes())
-    again = localize_catalogue(catalogue=str(catalogue), out=out)
+def test_changed_dub_audio_recomputes_only_that_language(first_run, media):
+    catalogue, run, _ = first_run
+    (catalogue.parent / "dub.fr.wav").write_bytes(media["dub_de"].read_bytes())
+    again = localize_catalogue(catalogue=str(catalogue), out=str(run))
     assert again["invocation"]["stages_executed"] == {"audio": 1, "coeffs": 1, "render": 1, "enhance": 1, "composite": 1,
                                                      "report": 1}
+    assert again["titles"]["portraits"]["status"] == "done"
 
 
 def test_avatar_mode_makes_a_talking_video_whose_mouth_follows_the_speech(tmp_path):

@@ -80,6 +80,9 @@ def drive_mouth(analysis: SpeechAnalysis, log_priors: np.ndarray, texts: list[Du
     notes = []
     for text in texts:
         what = text.path.removesuffix("-aligned")
+        if not text.spans:
+            notes.append(f"no {what} words sure enough to align")
+            continue
         voice = espeak_voice(text.language)
         if voice is None:
             notes.append(f"no phonetic rules for language {text.language!r} ({what} not aligned)")

@@ -85,15 +85,17 @@ class CoeffsStage(Stage):
     """
 
     name = "coeffs"
-    version = "5"  # 4: who speaks when; 5: tracks lined up with the audio, a face alone on screen judged on its whole track
+    version = "6"  # 4: who speaks when; 5: tracks lined up with the audio, a face alone on screen judged on its whole track; 6: unsure transcript words not aligned
     resources = Resources(cpus=1.0, gpus=0.25, memory_gb=2.0)
     output_schema = DRIVEN_COEFFS
     job_row = CoeffsJob
     #: min_alignment_score: below it a text is taken not to be what the audio says (see
     #: ``alignment``). Set on ``video/train`` clips: their own transcripts score 0.42-0.68,
     #: another clip's words at the same times 0.01-0.18.
+    #: min_word_probability: transcript words Whisper is less sure of are not aligned (see
+    #: ``timeline.spans_from_words``); WORD_PROBABILITY_NOTE.
     defaults = {"weights": str(WEIGHTS), "encoder_model": BASE_PACKAGED, "min_calibration_r": 0.3,
-                "min_alignment_score": 0.3}
+                "min_alignment_score": 0.3, "min_word_probability": 0.3}
 
     def setup(self) -> None:
         self._speech = SpeechToMouth(self.params["weights"], self.params["encoder_model"])
@@ -127,7 +129,8 @@ class CoeffsStage(Stage):
             cues = [ScriptCue(c["start_s"], c["end_s"], c["text"]) for c in audio["script"]]
             texts.append(DubText("script-aligned", spans_from_script(cues, words, frames / fps), language))
         if words:
-            texts.append(DubText("transcript-aligned", spans_from_words(words), audio["transcript_language"] or language))
+            texts.append(DubText("transcript-aligned", spans_from_words(words, self.params["min_word_probability"]),
+                                 audio["transcript_language"] or language))
         return drive_mouth(self._speech.analyse(samples), self._speech.log_priors, texts, fps, frames,
                            self.params["min_alignment_score"])
 

@@ -42,15 +42,25 @@ def _normalise(word: str) -> str:
     return re.sub(r"[^\w']", "", word.lower())
 
 
-def spans_from_words(words: Sequence[dict], max_gap_s: float = _MAX_GAP_S, max_span_s: float = _MAX_SPAN_S) -> list[TextSpan]:
-    """Transcript words (dicts with word, start_s, end_s) -> stretches split at pauses."""
+def spans_from_words(words: Sequence[dict], min_probability: float = 0.0, max_gap_s: float = _MAX_GAP_S,
+                     max_span_s: float = _MAX_SPAN_S) -> list[TextSpan]:
+    """Transcript words (dicts with word, start_s, end_s and optionally probability) -> stretches
+    split at pauses.
+
+    A word Whisper gave a probability below ``min_probability`` is left out and splits its
+    stretch: a misheard word must not put its phones (a wrong p/b/m shuts the lips) where the
+    speech says something else; the model alone drives its time.
+    """
     spans: list[TextSpan] = []
     current: list[dict] = []
     for word in words:
-        if current and (word["start_s"] - current[-1]["end_s"] > max_gap_s or word["end_s"] - current[0]["start_s"] > max_span_s):
+        unsure = (word.get("probability") if word.get("probability") is not None else 1.0) < min_probability
+        if current and (unsure or word["start_s"] - current[-1]["end_s"] > max_gap_s
+                        or word["end_s"] - current[0]["start_s"] > max_span_s):
             spans.append(_span(current))
             current = []
-        current.append(word)
+        if not unsure:
+            current.append(word)
     if current:
         spans.append(_span(current))
     return [s for s in spans if s.text.strip()]
