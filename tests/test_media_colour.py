@@ -19,7 +19,8 @@ from dubline.schemas.manifests import OUTPUTS, TITLES
 from dubline.stages.base import StageJob
 from dubline.stages.composite import CompositeStage
 from dubline.stages.composite.encode import plan_encode
-from dubline.stages.composite.stage import _Output
+from dubline.stages.composite.paste import paste
+from dubline.stages.composite.stage import _Output, paste_box
 from dubline.stages.media import Colour, describe, rgb_frames
 from dubline.stages.probe import ProbeStage
 from dubline.stages.sequential import SequentialRunner
@@ -209,6 +210,47 @@ def test_the_colour_description_and_bit_depth_are_kept(tmp_path, colour, pix_fmt
     assert written[0] == ("hevc" if depth > 8 else "h264")
     shown_before, shown_after = first_sdr(str(source)), first_sdr(output["video_url"])
     assert np.abs(shown_before.astype(int) - shown_after).mean() < 2.5
+
+
+def test_pasting_through_a_box_writes_what_a_whole_frame_paste_writes(tmp_path):
+    """Only a box around the crops goes through RGB: two crops far apart, one over the frame's
+    corner, give the pixels of a whole-frame RGB paste (within a level: the crop is warped on the
+    box's own grid) and leave every other sample as decoded."""
+    source = sdr_clip(tmp_path / "src.mp4", portrait(200), colour=BT709)
+    video = describe(str(source))
+    plan = plan_encode(video, "h264", {"crf": 18}, video.width, video.height)
+    output = _Output(plan, video)
+    with av.open(str(source)) as container:
+        base = output.base(next(container.decode(video=0)))
+    rng = np.random.default_rng(0)
+    crop = np.dstack([rng.integers(0, 256, (40, 40, 3)), np.full((40, 40), 255)]).astype(np.uint8)
+    crop[:, :, 3][[0, -1]] = 128  # a feathered edge: the seam colour match runs
+    crops = [(crop, np.array([[0.9, 0.1, 20.3], [-0.1, 0.9, 30.7]])), (crop, np.array([[1.0, 0, 175.5], [0, 1.0, 170.2]]))]
+    assert paste_box([(40, 40, a) for _, a in crops], 200, 200) == (0, 16, 200, 200)
+    before = base.to_ndarray()
+    pasted = output.finish(output.paste(base, crops)).to_ndarray().astype(int)
+
+    # What a whole-frame paste writes: the frame through RGB, then only the covered samples back.
+    whole = base.to_ndarray(format="rgb24")
+    covered = np.zeros(whole.shape[:2], bool)
+    for rgba, affine in crops:
+        covered |= paste(whole, rgba, affine)
+    back = av.VideoFrame.from_ndarray(whole, format="rgb24").reformat(
+        format="yuv420p", dst_colorspace="ITU709", dst_color_range=base.color_range or None).to_ndarray()
+    chroma_written = covered.reshape(100, 2, 100, 2).any(axis=(1, 3)).reshape(50, 200)  # U, then V: 50 rows each
+    written = np.vstack([covered, chroma_written, chroma_written])
+    reference = np.where(written, back, before).astype(int)
+    assert np.abs(pasted - reference).max() <= 1 and (pasted != reference).mean() < 0.01
+    assert np.array_equal(pasted[~written], before[~written])
+
+
+def test_the_paste_box_holds_its_crops_on_whole_chroma_blocks():
+    crop = (64, 64, np.array([[1.0, 0, 101.0], [0, 1.0, 37.0]]))  # x 101..165, y 37..101
+    x0, y0, x1, y1 = paste_box([crop], 640, 480)
+    assert (x0, y0, x1, y1) == (80, 16, 176, 112)  # 8 px around it, out to multiples of 16
+    assert paste_box([crop], 170, 110) == (80, 16, 170, 110)  # clipped to the (even) frame
+    outside = paste_box([(64, 64, np.array([[1.0, 0, 900.0], [0, 1.0, 900.0]]))], 640, 480)
+    assert 0 <= outside[0] < outside[2] <= 640 and 0 <= outside[1] < outside[3] <= 480  # a valid, if useless, box
 
 
 def test_a_pasted_face_changes_only_the_pixels_it_covers_in_the_right_matrix(tmp_path):
