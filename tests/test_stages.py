@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from dubline.flows.demo import astronaut
+from dubline.flows.demo import astronaut, grace_hopper, write_portrait_clip
 from dubline.schemas import storage
 from dubline.schemas.catalogue import OPTION_DEFAULTS
 from dubline.schemas.manifest_io import read_rows
@@ -99,6 +99,17 @@ def test_shots_split_at_the_cut(media, tmp_path):
     shots = read_rows(str(tmp_path / "shots.parquet"), SHOTS)
     assert [(s["start_frame"], s["end_frame"]) for s in shots] == [(0, SHOT_FRAMES), (SHOT_FRAMES, 2 * SHOT_FRAMES)]
     assert shots[1]["start_s"] == pytest.approx(SHOT_SECONDS)
+
+
+def test_a_cut_in_a_large_picture_is_found_on_its_frame(tmp_path):
+    """Frames wider than 256 px are compared downscaled to about 256 px (PySceneDetect's default):
+    in a 1280 px clip of two portraits the cut is still found on its frame."""
+    clip = tmp_path / "large.mp4"
+    write_portrait_clip(clip, [astronaut(), grace_hopper()], SHOT_SECONDS, fps=CLIP_FPS, size=1280)
+    runner = SequentialRunner()
+    runner.run(StageJob(ShotsStage, {}, str(tmp_path / "shots.parquet"), "t", input_url=probe(runner, tmp_path, clip)))
+    shots = read_rows(str(tmp_path / "shots.parquet"), SHOTS)
+    assert [(s["start_frame"], s["end_frame"]) for s in shots] == [(0, SHOT_FRAMES), (SHOT_FRAMES, 2 * SHOT_FRAMES)]
 
 
 def test_shots_without_cut_is_one_shot(media, tmp_path):

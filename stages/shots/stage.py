@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import cv2
 import numpy as np
-
 from scenedetect import ContentDetector
+from scenedetect.scene_manager import compute_downscale_factor
 
 from dubline.schemas.manifests import SHOTS, TITLES
 from dubline.stages.base import Resources, Stage, TitleError
@@ -26,7 +27,7 @@ class ShotsStage(Stage):
     """
 
     name = "shots"
-    version = "2"
+    version = "3"  # 3: frames compared at ~256 px (PySceneDetect's default downscale)
     resources = Resources(cpus=1.0, memory_gb=1.0)
     input_schema = TITLES
     output_schema = SHOTS
@@ -58,7 +59,13 @@ class ShotsStage(Stage):
     def _detect_cuts(self, video: ShownVideo) -> list[int]:
         """Clock frame numbers where a new shot starts."""
         detector = ContentDetector(threshold=self.params["threshold"], min_scene_len=self.params["min_shot_frames"])
+        # Frames are compared at about 256 px, as PySceneDetect's own SceneManager does by default
+        # (its threshold is tuned there): ~5x less work per frame at 844 px than full resolution.
+        factor = compute_downscale_factor(max(video.width, video.height))
         cuts: list[int] = []
         for index, rgb in rgb_frames(video):
+            if factor > 1.0:
+                size = (max(1, round(rgb.shape[1] / factor)), max(1, round(rgb.shape[0] / factor)))
+                rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
             cuts += detector.process_frame(index, np.ascontiguousarray(rgb[..., ::-1]))  # PySceneDetect wants BGR
         return sorted(set(cuts))
