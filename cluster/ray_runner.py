@@ -32,6 +32,7 @@ from dubline.cluster.policy import TIMEOUT_SCALE_VAR, job_timeout_s, policy_for
 from dubline.schemas.manifest_io import read_rows
 from dubline.schemas.manifests import TITLES
 from dubline.stages.base import Stage, StageJob, StageStats, TitleError, run_job
+from dubline.stages.sequential import SequentialRunner
 
 
 class StageWorker:
@@ -85,10 +86,14 @@ class RayRunner:
         self._waiting: list[tuple[float, float]] = []  # (CPUs, GPUs) of workers waiting for room
         self._durations: dict[str, float | None] = {}  # title_id -> duration (s), see _title_duration
         self._durations_read: set[str] = set()
+        self._driver = SequentialRunner()  # for jobs that pass through
 
     def run(self, job: StageJob) -> StageStats:
         """Run ``job`` on a worker of its stage; raises the stage's own exception, or TitleError
-        when the job outlives its time limit (its worker is ended)."""
+        when the job outlives its time limit (its worker is ended). A job that only passes its
+        input on (``Stage.passes_through``) runs here in the driver: no worker is started for it."""
+        if job.stage.passes_through(job.params):
+            return self._driver.run(job)
         duration = self._title_duration(job)
         limit = job_timeout_s(job.stage.name, duration)
         worker = self._acquire(job)
@@ -129,6 +134,7 @@ class RayRunner:
         return self._durations.get(job.title_id)
 
     def shutdown(self) -> None:
+        self._driver.shutdown()
         with self._cond:
             for worker in self._workers:
                 ray.kill(worker.actor)

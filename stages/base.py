@@ -77,6 +77,12 @@ class Stage(abc.ABC):
         self._dropped: Counter[str] = Counter()
         self._metrics: dict[str, float] = {}
 
+    @classmethod
+    def passes_through(cls, params: dict[str, Any]) -> bool:
+        """Whether a job with these parameters only passes its input on (e.g. enhance without
+        weights): a runner may run it where it is instead of starting a worker for it."""
+        return False
+
     def setup(self) -> None:
         """Load models and other per-worker state. Called once per worker before any batch."""
 

@@ -159,6 +159,36 @@ class SleepsStage(Stage):
                  "end_s": 0.04} for row in rows]
 
 
+class PassesThroughStage(SleepsStage):
+    """SleepsStage whose jobs pass through unless given ``seconds`` (as enhance does without weights)."""
+
+    name = "passes_through"
+
+    @classmethod
+    def passes_through(cls, params: dict[str, Any]) -> bool:
+        return not params.get("seconds")
+
+
+def test_a_job_that_passes_through_runs_in_the_driver_without_starting_a_worker(ray_cluster, tmp_path) -> None:
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[PassesThroughStage.__module__])  # workers cannot import tests
+    runner = RayRunner()
+    pid_file = tmp_path / "pid"
+    row = ({"title_id": "t"},)
+    try:
+        runner.run(StageJob(PassesThroughStage, {"pid_file": str(pid_file)}, str(tmp_path / "a.parquet"), "t", rows=row))
+        assert int(pid_file.read_text()) == os.getpid() and runner._workers == []
+        runner.run(StageJob(PassesThroughStage, {"pid_file": str(pid_file), "seconds": 0.01},
+                            str(tmp_path / "b.parquet"), "t", rows=row))
+        assert int(pid_file.read_text()) != os.getpid() and len(runner._workers) == 1
+    finally:
+        runner.shutdown()
+    from dubline.stages.enhance import EnhanceStage
+
+    assert EnhanceStage.passes_through({}) and not EnhanceStage.passes_through({"weights": "gfpgan.pth"})
+
+
 def test_job_time_limits_grow_with_the_title_and_can_be_scaled_or_turned_off(monkeypatch) -> None:
     faces = policy_for("faces")
     assert job_timeout_s("faces", 600.0) == faces.timeout_base_s + 600 * faces.timeout_per_media_s == 37_800

@@ -157,6 +157,10 @@ class EnhanceStage(Stage):
             raise ValueError(f"enhance: webp_quality must be None (lossless) or 0..100, not {quality}")
         self._net: GFPGANv1Clean | None = None
 
+    @classmethod
+    def passes_through(cls, params: dict[str, Any]) -> bool:
+        return not params.get("weights", cls.defaults["weights"])  # the rendered crops, as they are
+
     def setup(self) -> None:
         self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self._dtype = pick_dtype(self.params["precision"], self._device)
