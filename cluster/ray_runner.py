@@ -6,7 +6,9 @@ Pools grow on demand up to the stage's policy and to what the cluster's CPUs and
 given each stage's declared resources; idle workers of other stages are retired to make room, so
 a small cluster moves from stage to stage instead of deadlocking on actors that hold CPUs. Workers
 are only started where they fit now, so Ray's autoscaler never sees them pending: while jobs wait
-for room, the runner asks it for nodes explicitly (``request_resources``).
+for room, the runner asks it for nodes explicitly (``request_resources``). While a job runs, the
+worker of the title's next stage is started if it fits, so that starting its process and loading
+its models overlap the work (a job that only passes its input on runs in the driver instead).
 
 Every job has a time limit (``cluster.policy.job_timeout_s``: generous, scaled by the title's
 duration as probed): a job still running then, e.g. a decoder stuck on a malicious file, has its
@@ -22,6 +24,7 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 from ray.autoscaler.sdk import request_resources
@@ -88,15 +91,21 @@ class RayRunner:
         self._durations_read: set[str] = set()
         self._driver = SequentialRunner()  # for jobs that pass through
 
-    def run(self, job: StageJob) -> StageStats:
+    def run(self, job: StageJob, then: type[Stage] | None = None) -> StageStats:
         """Run ``job`` on a worker of its stage; raises the stage's own exception, or TitleError
         when the job outlives its time limit (its worker is ended). A job that only passes its
-        input on (``Stage.passes_through``) runs here in the driver: no worker is started for it."""
+        input on (``Stage.passes_through``) runs here in the driver: no worker is started for it.
+
+        ``then``: the stage that runs next on this title (default parameters); once this job has
+        its worker, a worker of ``then`` is started if it fits (``prepare``).
+        """
         if job.stage.passes_through(job.params):
             return self._driver.run(job)
         duration = self._title_duration(job)
         limit = job_timeout_s(job.stage.name, duration)
         worker = self._acquire(job)
+        if then is not None:
+            self.prepare(then, {})
         try:
             return ray.get(worker.actor.run.remote(job), timeout=limit)
         except RayTaskError as exc:
@@ -115,6 +124,23 @@ class RayRunner:
                                            f"0 removes it") from None
         finally:
             self._release(worker)
+
+    def prepare(self, stage: type[Stage], params: dict[str, Any]) -> None:
+        """Start a worker of ``stage`` (with ``params``) now if its pool has none and one fits
+        beside the busy workers (idle workers of other stages are retired to make room, as for a
+        job), so that starting its process and loading its models overlap the job running now.
+        Does nothing when it does not fit or when its jobs pass through."""
+        if stage.passes_through(params):
+            return
+        key = (stage, json.dumps(params, sort_keys=True, default=str))
+        with self._cond:
+            if any(w.pool == key for w in self._workers):
+                return
+            cpus, gpus = self._request(stage)
+            if not self._fits(cpus, gpus):
+                self._retire_idle(cpus, gpus)
+            if self._fits(cpus, gpus):
+                self._start(key, stage, params, cpus, gpus, policy_for(stage.name).max_retries)
 
     def _title_duration(self, job: StageJob) -> float | None:
         """The title's duration (s) from its ``titles`` manifest (the job's input or a row's
@@ -171,7 +197,7 @@ class RayRunner:
                         if not self._fits(cpus, gpus):
                             self._retire_idle(cpus, gpus)
                         if self._fits(cpus, gpus):
-                            worker = self._start(key, job, cpus, gpus, policy.max_retries)
+                            worker = self._start(key, job.stage, job.params, cpus, gpus, policy.max_retries)
                             worker.busy = True
                             return worker
                         if waiting is None:
@@ -198,19 +224,20 @@ class RayRunner:
             ray.kill(worker.actor)
             self._workers.remove(worker)
 
-    def _start(self, key, job: StageJob, cpus: float, gpus: float, retries: int) -> _Worker:
-        actor_class = self._actor_classes.get(job.stage)
+    def _start(self, key, stage: type[Stage], params: dict[str, Any], cpus: float, gpus: float,
+               retries: int) -> _Worker:
+        actor_class = self._actor_classes.get(stage)
         if actor_class is None:
-            named = type(f"{job.stage.__name__}Worker", (StageWorker,), {})
-            actor_class = self._actor_classes[job.stage] = ray.remote(named)
+            named = type(f"{stage.__name__}Worker", (StageWorker,), {})
+            actor_class = self._actor_classes[stage] = ray.remote(named)
         actor = actor_class.options(
-            name=f"dubline-{job.stage.name}-{self._token}-{self._started}",
+            name=f"dubline-{stage.name}-{self._token}-{self._started}",
             num_cpus=cpus,
             num_gpus=gpus,
-            memory=int(job.stage.resources.memory_gb * 2**30),
+            memory=int(stage.resources.memory_gb * 2**30),
             max_restarts=retries,
             max_task_retries=retries,
-        ).remote(job.stage, job.params)
+        ).remote(stage, params)
         self._started += 1
         worker = _Worker(pool=key, actor=actor, cpus=cpus, gpus=gpus)
         self._workers.append(worker)

@@ -159,6 +159,20 @@ class SleepsStage(Stage):
                  "end_s": 0.04} for row in rows]
 
 
+def test_the_next_stage_s_worker_starts_while_a_job_runs_and_takes_its_job(ray_cluster, media, tmp_path) -> None:
+    titles = str(tmp_path / "titles.parquet")
+    runner = RayRunner()
+    try:
+        runner.run(StageJob(ProbeStage, {}, titles, "t", rows=({"title_id": "t", "mode": "dub",
+                                                                "source_url": str(media["two_shots"])},)),
+                   then=ShotsStage)
+        (started,) = [w.actor for w in runner._workers if w.pool[0] is ShotsStage]  # before any shots job
+        runner.run(StageJob(ShotsStage, {}, str(tmp_path / "shots.parquet"), "t", input_url=titles))
+        assert [w.actor for w in runner._workers if w.pool[0] is ShotsStage] == [started]  # it took the job
+    finally:
+        runner.shutdown()
+
+
 class PassesThroughStage(SleepsStage):
     """SleepsStage whose jobs pass through unless given ``seconds`` (as enhance does without weights)."""
 

@@ -193,10 +193,10 @@ def test_cli_script_reaches_the_audio_job_and_a_changed_script_recomputes_from_a
     audio_rows = []
     run_job = SequentialRunner.run
 
-    def spying(runner, job):
+    def spying(runner, job, then=None):
         if job.stage.name == "audio":
             audio_rows.extend(job.rows)
-        return run_job(runner, job)
+        return run_job(runner, job, then)
 
     monkeypatch.setattr(SequentialRunner, "run", spying)
     script = tmp_path / "fr.srt"
