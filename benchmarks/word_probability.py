@@ -2,7 +2,7 @@
 alignment does to the mouth: per clip, the share of words under each probability floor and the
 driven jaw's r against the clip's own filmed mouth (best within ±2 frames, own audio).
 
-    python benchmarks/word_probability.py ../shared/data/video/train --floors 0,0.2,0.3,0.5
+    python benchmarks/word_probability.py ../shared/data/video/train --floors 0,0.2,0.35,0.5
 
 Sets the coeffs stage's ``min_word_probability`` (on ``video/train`` only); run it on
 ``video/eval`` to measure. Needs ``.[train]`` (pocketsphinx, for the clips' loader).
@@ -44,6 +44,7 @@ def main() -> None:
         for path in sorted(args.clips.glob("*.mp4")):
             language = CLIP_LANGUAGES.get(path.stem, "en")
             clip = load_clip(path, Path(tmp) / path.stem, language, transcriber)
+            # The loader keeps no probabilities: the same (deterministic) transcript again, with them.
             words = [{"word": w.word, "start_s": w.start_s, "end_s": w.end_s, "probability": w.probability}
                      for w in transcriber.transcribe(clip.example.audio, language=language).words]
             probability = np.array([w["probability"] for w in words])

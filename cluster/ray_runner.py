@@ -89,24 +89,28 @@ class RayRunner:
         self._waiting: list[tuple[float, float]] = []  # (CPUs, GPUs) of workers waiting for room
         self._durations: dict[str, float | None] = {}  # title_id -> duration (s), see _title_duration
         self._durations_read: set[str] = set()
-        self._driver = SequentialRunner()  # for jobs that pass through
+        self._driver = SequentialRunner()  # runs the jobs that pass through
 
-    def run(self, job: StageJob, then: type[Stage] | None = None) -> StageStats:
+    def run(self, job: StageJob, next_stage: type[Stage] | None = None) -> StageStats:
         """Run ``job`` on a worker of its stage; raises the stage's own exception, or TitleError
         when the job outlives its time limit (its worker is ended). A job that only passes its
-        input on (``Stage.passes_through``) runs here in the driver: no worker is started for it.
+        input on (``Stage.passes_through``) runs here in the driver: no worker is started for it,
+        and it has neither a time limit nor worker metrics (it does no work).
 
-        ``then``: the stage that runs next on this title (default parameters); once this job has
-        its worker, a worker of ``then`` is started if it fits (``prepare``).
+        ``next_stage``: the stage that runs next on this title (default parameters); once this
+        job has its worker, a worker of it is started if it fits (``prepare``).
         """
         if job.stage.passes_through(job.params):
             return self._driver.run(job)
         duration = self._title_duration(job)
         limit = job_timeout_s(job.stage.name, duration)
         worker = self._acquire(job)
-        if then is not None:
-            self.prepare(then, {})
         try:
+            if next_stage is not None:
+                try:
+                    self.prepare(next_stage, {})
+                except Exception as exc:  # noqa: BLE001 - starting ahead is an optimisation, never a job's failure
+                    logging.getLogger(__name__).warning("dubline: %s worker not started ahead: %s", next_stage.name, exc)
             return ray.get(worker.actor.run.remote(job), timeout=limit)
         except RayTaskError as exc:
             # Re-raise the stage's own exception (e.g. TitleError) without Ray's wrapping.
@@ -127,14 +131,16 @@ class RayRunner:
 
     def prepare(self, stage: type[Stage], params: dict[str, Any]) -> None:
         """Start a worker of ``stage`` (with ``params``) now if its pool has none and one fits
-        beside the busy workers (idle workers of other stages are retired to make room, as for a
-        job), so that starting its process and loading its models overlap the job running now.
-        Does nothing when it does not fit or when its jobs pass through."""
+        beside the busy workers, so that starting its process and loading its models overlap the
+        job running now. Idle workers of other stages are retired to make room, as for a job (a
+        single title's stages follow each other, and the previous stage's worker is what is
+        idle). Does nothing while jobs wait for room, when it does not fit, or when the stage's
+        jobs pass through."""
         if stage.passes_through(params):
             return
         key = (stage, json.dumps(params, sort_keys=True, default=str))
         with self._cond:
-            if any(w.pool == key for w in self._workers):
+            if self._waiting or any(w.pool == key for w in self._workers):
                 return
             cpus, gpus = self._request(stage)
             if not self._fits(cpus, gpus):

@@ -32,7 +32,7 @@ from dubline.stages.speech.script import read_script
 
 
 class Runner(Protocol):
-    def run(self, job: StageJob, then: type[Stage] | None = None) -> StageStats: ...
+    def run(self, job: StageJob, next_stage: type[Stage] | None = None) -> StageStats: ...
     def shutdown(self) -> None: ...
 
 
@@ -83,12 +83,12 @@ def _execute(
     input_url: str | None = None,
     params: dict[str, Any] | None = None,
     with_chunks: bool = False,
-    then: type[Stage] | None = None,
+    next_stage: type[Stage] | None = None,
 ) -> str:
     """Run ``stage`` unless its keyed output is already complete; returns the manifest URL.
 
-    ``then``: the stage (default parameters) that runs next on this title: the runner may start
-    its worker while this job runs.
+    ``next_stage``: the stage (default parameters) that runs next on this title: the runner may
+    start its worker while this job runs.
 
     The output's key comes from the stage, its parameters (``Stage.param_files`` by content) and
     its job: the typed rows' key inputs (``stages.job_rows.key_inputs``) or the key of the
@@ -108,7 +108,7 @@ def _execute(
     executed = record is None
     if executed:
         try:
-            stats = session.runner.run(StageJob(stage, params, url, title_id, rows=rows, input_url=input_url), then)
+            stats = session.runner.run(StageJob(stage, params, url, title_id, rows=rows, input_url=input_url), next_stage)
         except Exception as exc:
             run.count(stage.name, "failed")
             progress.advance(stage.name)
@@ -142,12 +142,12 @@ def _execute(
 def probe(run_url: str, title_id: str, mode: str, source_url: str, background: str) -> str:
     """The source's facts; ``background`` (a colour option) goes under a portrait's transparent pixels."""
     row = {"title_id": title_id, "mode": mode, "source_url": source_url}
-    return _execute(run_url, ProbeStage, title_id, rows=(row,), params={"background": background}, then=ShotsStage)
+    return _execute(run_url, ProbeStage, title_id, rows=(row,), params={"background": background}, next_stage=ShotsStage)
 
 
 @task(name="shots", task_run_name="shots-{title_id}")
 def shots(run_url: str, title_id: str, titles_url: str) -> str:
-    return _execute(run_url, ShotsStage, title_id, input_url=titles_url, then=FaceStage)
+    return _execute(run_url, ShotsStage, title_id, input_url=titles_url, next_stage=FaceStage)
 
 
 @task(name="faces", task_run_name="faces-{title_id}")
@@ -178,7 +178,7 @@ def audio(run_url: str, title_id: str, language: str, titles_url: str, dub_audio
         "subtitles_url": run.output_url(title_id, language).removesuffix(".mp4"),
     }
     return _execute(run_url, AudioStage, title_id, language=language, rows=(row,),
-                    params={"whisper_model": whisper_model}, then=CoeffsStage)
+                    params={"whisper_model": whisper_model}, next_stage=CoeffsStage)
 
 
 @task(name="coeffs", task_run_name="coeffs-{title_id}-{language}")
@@ -186,14 +186,17 @@ def coeffs(run_url: str, title_id: str, language: str, titles_url: str, faces_ur
            options: dict) -> str:
     row = {"title_id": title_id, "language": language, "titles_url": titles_url, "faces_url": faces_url,
            "audio_url": audio_url, "options_json": json.dumps(options, sort_keys=True)}
-    return _execute(run_url, CoeffsStage, title_id, language=language, rows=(row,), then=RenderStage)
+    return _execute(run_url, CoeffsStage, title_id, language=language, rows=(row,), next_stage=RenderStage)
 
 
 @task(name="render", task_run_name="render-{title_id}-{language}")
-def render(run_url: str, title_id: str, language: str, faces_url: str, coeffs_url: str) -> str:
+def render(run_url: str, title_id: str, language: str, faces_url: str, coeffs_url: str,
+           enhanced: bool = False) -> str:
+    """The re-driven faces; ``enhanced``: the enhance stage runs next (it has weights), else the
+    composite does (enhance passes the crops through)."""
     row = {"title_id": title_id, "language": language, "faces_url": faces_url, "coeffs_url": coeffs_url}
     return _execute(run_url, RenderStage, title_id, language=language, rows=(row,), with_chunks=True,
-                    then=CompositeStage)  # enhance passes through without weights
+                    next_stage=None if enhanced else CompositeStage)
 
 
 @task(name="enhance", task_run_name="enhance-{title_id}-{language}")
@@ -201,7 +204,7 @@ def enhance(run_url: str, title_id: str, language: str, render_url: str, faces_u
             enhancer_weights: str | None) -> str:
     row = {"title_id": title_id, "language": language, "render_url": render_url, "faces_url": faces_url}
     return _execute(run_url, EnhanceStage, title_id, language=language, rows=(row,), with_chunks=True,
-                    params={"weights": enhancer_weights})
+                    params={"weights": enhancer_weights}, next_stage=CompositeStage)
 
 
 @task(name="composite", task_run_name="composite-{title_id}-{language}")
@@ -219,7 +222,7 @@ def composite(
         "render_url": render_url,
         "faces_url": faces_url,
     }
-    return _execute(run_url, CompositeStage, title_id, language=language, rows=(row,), then=ReportStage)
+    return _execute(run_url, CompositeStage, title_id, language=language, rows=(row,), next_stage=ReportStage)
 
 
 @task(name="report", task_run_name="report-{title_id}-{language}")

@@ -16,8 +16,8 @@ class SequentialRunner:
         self._stages: dict[tuple[type[Stage], str], Stage] = {}
         self._lock = threading.Lock()  # stages are not assumed thread-safe
 
-    def run(self, job: StageJob, then: type[Stage] | None = None) -> StageStats:
-        """Run ``job`` here (``then``, the next stage, is for runners that can start it ahead)."""
+    def run(self, job: StageJob, next_stage: type[Stage] | None = None) -> StageStats:
+        """Run ``job`` here (``next_stage`` is for runners that can start its worker ahead)."""
         with self._lock:
             key = (job.stage, json.dumps(job.params, sort_keys=True, default=str))
             stage = self._stages.get(key)

@@ -11,6 +11,9 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -64,3 +67,33 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_block_after(text: str, marker: str) -> list[str]:
+    """Command lines of the first ```bash block after ``marker`` (comments dropped)."""
+    block = re.search(r"```bash\n(.*?)```", text[text.index(marker):], flags=re.S).group(1)
+    lines = [re.split(r"\s+#\s", line, maxsplit=1)[0].strip() for line in block.replace("\\\n", " ").splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+@pytest.fixture(scope="session")
+def quick_start(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A new user's first minutes, run once for the session: README.md's Quick start `dubline demo`
+    and the lines the README gives after it, each in a shell in one folder, exactly as printed
+    (the venv active). Returns the folder and what each command printed (by its subcommand);
+    fails if any of them exits non-zero."""
+    folder = tmp_path_factory.mktemp("quick_start")
+    readme = (ROOT / "README.md").read_text()
+    lines = [readme_block_after(readme, "## Quick start")[-1], *readme_block_after(readme, "Then, in the same folder")]
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("RAY_ADDRESS", "PREFECT_API_URL", "PREFECT_LOGGING_LEVEL", "CI")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # what `source .venv/bin/activate` does
+    printed = {}
+    for line in lines:
+        done = subprocess.run(["bash", "-c", line], cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"`{line}`:\n{done.stdout}\n{done.stderr}"
+        printed[line.split()[1]] = done.stdout
+    return folder, printed

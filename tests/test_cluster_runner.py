@@ -165,10 +165,18 @@ def test_the_next_stage_s_worker_starts_while_a_job_runs_and_takes_its_job(ray_c
     try:
         runner.run(StageJob(ProbeStage, {}, titles, "t", rows=({"title_id": "t", "mode": "dub",
                                                                 "source_url": str(media["two_shots"])},)),
-                   then=ShotsStage)
+                   next_stage=ShotsStage)
         (started,) = [w.actor for w in runner._workers if w.pool[0] is ShotsStage]  # before any shots job
         runner.run(StageJob(ShotsStage, {}, str(tmp_path / "shots.parquet"), "t", input_url=titles))
         assert [w.actor for w in runner._workers if w.pool[0] is ShotsStage] == [started]  # it took the job
+
+        def fails(stage, params):
+            raise RuntimeError("no room today")
+
+        runner.prepare = fails  # starting ahead is an optimisation: its failure fails no job, holds no worker
+        again = runner.run(StageJob(ShotsStage, {}, str(tmp_path / "again.parquet"), "t", input_url=titles),
+                           next_stage=FaceStage)
+        assert again.rows_out == 2 and not any(w.busy for w in runner._workers)  # the two shots
     finally:
         runner.shutdown()
 

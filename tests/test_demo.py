@@ -1,6 +1,7 @@
-"""``dubline demo`` run for real (made small: short lines, a 256 px portrait), and what a rerun into
-its run folder recomputes: a changed encode option only the encode and the report, a changed
-driving option everything from the coefficients on; a title that fails makes the exit code 1."""
+"""``dubline demo`` as a new user runs it (the README's Quick start, run once by the ``quick_start``
+fixture), what it made, and what a rerun into its run folder recomputes: a changed encode option
+only the encode and the report, a changed driving option everything from the coefficients on; a
+title that fails makes the exit code 1."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from dubline.flows import demo as demo_module
 from dubline.flows.cli import main
+from dubline.flows.demo import DEMO_PORTRAIT_SIZE, DEMO_SPEECH
 from dubline.stages.face_model.geometry import (
     CHIN,
     LEFT_EYE_LIDS,
@@ -26,10 +27,7 @@ from dubline.stages.face_model.geometry import (
 from dubline.stages.face_model.landmarks import FaceLandmarker
 from dubline.stages.speech.espeak import synthesize
 
-pytestmark = [pytest.mark.timeout(400), pytest.mark.usefixtures("prefect_harness")]
-
-#: Short lines (about 1.2 s each) so the demo's two steps take well under a minute of stage work.
-SPEECH = {"en": ("en", "Hello, my friend."), "fr": ("fr", "Bonjour, mon ami.")}
+pytestmark = [pytest.mark.timeout(1200), pytest.mark.usefixtures("prefect_harness")]
 
 
 def decode(url: str) -> tuple[np.ndarray, float, float]:
@@ -42,13 +40,10 @@ def decode(url: str) -> tuple[np.ndarray, float, float]:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(demo_module, "DEMO_SPEECH", SPEECH)
-        patch.setattr(demo_module, "DEMO_PORTRAIT_SIZE", 256)
-        result = CliRunner().invoke(main, ["demo", "--out", str(out), "--executor", "local", "--quiet"])
-    return out, result
+def demo(quick_start) -> tuple[Path, str]:
+    """(the demo's folder, what `dubline demo` printed)."""
+    folder, printed = quick_start
+    return folder / "dubline-demo", printed["demo"]
 
 
 def state(run: Path) -> dict:
@@ -56,11 +51,10 @@ def state(run: Path) -> dict:
 
 
 def test_demo_makes_a_talking_portrait_and_dubs_it_into_french(demo):
-    out, result = demo
-    assert result.exit_code == 0, result.output
+    out, printed = demo
     run = out / "run"
     talking, dubbed = run / "outputs" / "portrait" / "portrait.en.mp4", run / "outputs" / "video" / "video.fr.mp4"
-    assert str(talking) in result.output and str(dubbed) in result.output  # it says where to look
+    assert str(talking) in printed and str(dubbed) in printed  # it says where to look
     titles = state(run)["titles"]
     assert titles["portrait"]["languages"]["en"]["status"] == "done" and titles["video"]["languages"]["fr"]["status"] == "done"
     for title, language in (("portrait", "en"), ("video", "fr")):
@@ -73,8 +67,8 @@ def test_demo_makes_a_talking_portrait_and_dubs_it_into_french(demo):
     avatar, avatar_s, avatar_audio_s = decode(str(talking))
     dub, dub_s, dub_audio_s = decode(str(dubbed))
     # The avatar lasts as long as its (padded) speech; the dub keeps the avatar's picture and length.
-    speech_s = max(synthesize(text, voice=voice).duration_s for voice, text in SPEECH.values()) + 0.3
-    assert avatar.shape == dub.shape and avatar.shape[1:] == (256, 256, 3)
+    speech_s = max(synthesize(text, voice=voice).duration_s for voice, text in DEMO_SPEECH.values()) + 0.3
+    assert avatar.shape == dub.shape and avatar.shape[1:] == (DEMO_PORTRAIT_SIZE, DEMO_PORTRAIT_SIZE, 3)
     assert len(avatar) == round(speech_s * 25) and avatar_s == pytest.approx(speech_s, abs=0.05)
     assert dub_s == pytest.approx(avatar_s, abs=0.01) and dub_audio_s == pytest.approx(avatar_s, abs=0.05)
     assert avatar_audio_s == pytest.approx(avatar_s, abs=0.05)
@@ -94,8 +88,7 @@ def test_demo_makes_a_talking_portrait_and_dubs_it_into_french(demo):
 def test_a_changed_option_reruns_only_what_depends_on_it_and_a_failed_title_exits_1_in_its_run(demo):
     """Reruns ``dubline run`` into the demo's run folder (so it runs after the test above, which
     reads the demo's own outputs): the dub's row with changed options, then beside a broken title."""
-    out, result = demo
-    assert result.exit_code == 0, result.output
+    out, _ = demo
     run, inputs = out / "run", out / "inputs"
     output = run / "outputs" / "video" / "video.fr.mp4"
     before, frames = state(run)["titles"]["video"], len(decode(str(output))[0])

@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("ray_cluster", "
 
 
 @pytest.fixture(scope="module")
-def first_run(media, tmp_path_factory) -> tuple[Path, Path, dict]:
+def first_run(media, tmp_path_factory, ray_cluster, prefect_harness) -> tuple[Path, Path, dict]:
     """(catalogue, run folder, summary) of one catalogue run that the tests below share, in file
     order: the first reads what it made, the next ones rerun into the same folder. The French
     dub of ``portraits`` is a copy, so that a test can change it."""
@@ -193,10 +193,10 @@ def test_cli_script_reaches_the_audio_job_and_a_changed_script_recomputes_from_a
     audio_rows = []
     run_job = SequentialRunner.run
 
-    def spying(runner, job, then=None):
+    def spying(runner, job, next_stage=None):
         if job.stage.name == "audio":
             audio_rows.extend(job.rows)
-        return run_job(runner, job, then)
+        return run_job(runner, job, next_stage)
 
     monkeypatch.setattr(SequentialRunner, "run", spying)
     script = tmp_path / "fr.srt"

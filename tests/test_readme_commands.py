@@ -15,6 +15,8 @@ from pathlib import Path
 import click
 import pytest
 
+from tests.conftest import readme_block_after
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pydantic, inside ray.serve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,41 +99,22 @@ def test_object_store_examples_say_which_extra_they_need(doc):
             assert extra in text, f"{doc.name} uses {scheme} without naming pip install -e {extra}"
 
 
-def _block_after(text: str, marker: str) -> list[str]:
-    """Command lines of the first ```bash block after ``marker`` (comments dropped)."""
-    block = re.search(r"```bash\n(.*?)```", text[text.index(marker):], flags=re.S).group(1)
-    lines = [re.split(r"\s+#\s", line, maxsplit=1)[0].strip() for line in block.replace("\\\n", " ").splitlines()]
-    return [line for line in lines if line and not line.startswith("#")]
-
-
 @pytest.mark.timeout(1200)
-def test_the_quick_start_demo_and_what_follows_it_run_as_written(tmp_path):
-    """A new user's first minutes, executed: the Quick start's `dubline demo` and then the lines the
-    README gives after it, each in a shell in one folder, exactly as printed (the venv active)."""
-    import os
-    import subprocess
-    import sys
-
+def test_the_quick_start_demo_and_what_follows_it_run_as_written(quick_start):
+    """A new user's first minutes, executed (the ``quick_start`` fixture): the Quick start's
+    `dubline demo` and then the lines the README gives after it, as printed, in one folder."""
     readme = (ROOT / "README.md").read_text()
-    quick_start = _block_after(readme, "## Quick start")
-    assert quick_start[-1] == "dubline demo"
-    after = _block_after(readme, "Then, in the same folder")
+    assert readme_block_after(readme, "## Quick start")[-1] == "dubline demo"
+    after = readme_block_after(readme, "Then, in the same folder")
     assert [line.split()[1] for line in after] == ["status", "report", "inspect", "dub"]
-    env = {name: value for name, value in os.environ.items()
-           if name not in ("RAY_ADDRESS", "PREFECT_API_URL", "PREFECT_LOGGING_LEVEL", "CI")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # what `source .venv/bin/activate` does
-    printed = {}
-    for line in [quick_start[-1], *after]:
-        done = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, f"`{line}`:\n{done.stdout}\n{done.stderr}"
-        printed[line.split()[1]] = done.stdout
+    folder, printed = quick_start
     demo = printed["demo"].splitlines()
     assert demo[0].startswith("1/2 avatar:") and "where to look:" in demo  # as the README shows it
-    assert (tmp_path / "dubline-demo" / "run" / "outputs" / "video" / "video.fr.mp4").exists()
+    assert (folder / "dubline-demo" / "run" / "outputs" / "video" / "video.fr.mp4").exists()
     assert "video: done" in printed["status"] and "video [fr]:" in printed["report"]
-    sheet = tmp_path / printed["inspect"].strip()  # printed relative to the shell's folder
+    sheet = folder / printed["inspect"].strip()  # printed relative to the shell's folder
     assert sheet.name == "video.fr.png" and sheet.exists()
     import av
 
-    with av.open(str(tmp_path / "portrait.fr.mp4")) as dubbed:
+    with av.open(str(folder / "portrait.fr.mp4")) as dubbed:
         assert dubbed.streams.video and dubbed.streams.audio

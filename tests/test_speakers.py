@@ -513,10 +513,10 @@ def test_cli_stems_and_binding_reach_the_coeffs_job_and_a_changed_binding_recomp
     coeffs_rows = []
     run_job = SequentialRunner.run
 
-    def spying(runner, job, then=None):
+    def spying(runner, job, next_stage=None):
         if job.stage.name == "coeffs":
             coeffs_rows.extend(job.rows)
-        return run_job(runner, job, then)
+        return run_job(runner, job, next_stage)
 
     monkeypatch.setattr(SequentialRunner, "run", spying)
     binding = tmp_path / "speakers.csv"

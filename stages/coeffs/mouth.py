@@ -80,8 +80,9 @@ def drive_mouth(analysis: SpeechAnalysis, log_priors: np.ndarray, texts: list[Du
     notes = []
     for text in texts:
         what = text.path.removesuffix("-aligned")
-        if not text.spans:
-            notes.append(f"no {what} words sure enough to align")
+        if not text.spans:  # a transcript of unsure words only, or a script timed past the audio
+            notes.append("no transcript words sure enough to align" if what == "transcript"
+                         else f"no {what} text within the audio")
             continue
         voice = espeak_voice(text.language)
         if voice is None:

@@ -54,7 +54,8 @@ def spans_from_words(words: Sequence[dict], min_probability: float = 0.0, max_ga
     spans: list[TextSpan] = []
     current: list[dict] = []
     for word in words:
-        unsure = (word.get("probability") if word.get("probability") is not None else 1.0) < min_probability
+        probability = word.get("probability")
+        unsure = probability is not None and probability < min_probability
         if current and (unsure or word["start_s"] - current[-1]["end_s"] > max_gap_s
                         or word["end_s"] - current[0]["start_s"] > max_span_s):
             spans.append(_span(current))

@@ -89,7 +89,7 @@ class CompositeStage(Stage):
     """
 
     name = "composite"
-    version = "5"  # 5: the source as shown; its colour, bit depth and codec kept; faces pasted in YUV
+    version = "6"  # 5: the source as shown; its colour, bit depth and codec kept; faces pasted in YUV; 6: through a box
     resources = Resources(cpus=1.0, memory_gb=1.0)
     output_schema = OUTPUTS
     job_row = CompositeJob
@@ -245,10 +245,9 @@ class _Output:
         cover (luma) and the chroma samples those touch change; the rest stay bit-identical.
 
         Only a box around the crops goes through RGB and back (``paste_box``), not the whole
-        frame: swscale converts the box's pixels exactly as it converts them in the whole frame,
-        and the crops are warped on the box's grid (a 1/1024 px rounding apart from the frame's:
-        on talk_en_man_map, at most two levels on at most 61 of its 1,068,504 samples a frame). On its 844² frames the
-        composite stage takes 0.56× the time of whole-frame conversions.
+        frame: swscale converts the box's samples exactly as in the whole frame; the crops are
+        warped on the box's grid, whose fixed-point rounding differs from the frame's by a level
+        or two on a few samples.
         """
         if not crops:
             return base
