@@ -18,7 +18,11 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+import av  # noqa: E402
+import numpy as np  # noqa: E402
+
 from dubline.flows.demo import astronaut, grace_hopper, write_portrait_clip  # noqa: E402
+from dubline.stages.sequential import SequentialRunner  # noqa: E402
 from dubline.stages.speech.espeak import synthesize, write_wav  # noqa: E402
 
 CLIP_FPS = 25
@@ -97,3 +101,33 @@ def quick_start(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         assert done.returncode == 0, f"`{line}`:\n{done.stdout}\n{done.stderr}"
         printed[line.split()[1]] = done.stdout
     return folder, printed
+
+
+def write_silence(path: Path, seconds: float) -> Path:
+    """A WAV file of ``seconds`` of digital silence (16 kHz mono), e.g. a dub with nothing said."""
+    with av.open(str(path), "w", format="wav") as out:
+        stream = out.add_stream("pcm_s16le", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, round(16000 * seconds)), np.int16), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 16000, 0
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+@pytest.fixture
+def rows_sent_to(monkeypatch):
+    """``rows_sent_to(stage_name)`` -> a list that collects the job rows the in-process runner is
+    given for that stage from then on (what the CLI asked of it, seen from inside)."""
+    def spy(stage_name: str) -> list[dict]:
+        rows: list[dict] = []
+        run = SequentialRunner.run
+
+        def spying(runner, job, next_stage=None):
+            if job.stage.name == stage_name:
+                rows.extend(job.rows)
+            return run(runner, job, next_stage)
+
+        monkeypatch.setattr(SequentialRunner, "run", spying)
+        return rows
+
+    return spy

@@ -25,7 +25,6 @@ from dubline.schemas.manifest_io import read_rows
 from dubline.schemas.manifests import DRIVEN_COEFFS
 from dubline.stages.face_model.geometry import LOWER_LIP_INNER, UPPER_LIP_INNER
 from dubline.stages.face_model.landmarks import FaceLandmarker
-from dubline.stages.sequential import SequentialRunner
 from dubline.stages.speech.espeak import synthesize, write_wav
 from tests.conftest import CLIP_FPS, CLIP_SIZE, SHOT_SECONDS
 
@@ -189,16 +188,8 @@ def test_avatar_mode_makes_a_talking_video_whose_mouth_follows_the_speech(tmp_pa
     assert np.corrcoef(gaps, jaw)[0, 1] > 0.6
 
 
-def test_cli_script_reaches_the_audio_job_and_a_changed_script_recomputes_from_audio_on(media, tmp_path, monkeypatch):
-    audio_rows = []
-    run_job = SequentialRunner.run
-
-    def spying(runner, job, next_stage=None):
-        if job.stage.name == "audio":
-            audio_rows.extend(job.rows)
-        return run_job(runner, job, next_stage)
-
-    monkeypatch.setattr(SequentialRunner, "run", spying)
+def test_cli_script_reaches_the_audio_job_and_a_changed_script_recomputes_from_audio_on(media, tmp_path, rows_sent_to):
+    audio_rows = rows_sent_to("audio")
     script = tmp_path / "fr.srt"
     script.write_text("1\n00:00:00,100 --> 00:00:01,500\nBonjour, comment allez-vous ?\n", encoding="utf-8")
     command = ["dub", str(media["one_shot"]), str(media["dub_fr"]), "-o", str(tmp_path / "out.mp4"), "--language", "fr",

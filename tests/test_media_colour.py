@@ -24,6 +24,7 @@ from dubline.stages.composite.stage import _Output, paste_box
 from dubline.stages.media import Colour, describe, rgb_frames
 from dubline.stages.probe import ProbeStage
 from dubline.stages.sequential import SequentialRunner
+from tests.conftest import write_silence
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -90,23 +91,13 @@ def hdr_from_sdr(sdr: Path, out: Path, transfer: str) -> Path:
     return out
 
 
-def silence(path: Path, seconds: float = 0.4) -> Path:
-    with av.open(str(path), "w", format="wav") as out:
-        stream = out.add_stream("pcm_s16le", rate=16000, layout="mono")
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, round(16000 * seconds)), np.int16), format="s16", layout="mono")
-        frame.sample_rate, frame.pts = 16000, 0
-        out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return path
-
-
 def dub(tmp_path: Path, source: Path, **options) -> tuple[dict, dict]:
     """Probe and composite (no face pasted): the title row and the output row."""
     runner = SequentialRunner()
     titles, outputs = str(tmp_path / "titles.parquet"), str(tmp_path / "outputs.parquet")
     runner.run(StageJob(ProbeStage, {}, titles, "t", rows=({"title_id": "t", "mode": "dub", "source_url": str(source)},)))
     options = {"crf": None, "preset": "ultrafast", "audio_tolerance_s": 2.0, **options}
-    row = {"title_id": "t", "language": "fr", "titles_url": titles, "dub_audio_url": str(silence(tmp_path / "dub.wav")),
+    row = {"title_id": "t", "language": "fr", "titles_url": titles, "dub_audio_url": str(write_silence(tmp_path / "dub.wav", 0.4)),
            "output_url": str(tmp_path / "out.mp4"), "options_json": json.dumps(options), "render_url": None}
     runner.run(StageJob(CompositeStage, {}, outputs, "t", rows=(row,)))
     return read_rows(titles, TITLES)[0], read_rows(outputs, OUTPUTS)[0]

@@ -20,6 +20,7 @@ from dubline.stages.composite import CompositeStage
 from dubline.stages.media import Orientation, describe, load_still, rgb_frames
 from dubline.stages.probe import ProbeStage
 from dubline.stages.sequential import SequentialRunner
+from tests.conftest import write_silence
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -112,16 +113,6 @@ def test_any_other_angle_turns_the_whole_picture_onto_a_larger_canvas(tmp_path):
     assert abs(xs.mean() - expected[0]) < 2.5 and abs(ys.mean() - expected[1]) < 2.5
 
 
-def write_silence(path: Path, seconds: float) -> str:
-    with av.open(str(path), "w", format="wav") as out:
-        stream = out.add_stream("pcm_s16le", rate=16000, layout="mono")
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, round(16000 * seconds)), np.int16), format="s16", layout="mono")
-        frame.sample_rate, frame.pts = 16000, 0
-        out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return str(path)
-
-
 @pytest.mark.parametrize("matrix", [(-90, False, False), (90, True, False)], ids=["phone", "mirrored"])
 def test_the_dubbed_output_is_upright_as_the_source_is_shown(tmp_path, matrix):
     source = str(corner_clip(tmp_path / "phone.mp4", *matrix, frames=25))
@@ -130,7 +121,7 @@ def test_the_dubbed_output_is_upright_as_the_source_is_shown(tmp_path, matrix):
     runner.run(StageJob(ProbeStage, {}, titles, "t", rows=({"title_id": "t", "mode": "dub", "source_url": source},)))
     outputs = str(tmp_path / "outputs.parquet")
     options = {"crf": None, "preset": "ultrafast", "audio_tolerance_s": 2.0}
-    row = {"title_id": "t", "language": "fr", "titles_url": titles, "dub_audio_url": write_silence(tmp_path / "dub.wav", 1.0),
+    row = {"title_id": "t", "language": "fr", "titles_url": titles, "dub_audio_url": str(write_silence(tmp_path / "dub.wav", 1.0)),
            "output_url": str(tmp_path / "out.mp4"), "options_json": json.dumps(options), "render_url": None}
     runner.run(StageJob(CompositeStage, {}, outputs, "t", rows=(row,)))
     (title,), (output,) = read_rows(titles, TITLES), read_rows(outputs, OUTPUTS)

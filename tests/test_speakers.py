@@ -503,22 +503,14 @@ def test_dialogue_of_real_clips_drives_only_the_face_that_talks(tmp_path):
 @pytest.mark.timeout(600)
 @pytest.mark.usefixtures("prefect_harness")
 def test_cli_stems_and_binding_reach_the_coeffs_job_and_a_changed_binding_recomputes_from_coeffs_on(
-        puppet_dialogue, tmp_path, monkeypatch):
+        puppet_dialogue, tmp_path, rows_sent_to):
     from click.testing import CliRunner
 
     from dubline.flows.cli import main
 
     _, media, run = puppet_dialogue
     left, right, alone = faces_of(run)
-    coeffs_rows = []
-    run_job = SequentialRunner.run
-
-    def spying(runner, job, next_stage=None):
-        if job.stage.name == "coeffs":
-            coeffs_rows.extend(job.rows)
-        return run_job(runner, job, next_stage)
-
-    monkeypatch.setattr(SequentialRunner, "run", spying)
+    coeffs_rows = rows_sent_to("coeffs")
     binding = tmp_path / "speakers.csv"
     binding.write_text(f"shot,track,speaker\n0,{left},S1\n0,{right},S2\n1,{alone},none\n")
     stems = [f"--speaker={name}={path}" for name, path in media["stems"].items() if name != "S3"]
