@@ -79,7 +79,7 @@ class TrackLinker:
     def pop_finished(self, frame: int) -> list[Track]:
         """Remove and return the tracks that frames after ``frame`` can no longer extend."""
         full = [t for t in self.tracks if self.max_length is not None and len(t.frames) >= self.max_length]
-        done = full + [t for t in self.tracks if frame + 1 - t.last_frame > self.max_gap + 1 and t not in full]
+        done = full + [t for t in self.tracks if frame + 1 - t.last_frame > self.max_gap + 1 and all(t is not f for f in full)]
         self.tracks = [t for t in self.tracks if all(t is not d for d in done)]
         self._continued += [(t.last_frame, t.boxes[-1], t.best_score) for t in full]
         return done
