@@ -22,6 +22,9 @@ class StagePolicy:
     #: measured on a 2-core CPU machine (e.g. faces 57 frames/s, render 20 frames/s at 700 px).
     timeout_base_s: float = 1800.0
     timeout_per_media_s: float = 60.0
+    #: Seconds of title per job for a stage that runs in frame ranges (``Stage.join_ranges``), so
+    #: that one long title uses many workers; None: one job per title.
+    range_s: float | None = None
 
 
 DEFAULT_POLICY = StagePolicy()
@@ -30,7 +33,8 @@ POLICIES: dict[str, StagePolicy] = {
     "probe": StagePolicy(max_workers=4, timeout_per_media_s=0.0),
     "shots": StagePolicy(max_workers=4),
     "faces": StagePolicy(max_workers=2),
-    "render": StagePolicy(max_workers=2),
+    # ~15 s per job: a minute of video keeps four workers busy; planning a range costs ~1 % of it
+    "render": StagePolicy(max_workers=8, range_s=15.0),
     # GFPGAN without a GPU: ~7 s per 512 px crop, 175 s per second of one face at 25 fps
     "enhance": StagePolicy(max_workers=1, timeout_per_media_s=600.0),
     "composite": StagePolicy(max_workers=4),
@@ -65,3 +69,13 @@ def job_timeout_s(stage_name: str, duration_s: float | None) -> float | None:
     policy = policy_for(stage_name)
     duration = UNKNOWN_DURATION_S if duration_s is None else max(0.0, duration_s)
     return scale * (policy.timeout_base_s + policy.timeout_per_media_s * duration)
+
+
+def frame_ranges(stage_name: str, frame_count: int, fps: float) -> list[tuple[int, int]]:
+    """Title frames [start, end) of the jobs ``stage_name`` runs one title of ``frame_count`` frames
+    at ``fps`` as: equal ranges of about the policy's ``range_s`` seconds (the last range takes
+    the remainder); one range when the policy has none or the title is not longer."""
+    range_s = policy_for(stage_name).range_s
+    count = 1 if not range_s or fps <= 0 else max(1, round(frame_count / (range_s * fps)))
+    edges = [round(i * frame_count / count) for i in range(count + 1)]
+    return list(zip(edges[:-1], edges[1:]))

@@ -92,7 +92,7 @@ def _language(run_url: str, title_id: str, language: str, titles_url: str, shots
     audio_url = tasks.audio(run_url, title_id, language, titles_url, dub, options, whisper_model,
                             dub_entry.dub_script_url)
     coeffs_url = tasks.coeffs(run_url, title_id, language, titles_url, faces_url, audio_url, options)
-    render_url = tasks.render(run_url, title_id, language, faces_url, coeffs_url, enhanced=bool(enhancer_weights))
+    render_url = tasks.render(run_url, title_id, language, titles_url, faces_url, coeffs_url, enhanced=bool(enhancer_weights))
     faces_out = tasks.enhance(run_url, title_id, language, render_url, faces_url, enhancer_weights)
     outputs_url = tasks.composite(run_url, title_id, language, titles_url, dub, options, faces_out, faces_url)
     run = tasks.session_for(run_url).run

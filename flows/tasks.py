@@ -6,18 +6,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prefect import task
 
+from dubline.cluster.policy import frame_ranges, policy_for
 from dubline.flows import progress
 from dubline.flows.run_folder import RunFolder, in_pipeline_order, stage_key
 from dubline.schemas import storage
-from dubline.schemas.manifest_io import read_rows
+from dubline.schemas.manifest_io import read_rows, write_manifest
+from dubline.schemas.manifests import TITLES
 from dubline.stages.audio.stage import AudioStage
-from dubline.stages.base import Stage, StageJob, StageStats, TitleError
+from dubline.stages.base import Stage, StageJob, StageStats, TitleError, join_metrics
 from dubline.stages.coeffs.stage import CoeffsStage
 from dubline.stages.composite import CompositeStage
 from dubline.stages.enhance import EnhanceStage
@@ -73,7 +78,7 @@ def session_for(run_url: str) -> Session:
     return _SESSIONS[run_url.rstrip("/")]
 
 
-def _execute(
+def _job(
     run_url: str,
     stage: type[Stage],
     title_id: str,
@@ -84,8 +89,11 @@ def _execute(
     params: dict[str, Any] | None = None,
     with_chunks: bool = False,
     next_stage: type[Stage] | None = None,
-) -> str:
-    """Run ``stage`` unless its keyed output is already complete; returns the manifest URL.
+    part: str = "",
+) -> tuple[str, str, dict[str, Any], bool]:
+    """Run one job of ``stage`` unless its keyed output is already complete; returns the manifest
+    URL, its key, the job's record (stats) and whether it ran now. ``part`` names a frame range
+    ("range 2/4") in the log, and leaves the progress and run state to the caller.
 
     ``next_stage``: the stage (default parameters) that runs next on this title: the runner may
     start its worker while this job runs.
@@ -106,25 +114,89 @@ def _execute(
         rows = tuple({**row, "chunks_url": url.removesuffix(".parquet") + ".chunks"} for row in rows)
     record = run.finished(stage.name, title_id, key)
     executed = record is None
+    what = f"{stage.name} {title_id}{f' [{language}]' if language else ''}{f' {part}' if part else ''}"
     if executed:
         try:
             stats = session.runner.run(StageJob(stage, params, url, title_id, rows=rows, input_url=input_url), next_stage)
         except Exception as exc:
             run.count(stage.name, "failed")
-            progress.advance(stage.name)
-            run.log(f"{stage.name} {title_id}{f' [{language}]' if language else ''} failed: {exc}")
+            if not part:
+                progress.advance(stage.name)
+            run.log(f"{what} failed: {exc}")
             raise
         published = ([row[name] for row in read_rows(url, stage.output_schema) for name in stage.published if row[name]]
                      if stage.published else [])  # only stages that publish files read their output back
         run.mark_finished(stage.name, title_id, key, stats, published)
         record = stats.to_dict()
     run.count(stage.name, "executed" if executed else "skipped")
+    run.log(f"{what} " + (f"done in {record['seconds']:.2f} s on {record['worker']}" if executed else f"reused {key}"))
+    return url, key, record, executed
+
+
+def _execute(run_url: str, stage: type[Stage], title_id: str, *, language: str | None = None, **job: Any) -> str:
+    """Run ``stage``'s job for a title (``_job``'s arguments) and record it in the run state;
+    returns the manifest URL."""
+    url, key, record, executed = _job(run_url, stage, title_id, language=language, **job)
+    _record(run_url, stage, title_id, language, key, record, executed)
+    return url
+
+
+def _execute_ranges(run_url: str, stage: type[Stage], title_id: str, titles_url: str, *, language: str | None,
+                    row: dict[str, Any], next_stage: type[Stage] | None = None) -> str:
+    """Run ``stage`` for a title as one job per frame range (``cluster.policy.frame_ranges``),
+    as many at once as the runner takes, and join their outputs (``Stage.join_ranges``) into the
+    manifest one job would have written; returns its URL. A short title (or a still) is one job.
+
+    Each range is a job of its own, with its own key and completion marker: a run stopped midway
+    resumes with the ranges that had not finished. A failed range fails the title once every
+    range has ended, so the finished ones are kept.
+    """
+    (title,) = read_rows(titles_url, TITLES)
+    ranges = [] if title["still"] else frame_ranges(stage.name, title["frame_count"], title["fps"])
+    if len(ranges) <= 1:
+        return _execute(run_url, stage, title_id, language=language, rows=(row,), with_chunks=True,
+                        next_stage=next_stage)
+    started = time.perf_counter()
+    at_once = min(len(ranges), policy_for(stage.name).max_workers)  # more would only wait for a worker
+    with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix=f"{stage.name}-ranges") as pool:
+        futures = [pool.submit(_job, run_url, stage, title_id, language=language,
+                               rows=({**row, "frame_range": frame_range},), with_chunks=True, next_stage=next_stage,
+                               part=f"range {i + 1}/{len(ranges)} (frames {frame_range[0]}-{frame_range[1] - 1})")
+                   for i, frame_range in enumerate(ranges)]
+        wait(futures)
+    try:
+        parts = [future.result() for future in futures]
+    except Exception:
+        progress.advance(stage.name)
+        raise
+    run = session_for(run_url).run
+    key = stage_key(stage, {}, {"ranges": [part_key for _, part_key, _, _ in parts]})
+    url = run.manifest_url(stage.name, title_id, key)
+    record = run.finished(stage.name, title_id, key)
+    if record is None:
+        joining = time.perf_counter()
+        joined = stage.join_ranges([read_rows(part_url, stage.output_schema) for part_url, *_ in parts])
+        write_manifest(joined, stage.output_schema, url)
+        records = [part_record for _, _, part_record, _ in parts]
+        stats = StageStats(
+            stage=stage.name, title_id=title_id, rows_in=sum(r["rows_in"] for r in records), rows_out=len(joined),
+            seconds=round(sum(r["seconds"] for r in records) + time.perf_counter() - joining, 4),
+            dropped=dict(sum((Counter(r["dropped"]) for r in records), Counter())),
+            metrics=join_metrics([r["metrics"] for r in records], stage.counted_metrics),
+            worker=", ".join(dict.fromkeys(r["worker"] for r in records)))
+        run.mark_finished(stage.name, title_id, key, stats)
+        record = stats.to_dict()
+    # seconds: the ranges' jobs added up; wall_seconds: from the first range's start to the join
+    record = {**record, "ranges": len(ranges), "wall_seconds": round(time.perf_counter() - started, 4)}
+    _record(run_url, stage, title_id, language, key, record, any(executed for *_, executed in parts))
+    return url
+
+
+def _record(run_url: str, stage: type[Stage], title_id: str, language: str | None, key: str,
+            record: dict[str, Any], executed: bool) -> None:
+    """A finished stage of a title in the progress display and the run state."""
     progress.advance(stage.name)
-    run.log(
-        f"{stage.name} {title_id}{f' [{language}]' if language else ''} "
-        + (f"done in {record['seconds']:.2f} s on {record['worker']}" if executed else f"reused {key}")
-    )
-    run.update_stage(
+    session_for(run_url).run.update_stage(
         title_id,
         language,
         stage.name,
@@ -133,9 +205,9 @@ def _execute(
             "state": "done",
             "executed": executed,
             **{k: record.get(k) for k in ("rows_in", "rows_out", "dropped", "metrics", "seconds", "worker")},
+            **{k: record[k] for k in ("ranges", "wall_seconds") if k in record},
         },
     )
-    return url
 
 
 @task(name="probe", task_run_name="probe-{title_id}")
@@ -190,13 +262,13 @@ def coeffs(run_url: str, title_id: str, language: str, titles_url: str, faces_ur
 
 
 @task(name="render", task_run_name="render-{title_id}-{language}")
-def render(run_url: str, title_id: str, language: str, faces_url: str, coeffs_url: str,
+def render(run_url: str, title_id: str, language: str, titles_url: str, faces_url: str, coeffs_url: str,
            enhanced: bool = False) -> str:
-    """The re-driven faces; ``enhanced``: the enhance stage runs next (it has weights), else the
-    composite does (enhance passes the crops through)."""
+    """The re-driven faces, in frame ranges on a long title; ``enhanced``: the enhance stage runs
+    next (it has weights), else the composite does (enhance passes the crops through)."""
     row = {"title_id": title_id, "language": language, "faces_url": faces_url, "coeffs_url": coeffs_url}
-    return _execute(run_url, RenderStage, title_id, language=language, rows=(row,), with_chunks=True,
-                    next_stage=None if enhanced else CompositeStage)
+    return _execute_ranges(run_url, RenderStage, title_id, titles_url, language=language, row=row,
+                           next_stage=None if enhanced else CompositeStage)
 
 
 @task(name="enhance", task_run_name="enhance-{title_id}-{language}")

@@ -65,6 +65,12 @@ def read_manifest(url: str, schema: ManifestSchema) -> pa.Table:
     return table.cast(schema.arrow)
 
 
+def count_rows(url: str) -> int:
+    """The number of rows of a manifest, from its Parquet footer alone (no column is read)."""
+    with storage.open_url(url, "rb") as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
 def read_rows(url: str, schema: ManifestSchema) -> list[dict[str, Any]]:
     """Rows as dicts. Float-valued list columns (per-frame arrays: landmarks, coefficients, …)
     come as numpy arrays straight from Arrow: as Python lists they would cost ~10× the memory."""

@@ -251,7 +251,7 @@ FRAME_CHUNK = ManifestSchema(
 
 RENDERED_TRACKS = ManifestSchema(
     "rendered_tracks",
-    1,
+    2,  # 2: chunk_index (a title rendered in frame ranges joins its ranges' chunks)
     (
         pa.field("title_id", pa.string(), nullable=False),
         pa.field("language", pa.string(), nullable=False),
@@ -260,6 +260,8 @@ RENDERED_TRACKS = ManifestSchema(
         pa.field("frame_index", pa.list_(pa.int64()), nullable=False),
         # frame chunks of RGBA crops (alpha: where to paste) with their affine back into the frame
         pa.field("chunk_urls", pa.list_(pa.string()), nullable=False),
+        # per chunk: the position of the face-crop chunk (``face_tracks.chunk_urls``) it was rendered from
+        pa.field("chunk_index", pa.list_(pa.int32()), nullable=False),
     ),
 )
 

@@ -68,6 +68,9 @@ class Stage(abc.ABC):
     output_schema: ClassVar[ManifestSchema]
     #: Parameter names and defaults; a stage is constructed with a subset of these.
     defaults: ClassVar[dict[str, Any]] = {}
+    #: Names of figures (``report``) that count things, so add up over a title's frame ranges
+    #: (``join_metrics``); the work counts always do.
+    counted_metrics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **params: Any):
         unknown = set(params) - set(self.defaults)
@@ -82,6 +85,12 @@ class Stage(abc.ABC):
         """Whether a job with these parameters only passes its input on (e.g. enhance without
         weights): a runner may run it where it is instead of starting a worker for it."""
         return False
+
+    @staticmethod
+    def join_ranges(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """The output rows of one job over the whole title from the outputs of jobs over its frame
+        ranges, in range order. Only stages whose job row takes a ``frame_range`` define it."""
+        raise NotImplementedError("this stage does not run in frame ranges")
 
     def setup(self) -> None:
         """Load models and other per-worker state. Called once per worker before any batch."""
@@ -113,6 +122,28 @@ class Stage(abc.ABC):
     def take_metrics(self) -> dict[str, float]:
         metrics, self._metrics = self._metrics, {}
         return metrics
+
+
+def join_metrics(parts: list[dict[str, float]], counted: tuple[str, ...] = ()) -> dict[str, float]:
+    """One job's figures from those of the jobs over its title's frame ranges: counts (the work
+    counts and ``counted``) add up, ``*_max`` and ``*_min`` figures take the extreme, the others
+    are means weighted by each range's face crops (``FACES_RENDERED``; equal weights without)."""
+    weights = {id(p): p.get(FACES_RENDERED, 1.0) for p in parts}
+    joined: dict[str, float] = {}
+    for name in dict.fromkeys(name for part in parts for name in part):
+        having = [p for p in parts if name in p]
+        values = [p[name] for p in having]
+        if name in (FRAMES_PROCESSED, FACES_RENDERED, *counted):
+            joined[name] = float(sum(values))
+        elif name.endswith("_max"):
+            joined[name] = float(max(values))
+        elif name.endswith("_min"):
+            joined[name] = float(min(values))
+        else:
+            total = sum(weights[id(p)] for p in having)
+            joined[name] = (float(sum(weights[id(p)] * p[name] for p in having) / total) if total
+                            else float(sum(values) / len(values)))
+    return joined
 
 
 @dataclass(frozen=True)

@@ -230,7 +230,7 @@ def _rendered(folder: Path) -> tuple[dict, list[np.ndarray]]:
         originals.append({**common, "image": jpeg.tobytes(), "image_format": "jpeg"})
     chunk_url = write_manifest(rows, FRAME_CHUNK, str(folder / "render" / "track0001_0000.parquet"))
     render_url = write_manifest([{"title_id": "t", "language": "de", "shot_index": 0, "track_id": 1,
-                                  "frame_index": [10, 11, 12], "chunk_urls": [chunk_url]}],
+                                  "frame_index": [10, 11, 12], "chunk_urls": [chunk_url], "chunk_index": [0]}],
                                 RENDERED_TRACKS, str(folder / "rendered.parquet"))
     faces_chunk = write_manifest(originals, FRAME_CHUNK, str(folder / "faces" / "track0001_0000.parquet"))
     zeros = lambda width: np.zeros((3, width), np.float32)  # noqa: E731

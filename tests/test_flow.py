@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+from dubline.cluster.policy import POLICIES
 from dubline.flows import progress
 from dubline.flows.cli import main
 from dubline.flows.demo import astronaut
@@ -157,6 +159,21 @@ def test_changed_dub_audio_recomputes_only_that_language(first_run, media):
     assert again["invocation"]["stages_executed"] == {"audio": 1, "coeffs": 1, "render": 1, "enhance": 1, "composite": 1,
                                                      "report": 1}
     assert again["titles"]["portraits"]["status"] == "done"
+
+
+def test_a_title_renders_in_frame_ranges_on_two_ray_workers(media, tmp_path, monkeypatch):
+    # Ranges of 0.6 s: the two-shot clip's 60 frames are four ranges, and each shot's track has
+    # its chunk in one of them (frames 0 and 30). The policy is read in the driver.
+    monkeypatch.setitem(POLICIES, "render", dataclasses.replace(POLICIES["render"], range_s=0.6))
+    catalogue = tmp_path / "catalogue.yaml"
+    catalogue.write_text(yaml.safe_dump([{"title_id": "long", "video": str(media["two_shots"]), "language": "fr",
+                                          "dub_audio": str(media["dub_fr"])}]))
+    summary = localize_catalogue(catalogue=str(catalogue), out=str(tmp_path / "run"))
+    assert summary["titles"]["long"]["status"] == "done"
+    assert summary["invocation"]["stages_executed"]["render"] == 4
+    render = json.loads((tmp_path / "run" / "run.json").read_text())["titles"]["long"]["languages"]["fr"]["stages"]["render"]
+    assert render["ranges"] == 4 and render["rows_in"] == 4 and render["rows_out"] >= 1
+    assert len(render["worker"].split(", ")) == 2, f"the ranges ran on one worker: {render['worker']}"
 
 
 def test_avatar_mode_makes_a_talking_video_whose_mouth_follows_the_speech(tmp_path):

@@ -23,7 +23,8 @@ def _coeffs_row(tmp_path, **options) -> dict:
 def test_upstream_manifests_enter_the_key_by_their_key_and_places_not_at_all(tmp_path):
     row = {"title_id": "t", "language": "fr", "faces_url": "s3://b/run/manifests/faces/t/f00.parquet",
            "coeffs_url": "/run/manifests/coeffs/t/c01.parquet", "chunks_url": "/run/manifests/render/t/x.chunks"}
-    assert key_inputs(RenderJob, row) == {"title_id": "t", "language": "fr", "faces_url": "f00", "coeffs_url": "c01"}
+    assert key_inputs(RenderJob, row) == {"title_id": "t", "language": "fr", "faces_url": "f00", "coeffs_url": "c01",
+                                         "frame_range": None}
     assert manifest_key("memory://run/manifests/probe/t/9f.parquet") == "9f"
 
 

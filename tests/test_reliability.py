@@ -4,6 +4,7 @@ stage job is restarted and the job retried, on its own and inside a flow run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from dubline.cluster.policy import policy_for
+from dubline.cluster.policy import POLICIES, policy_for
 from dubline.flows.localize import localize_catalogue
 from dubline.schemas.manifest_io import read_rows
 from dubline.schemas.manifests import SHOTS
@@ -112,6 +113,66 @@ def test_killed_driver_resumes_without_recomputing_and_matches_an_uninterrupted_
         assert np.array_equal(got_audio, want_audio)
         # Same encoder settings on the same frames: the files themselves are identical too.
         assert Path(got).read_bytes() == Path(want).read_bytes()
+
+
+#: The CLI with render in frame ranges of 0.4 s (three ranges of the 1.2 s clip), face crops in
+#: chunks of 8 frames (so that each range has chunks of its own) and 1.5 s of sleep after each
+#: render job, so that the test can kill it between two ranges.
+_RANGED_CLI = """
+import dataclasses, sys, time
+from dubline.cluster import policy
+from dubline.stages.faces import FaceStage
+from dubline.stages.render import RenderStage
+policy.POLICIES["render"] = dataclasses.replace(policy.POLICIES["render"], range_s=0.4)
+FaceStage.defaults = {**FaceStage.defaults, "chunk_frames": 8}
+render = RenderStage.process_batch
+RenderStage.process_batch = lambda self, rows: (render(self, rows), time.sleep(1.5))[0]
+from dubline.flows.cli import main
+sys.argv[0] = "dubline"
+main()
+"""
+
+
+def test_driver_killed_between_render_ranges_resumes_only_the_unfinished_ranges(media, tmp_path, monkeypatch):
+    from prefect.settings import PREFECT_API_URL
+
+    from dubline.stages.faces import FaceStage
+
+    monkeypatch.setattr(FaceStage, "defaults", {**FaceStage.defaults, "chunk_frames": 8})
+    catalogue = tmp_path / "catalogue.yaml"
+    catalogue.write_text(yaml.safe_dump([{"title_id": "ep", "video": str(media["one_shot"]), "language": "fr",
+                                          "dub_audio": str(media["dub_fr"])}]))
+    whole = localize_catalogue(catalogue=str(catalogue), out=str(tmp_path / "whole"), executor="local")
+
+    out = tmp_path / "killed"
+    renders = out / "manifests" / "render" / "ep"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _RANGED_CLI, "run", str(catalogue), "--out", str(out), "--executor", "local", "--quiet"],
+        cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 180
+    try:
+        while not renders.exists() or not list(renders.glob("*.done")):
+            assert driver.poll() is None, f"the driver ended before it was killed: {driver.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, "no render range finished"
+            time.sleep(0.02)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    assert len(list(renders.glob("*.done"))) == 1, "killed after the first of three ranges"
+
+    monkeypatch.setitem(POLICIES, "render", dataclasses.replace(POLICIES["render"], range_s=0.4))
+    resumed = localize_catalogue(catalogue=str(catalogue), out=str(out), executor="local")
+    invocation = resumed["invocation"]
+    assert invocation["stages_skipped"]["render"] == 1 and invocation["stages_executed"]["render"] == 2
+    state = json.loads((out / "run.json").read_text())
+    assert state["titles"]["ep"]["languages"]["fr"]["stages"]["render"]["ranges"] == 3
+    log = Path(state["invocations"][-1]["log"]).read_text()
+    assert "render ep [fr] range 1/3 (frames 0-9) reused" in log and "range 3/3 (frames 20-29) done" in log
+    # Ranges joined after a kill: the video a single render job makes, byte for byte.
+    got, want = resumed["titles"]["ep"]["outputs"]["fr"], whole["titles"]["ep"]["outputs"]["fr"]
+    assert Path(got).read_bytes() == Path(want).read_bytes()
 
 
 # --- a Ray worker that dies in a stage job ----------------------------------------------------

@@ -11,7 +11,8 @@ from PIL import Image
 from dubline.flows.demo import astronaut, write_portrait_clip
 from dubline.schemas.manifest_io import read_rows, write_manifest
 from dubline.schemas.manifests import DRIVEN_COEFFS, EXPRESSION_NAMES, FACE_TRACKS, FRAME_CHUNK, RENDERED_TRACKS
-from dubline.stages.base import StageJob
+from dubline.cluster.policy import frame_ranges
+from dubline.stages.base import StageJob, join_metrics
 from dubline.stages.composite.paste import paste
 from dubline.stages.face_model.geometry import (LEFT_BROW, LEFT_EYE_CORNERS, LEFT_EYE_LIDS, LOWER_LIP_INNER, NOSE_TIP,
                                         RIGHT_BROW, RIGHT_EYE_CORNERS, RIGHT_EYE_LIDS, UPPER_LIP_INNER)
@@ -137,7 +138,7 @@ def test_only_driven_frames_are_rendered_and_the_mouth_fades_in(analysed):
     # The alpha is scaled by the weight: 0.2 of full strength at the first frame of the fade.
     assert peak[0] == pytest.approx(0.2 * peak[-1], abs=3) and peak[4] == peak[-1] == 255
     none, _, none_stats = render(analysed, 0.25, np.zeros(frames, np.float32))
-    assert none == [] and "tracks_rendered" not in none_stats.metrics, "a face driven on no frame is not rendered"
+    assert none == [] and "frames_rendered" not in none_stats.metrics, "a face driven on no frame is not rendered"
 
 
 def test_paste_leaves_everything_outside_the_mask_bit_identical():
@@ -172,3 +173,58 @@ def test_avatar_framings(analysed):
     marked[(y0 + y1) // 2, (x0 + x1) // 2] = 255  # the face centre lands in the crop's centre
     ys, xs = np.nonzero(crop(marked)[..., 0])
     assert (width, height) == (512, 512) and abs(ys.mean() - 256) < 4 and abs(xs.mean() - 256) < 4
+
+
+def test_a_title_rendered_in_frame_ranges_joins_into_the_single_job_s_output(analysed, tmp_path):
+    runner, _, urls, _ = analysed
+    # Face crops in chunks of 4 frames (starting at track positions 0, 4, 8, 12), so that the
+    # ranges below own 2, 1 and 1 chunks, and the first range's end cuts through a chunk.
+    faces = str(tmp_path / "faces.parquet")
+    runner.run(StageJob(FaceStage, {"chunk_frames": 4}, faces, "t", rows=(
+        {"title_id": "t", "titles_url": urls["titles"], "shots_url": urls["shots"], "chunks_url": str(tmp_path / "faces")},)))
+    (track,) = read_rows(faces, FACE_TRACKS)
+    assert len(track["frame_index"]) == 15 and len(track["chunk_urls"]) == 4
+    expression = np.asarray(track["expression"], dtype=np.float32).copy()
+    expression[:, JAW] += 0.25
+    weight = np.ones(15, np.float32)
+    weight[:3] = 0.0
+    coeffs = write_manifest([driven_row(track, expression, weight)], DRIVEN_COEFFS, str(tmp_path / "coeffs.parquet"))
+
+    def job(name: str, frame_range):
+        out = str(tmp_path / f"{name}.parquet")
+        stats = runner.run(StageJob(RenderStage, {}, out, "t", rows=({
+            "title_id": "t", "language": "fr", "faces_url": faces, "coeffs_url": coeffs,
+            "chunks_url": str(tmp_path / name), "frame_range": frame_range},)))
+        return read_rows(out, RENDERED_TRACKS), stats
+
+    (whole,), whole_stats = job("whole", None)
+    parts, part_stats = zip(*(job(f"range{i}", r) for i, r in enumerate([(0, 5), (5, 10), (10, 15)])))
+    assert [p[0]["chunk_index"] for p in parts] == [[0, 1], [2], [3]]
+    (joined,) = RenderStage.join_ranges(list(parts))
+    assert joined["frame_index"] == whole["frame_index"] == list(track["frame_index"][3:])
+    assert joined["chunk_index"] == whole["chunk_index"] == [0, 1, 2, 3]
+    # Chunk for chunk the same crops: every range plans the whole track, so it picks the same donors.
+    for mine, theirs in zip(joined["chunk_urls"], whole["chunk_urls"], strict=True):
+        got, want = read_rows(mine, FRAME_CHUNK), read_rows(theirs, FRAME_CHUNK)
+        assert [(r["frame_index"], r["image"], list(r["affine"])) for r in got] == \
+               [(r["frame_index"], r["image"], list(r["affine"])) for r in want]
+    joined_metrics = join_metrics([s.metrics for s in part_stats], RenderStage.counted_metrics)
+    assert joined_metrics["frames_rendered"] == whole_stats.metrics["frames_rendered"] == 12
+    assert joined_metrics["outside_shift_iod_max"] == pytest.approx(whole_stats.metrics["outside_shift_iod_max"])
+
+
+def test_join_metrics_adds_counts_takes_extremes_and_weights_means_by_faces():
+    parts = [{"faces_rendered": 30.0, "frames_rendered": 30.0, "flicker_output": 1.0, "shift_max": 0.2, "fit_min": 0.9},
+             {"faces_rendered": 10.0, "frames_rendered": 10.0, "flicker_output": 3.0, "shift_max": 0.5, "fit_min": 0.7}]
+    assert join_metrics(parts, ("frames_rendered",)) == {
+        "faces_rendered": 40.0, "frames_rendered": 40.0, "flicker_output": 1.5, "shift_max": 0.5, "fit_min": 0.7}
+
+
+@pytest.mark.parametrize(("frames", "fps", "expected"), [
+    (150, 25.0, [(0, 150)]),  # 6 s: one job
+    (1500, 25.0, [(0, 375), (375, 750), (750, 1125), (1125, 1500)]),  # 60 s: four of 15 s
+    (1001, 29.97, [(0, 500), (500, 1001)]),  # 33.4 s: two, the frames shared out evenly
+])
+def test_render_frame_ranges_are_equal_parts_of_about_fifteen_seconds(frames, fps, expected):
+    assert frame_ranges("render", frames, fps) == expected
+    assert frame_ranges("faces", frames, fps) == [(0, frames)], "a stage without range_s runs one job per title"

@@ -183,7 +183,7 @@ def _sample_rows() -> dict[str, list[dict[str, Any]]]:
             {
                 "title_id": "ep01", "language": "fr", "shot_index": 3, "track_id": 0,
                 "frame_index": [120, 121, 122],
-                "chunk_urls": ["/run/manifests/render/ep01/k.chunks/track0000_0000.parquet"],
+                "chunk_urls": ["/run/manifests/render/ep01/k.chunks/track0000_0000.parquet"], "chunk_index": [0],
             },
         ],
         "frame_chunk": [

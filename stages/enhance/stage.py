@@ -182,11 +182,11 @@ class EnhanceStage(Stage):
         for track in tracks:
             urls = []
             originals = faces.get(track["track_id"], [])
-            for k, chunk_url in enumerate(track["chunk_urls"]):
+            for k, chunk_url in zip(track["chunk_index"], track["chunk_urls"]):
                 url = f"{row['chunks_url'].rstrip('/')}/enhanced_track{track['track_id']:04d}_{k:04d}.parquet"
                 if url == chunk_url:
                     raise ValueError(f"enhance: output chunk {url} would overwrite its input")
-                # the render writes one chunk per face-crop chunk, in the same order
+                # each rendered chunk was rendered from the face-crop chunk at its chunk_index
                 counts += self._enhance_chunk(chunk_url, url, originals[k] if k < len(originals) else None)
                 urls.append(url)
             outputs.append({**track, "chunk_urls": urls})

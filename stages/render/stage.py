@@ -19,17 +19,23 @@ pixels as decoded. Where the weight fades in or out at a turn's edges the crop's
 it, so the driven mouth blends into the filmed one over a few frames instead of popping.
 
 Output crops carry an alpha mask (feathered) saying where composite pastes them back.
+
+A long title is rendered in frame ranges (``RenderJob.frame_range``), one job each, on as many
+workers as there are: a job renders the chunks of face crops that start in its range, from the
+same whole-track plan (shapes, donor path) every range computes, so the joined output
+(``join_ranges``) is the one a single job writes, chunk for chunk.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
-from dubline.schemas.manifest_io import read_rows, write_manifest
+from dubline.schemas.manifest_io import count_rows, read_rows, write_manifest
 from dubline.schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS, FRAME_CHUNK, RENDERED_TRACKS
 from dubline.stages.base import Resources, Stage
 from dubline.stages.job_rows import JobRow, Place, Upstream
@@ -81,19 +87,24 @@ class RenderJob(JobRow):
     faces_url: Upstream
     coeffs_url: Upstream
     chunks_url: Place | None = None  # the crops' folder, beside the output manifest
+    #: Title frames [start, end) whose chunks this job renders (a chunk belongs to the range
+    #: holding its first frame); None: all.
+    frame_range: tuple[int, int] | None = None
 
 class RenderStage(Stage):
     """One row per (title, language) -> ``rendered_tracks`` rows + RGBA frame chunks.
 
-    Its job row is a ``RenderJob``. A track that is driven on no frame gets no output row.
+    Its job row is a ``RenderJob``. A track that is driven on no frame (of the job's range) gets no
+    output row.
     """
 
     name = "render"
-    version = "7"  # 7: only driven frames, alpha faded with the driven weight
+    version = "8"  # 7: only driven frames, alpha faded with the driven weight; 8: frame ranges
     resources = Resources(cpus=1.0, memory_gb=2.0)  # OpenCV warps on a box around the mouth: no GPU
     output_schema = RENDERED_TRACKS
     job_row = RenderJob
     defaults = {"webp_quality": 92}
+    counted_metrics = ("frames_rendered",)
 
     def setup(self) -> None:
         from dubline.stages.render.warp import mesh_triangles
@@ -110,19 +121,33 @@ class RenderStage(Stage):
             if not np.any(driven["driven_weight"] > 0):
                 continue  # a face that never speaks keeps its filmed mouth: nothing to render
             track = tracks[driven["track_id"]]
-            urls, rendered, track_figures = self._render_track(track, driven,
-                                                               f"{row['chunks_url']}/track{track['track_id']:04d}")
+            part = self._render_track(track, driven, f"{row['chunks_url']}/track{track['track_id']:04d}",
+                                      row.get("frame_range"))
+            if part is None:
+                continue
+            urls, chunk_index, rendered, track_figures = part
             figures.append(track_figures)
             outputs.append({k: driven[k] for k in ("title_id", "language", "shot_index", "track_id")}
-                           | {"frame_index": rendered, "chunk_urls": urls})
+                           | {"frame_index": rendered, "chunk_urls": urls, "chunk_index": chunk_index})
         self.count_work(frames=len({i for o in outputs for i in o["frame_index"]}),
                         faces=sum(len(o["frame_index"]) for o in outputs))
         if outputs:
-            self.report(tracks_rendered=len(outputs), frames_rendered=sum(len(o["frame_index"]) for o in outputs),
+            self.report(frames_rendered=sum(len(o["frame_index"]) for o in outputs),
                         **_summary(figures),
                         **{f"track{d['track_id']}_{k}": f[k] for d, f in zip(outputs, figures)
                            for k in ("lip_fit_r2", "prior_weight") if np.isfinite(f[k])})
         return outputs
+
+    @staticmethod
+    def join_ranges(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """The output of one job over the whole title from its frame ranges' outputs (in range
+        order): each track's frames and chunks, concatenated."""
+        joined: dict[int, dict[str, Any]] = {}
+        for row in (row for part in parts for row in part):
+            track = joined.setdefault(row["track_id"], {**row, "frame_index": [], "chunk_urls": [], "chunk_index": []})
+            for name in ("frame_index", "chunk_urls", "chunk_index"):
+                track[name] = [*track[name], *row[name]]
+        return list(joined.values())
 
     def _plan(self, track: dict[str, Any], driven: dict[str, Any]) -> TrackPlan:
         """Target shapes and donors of a track (see the module docstring)."""
@@ -151,31 +176,41 @@ class RenderStage(Stage):
         return TrackPlan(targets, list(range(frames)), weights > 0, _BAND_DUB, crossfades(path),
                          candidates[used].tolist(), model)
 
-    def _render_track(self, track: dict[str, Any], driven: dict[str, Any], prefix: str
-                      ) -> tuple[list[str], list[int], dict[str, float]]:
-        """Render one track's crops for the driven coefficients on its driven frames; returns chunk
-        URLs (one per source chunk, so chunks stay paired with the face crops), the frame indices
-        rendered and figures."""
-        plan = self._plan(track, driven)
+    def _render_track(self, track: dict[str, Any], driven: dict[str, Any], prefix: str,
+                      frame_range: tuple[int, int] | None
+                      ) -> tuple[list[str], list[int], list[int], dict[str, float]] | None:
+        """Render one track's crops for the driven coefficients on its driven frames, in the
+        chunks that start in ``frame_range`` (title frames [start, end); None: all); returns chunk
+        URLs (one per source chunk), their source chunks' positions (so each stays paired with
+        its face crops), the frame indices rendered and figures; None when no driven frame of the
+        track is in a chunk of the range."""
         frames = len(driven["frame_index"])
-        avatar = plan.model is None
+        avatar = len(track["frame_index"]) == 1 and frames > 1
+        starts = (list(range(0, frames, _AVATAR_CHUNK)) if avatar
+                  else np.cumsum([0] + [count_rows(url) for url in track["chunk_urls"]])[:-1].tolist())
+        bounds = [*starts[1:], frames]
+        owned = [k for k, start in enumerate(starts)
+                 if frame_range is None or frame_range[0] <= driven["frame_index"][start] < frame_range[1]]
+        weights = np.asarray(driven["driven_weight"], dtype=np.float32)
+        positions = [i for k in owned for i in range(starts[k], bounds[k]) if weights[i] > 0]
+        if not positions:
+            return None
+        plan = self._plan(track, driven)  # of the whole track: every range makes the same choices
         measured = np.asarray(track["landmarks"]).reshape(len(track["frame_index"]), -1, 3)[..., :2]
-        donors = self._donors(track, plan.donors, measured)
+        used = sorted({d for i in positions for d in plan.blends[i].donors})
+        donors = dict(zip(used, self._donors(track, [0] if avatar else starts, [plan.donors[d] for d in used],
+                                             measured)))
         region = mouth_region(self._mean_shape(track) if avatar else plan.model.mean_shape)
         triangles = region_triangles(region)
 
         urls, flicker_in, flicker_out = [], FlickerMeter(), FlickerMeter()
-        chunks = (
-            [self._source_rows(track)[:1] * min(_AVATAR_CHUNK, frames - start) for start in range(0, frames, _AVATAR_CHUNK)]
-            if avatar else (read_rows(url, FRAME_CHUNK) for url in track["chunk_urls"])
-        )
-        weights = np.asarray(driven["driven_weight"], dtype=np.float32)
-        position, outside, rendered = 0, [], []
-        for chunk in chunks:
+        portrait = self._source_rows(track)[:1] if avatar else []
+        chunks = ((portrait * (bounds[k] - starts[k]) if avatar else read_rows(track["chunk_urls"][k], FRAME_CHUNK))
+                  for k in owned)
+        outside, rendered = [], []
+        for k, chunk in zip(owned, chunks):
             out_rows = []
-            for row in chunk:
-                i = position
-                position += 1
+            for i, row in enumerate(chunk, start=starts[k]):
                 if weights[i] <= 0:
                     continue
                 to_crop = _to_crop(row["affine"])
@@ -199,20 +234,20 @@ class RenderStage(Stage):
                                  "image_format": "webp", "affine": to_frame.astype(np.float32).ravel().tolist()})
                 flicker_in.add(_lower_face(crop, alpha))
                 flicker_out.add(_lower_face(image, alpha))
-            url = f"{prefix}_{len(urls):04d}.parquet"
+            url = f"{prefix}_{k:04d}.parquet"
             write_manifest(out_rows, FRAME_CHUNK, url)
             urls.append(url)
-        changes = sum(b.donors[-1] != a.donors[-1] for a, b in zip(plan.blends, plan.blends[1:]))
+        changes = sum(plan.blends[i].donors[-1] != plan.blends[i - 1].donors[-1] for i in positions if i > 0)
         figures = {
             "flicker_source": flicker_in.value, "flicker_output": flicker_out.value,
             "outside_shift_iod": float(np.mean(outside)), "outside_shift_iod_max": float(np.max(outside)),
-            "donor_changes_per_100_frames": 100.0 * changes / max(frames, 1),
+            "donor_changes_per_100_frames": 100.0 * changes / len(positions),
             "lip_fit_r2": float("nan") if avatar else plan.model.lip_fit_r2,
             "prior_weight": 0.0 if avatar else plan.model.prior_weight,
         }
-        if not avatar and plan.model.prior_weight > 0:
-            self.drop(WEAK_BLENDSHAPE_FIT)
-        return urls, rendered, figures
+        if not avatar and plan.model.prior_weight > 0 and positions[0] == int(np.argmax(weights > 0)):
+            self.drop(WEAK_BLENDSHAPE_FIT)  # counted once per track: by the range with its first driven frame
+        return urls, owned, rendered, figures
 
     @staticmethod
     def _mean_shape(track: dict[str, Any]) -> np.ndarray:
@@ -225,21 +260,16 @@ class RenderStage(Stage):
         return [r for url in track["chunk_urls"] for r in read_rows(url, FRAME_CHUNK)]
 
     @staticmethod
-    def _donors(track: dict[str, Any], positions: list[int], measured: np.ndarray) -> list[Donor]:
-        """The donor frames' crops and crop landmarks, read in one pass over the track's chunks."""
-        wanted = {p: k for k, p in enumerate(positions)}
-        donors: list[Donor | None] = [None] * len(positions)
-        position = 0
-        for url in track["chunk_urls"]:
-            chunk = read_rows(url, FRAME_CHUNK)
-            for row in chunk:
-                if position in wanted:
+    def _donors(track: dict[str, Any], starts: list[int], positions: list[int], measured: np.ndarray) -> list[Donor]:
+        """The crops and crop landmarks of the frames at track ``positions``, reading only the
+        chunks that hold them (``starts``: each chunk's first position)."""
+        donors: dict[int, Donor] = {}
+        for k in sorted({bisect_right(starts, p) - 1 for p in positions}):
+            for position, row in enumerate(read_rows(track["chunk_urls"][k], FRAME_CHUNK), start=starts[k]):
+                if position in positions:
                     landmarks = _apply(_to_crop(row["affine"]), measured[position])
-                    donors[wanted[position]] = Donor(decode_rgb(row["image"]), landmarks, inner_gap(landmarks) / iod(landmarks))
-                position += 1
-            if position > max(positions):
-                break
-        return donors
+                    donors[position] = Donor(decode_rgb(row["image"]), landmarks, inner_gap(landmarks) / iod(landmarks))
+        return [donors[p] for p in positions]
 
     @staticmethod
     def _frame(crop: np.ndarray, source: np.ndarray, target: np.ndarray, plan: TrackPlan,
