@@ -37,7 +37,8 @@ POLICIES: dict[str, StagePolicy] = {
     "render": StagePolicy(max_workers=8, range_s=15.0),
     # GFPGAN without a GPU: ~7 s per 512 px crop, 175 s per second of one face at 25 fps
     "enhance": StagePolicy(max_workers=1, timeout_per_media_s=600.0),
-    "composite": StagePolicy(max_workers=4),
+    # segments of ~15 s, each from the keyframe before it, joined without a second encode
+    "composite": StagePolicy(max_workers=8, range_s=15.0),
 }
 
 

@@ -141,22 +141,23 @@ def _execute(run_url: str, stage: type[Stage], title_id: str, *, language: str |
     return url
 
 
-def _execute_ranges(run_url: str, stage: type[Stage], title_id: str, titles_url: str, *, language: str | None,
-                    row: dict[str, Any], next_stage: type[Stage] | None = None) -> str:
-    """Run ``stage`` for a title as one job per frame range (``cluster.policy.frame_ranges``),
-    as many at once as the runner takes, and join their outputs (``Stage.join_ranges``) into the
-    manifest one job would have written; returns its URL. A short title (or a still) is one job.
-
-    Each range is a job of its own, with its own key and completion marker: a run stopped midway
-    resumes with the ranges that had not finished. A failed range fails the title once every
-    range has ended, so the finished ones are kept.
-    """
+def _title_ranges(stage: type[Stage], titles_url: str, seekable: bool = False) -> list[tuple[int, int]]:
+    """The frame ranges ``stage`` runs a title in (``cluster.policy.frame_ranges``); none for a
+    still, nor, where the stage decodes the video (``seekable``), for a source without keyframes
+    to start decoding at (VFR)."""
     (title,) = read_rows(titles_url, TITLES)
-    ranges = [] if title["still"] else frame_ranges(stage.name, title["frame_count"], title["fps"])
-    if len(ranges) <= 1:
-        return _execute(run_url, stage, title_id, language=language, rows=(row,), with_chunks=True,
-                        next_stage=next_stage)
-    started = time.perf_counter()
+    if title["still"] or (seekable and len(title["keyframe_index"]) < 2):
+        return []
+    return frame_ranges(stage.name, title["frame_count"], title["fps"])
+
+
+def _run_ranges(run_url: str, stage: type[Stage], title_id: str, ranges: list[tuple[int, int]], *,
+                language: str | None, row: dict[str, Any], next_stage: type[Stage] | None
+                ) -> list[tuple[str, str, dict[str, Any], bool]]:
+    """One job of ``stage`` per frame range, as many at once as the runner takes (``_job``'s
+    results, in range order). Each range is a job of its own, with its own key and completion
+    marker: a run stopped midway resumes with the ranges that had not finished. A failed range
+    fails the title once every range has ended, so the finished ones are kept."""
     at_once = min(len(ranges), policy_for(stage.name).max_workers)  # more would only wait for a worker
     with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix=f"{stage.name}-ranges") as pool:
         futures = [pool.submit(_job, run_url, stage, title_id, language=language,
@@ -165,10 +166,23 @@ def _execute_ranges(run_url: str, stage: type[Stage], title_id: str, titles_url:
                    for i, frame_range in enumerate(ranges)]
         wait(futures)
     try:
-        parts = [future.result() for future in futures]
+        return [future.result() for future in futures]
     except Exception:
         progress.advance(stage.name)
         raise
+
+
+def _execute_ranges(run_url: str, stage: type[Stage], title_id: str, titles_url: str, *, language: str | None,
+                    row: dict[str, Any], next_stage: type[Stage] | None = None) -> str:
+    """Run ``stage`` for a title in frame ranges (``_run_ranges``) and join their outputs
+    (``Stage.join_ranges``) into the manifest one job would have written; returns its URL. A
+    short title (or a still) is one job."""
+    ranges = _title_ranges(stage, titles_url)
+    if len(ranges) <= 1:
+        return _execute(run_url, stage, title_id, language=language, rows=(row,), with_chunks=True,
+                        next_stage=next_stage)
+    started = time.perf_counter()
+    parts = _run_ranges(run_url, stage, title_id, ranges, language=language, row=row, next_stage=next_stage)
     run = session_for(run_url).run
     key = stage_key(stage, {}, {"ranges": [part_key for _, part_key, _, _ in parts]})
     url = run.manifest_url(stage.name, title_id, key)
@@ -294,7 +308,20 @@ def composite(
         "render_url": render_url,
         "faces_url": faces_url,
     }
-    return _execute(run_url, CompositeStage, title_id, language=language, rows=(row,), next_stage=ReportStage)
+    ranges = _title_ranges(CompositeStage, titles_url, seekable=True)
+    if len(ranges) <= 1:
+        return _execute(run_url, CompositeStage, title_id, language=language, rows=(row,), next_stage=ReportStage)
+    # Segments per range, then one job that joins them with the audio into the output.
+    started = time.perf_counter()
+    parts = _run_ranges(run_url, CompositeStage, title_id, ranges, language=language, row=row, next_stage=None)
+    url, key, record, executed = _job(run_url, CompositeStage, title_id, language=language, next_stage=ReportStage,
+                                      rows=({**row, "segments": [part_url for part_url, *_ in parts]},), part="join")
+    records = [part_record for _, _, part_record, _ in parts] + [record]
+    record = {**record, "seconds": round(sum(r["seconds"] for r in records), 4),
+              "metrics": join_metrics([r["metrics"] for r in records]), "ranges": len(ranges),
+              "wall_seconds": round(time.perf_counter() - started, 4)}
+    _record(run_url, CompositeStage, title_id, language, key, record, executed or any(p[3] for p in parts))
+    return url
 
 
 @task(name="report", task_run_name="report-{title_id}-{language}")

@@ -77,7 +77,7 @@ CATALOGUE = ManifestSchema(
 #: stage indexes frames on (a VFR source is resampled onto it: ``variable_frame_rate``).
 TITLES = ManifestSchema(
     "titles",
-    2,  # 2: shown size and clock (orientation, pixel aspect, VFR), colour description, stills
+    3,  # 2: shown size and clock (orientation, pixel aspect, VFR), colour description, stills; 3: keyframes
     (
         pa.field("title_id", pa.string(), nullable=False),
         pa.field("mode", pa.string(), nullable=False),
@@ -103,6 +103,10 @@ TITLES = ManifestSchema(
         pa.field("start_s", pa.float64(), nullable=False),  # source time of clock frame 0 (the first frame's PTS)
         pa.field("source_frames", pa.int64(), nullable=False),  # frames stored in the source
         pa.field("variable_frame_rate", pa.bool_(), nullable=False),  # resampled onto the clock by PTS
+        # Keyframes, where decoding may start (a source resampled onto the clock, or a still: none):
+        # clock frame index and PTS (ticks of the video stream's time base).
+        pa.field("keyframe_index", pa.list_(pa.int64()), nullable=False),
+        pa.field("keyframe_pts", pa.list_(pa.int64()), nullable=False),
         # Colour description, H.273 code points (FFmpeg's enums): 2 = unspecified; range 0 unspecified,
         # 1 limited, 2 full; bit depth of the decoded samples.
         pa.field("color_primaries", pa.int32(), nullable=False),

@@ -100,7 +100,7 @@ def key_inputs(row_type: type[JobRow], row: dict[str, Any]) -> dict[str, Any]:
         elif by is KeyBy.NOTHING:
             continue
         elif by is KeyBy.MANIFEST:
-            value = manifest_key(value)
+            value = [manifest_key(v) for v in value] if isinstance(value, (list, tuple)) else manifest_key(value)
         elif by is KeyBy.CONTENT:
             value = _content(value)
         elif by is KeyBy.STAT:

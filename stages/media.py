@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import math
 import struct
 import threading
@@ -355,6 +356,9 @@ class ShownVideo:
     background: tuple[int, int, int] = STILL_BACKGROUND
     bit_rate: int | None = None  # of the coded video, bits/s
     source_frames: int = 1  # frames stored in the source (packets)
+    #: (clock frame index, PTS in the stream's time base) of each keyframe, where decoding may start
+    #: (``frames(start=...)``); empty for a still and for a resampled (VFR) source.
+    keyframes: tuple[tuple[int, int], ...] = ()
 
     @classmethod
     def from_title(cls, title: dict[str, Any]) -> ShownVideo:
@@ -375,6 +379,7 @@ class ShownVideo:
             background=hex_to_rgb(title["background"]) if title["background"] else STILL_BACKGROUND,
             bit_rate=title["bit_rate"],
             source_frames=title["source_frames"],
+            keyframes=tuple(zip(title["keyframe_index"], title["keyframe_pts"])),
         )
 
     @property
@@ -402,10 +407,11 @@ def describe(url: str, *, still_max_side: int = STILL_MAX_SIDE, background: tupl
         if not container.streams.video:
             raise ValueError("no video stream")
         stream = container.streams.video[0]
-        packets = [(p.pts, p.duration or 0, p.size) for p in container.demux(stream)
+        packets = [(p.pts, p.duration or 0, p.size, p.is_keyframe) for p in container.demux(stream)
                    if p.size > 0 and p.pts is not None and not p.is_discard]
-        pts, durations, sizes = zip(*packets) if packets else ((), (), ())
+        pts, durations, sizes, key = zip(*packets) if packets else ((), (), (), ())
         clock = frame_clock(stream, pts, durations, vfr_tolerance, max_fps)
+        keyframes = () if clock.resampled else _keyframes(pts, key)
         span_s = clock.frame_count / float(clock.rate)
         bit_rate = round(sum(sizes) * 8 / span_s) if span_s > 0 and len(sizes) > 1 else None
         sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
@@ -417,31 +423,64 @@ def describe(url: str, *, still_max_side: int = STILL_MAX_SIDE, background: tupl
         sample_aspect = Fraction(sar) if sar and sar > 0 else Fraction(1)
         shaped = _Shaper(orientation, sample_aspect, "native")(first)
         return ShownVideo(url, shaped.width, shaped.height, clock, first.width, first.height, orientation,
-                          sample_aspect, Colour.of_frame(first), bit_rate=bit_rate, source_frames=len(pts))
+                          sample_aspect, Colour.of_frame(first), bit_rate=bit_rate, source_frames=len(pts),
+                          keyframes=keyframes)
 
 
-def frames(video: ShownVideo, view: str = "sdr") -> Iterator[av.VideoFrame]:
+def _keyframes(pts: Sequence[int], keyframe: Sequence[bool]) -> tuple[tuple[int, int], ...]:
+    """(clock frame index, PTS) of the keyframes among packets of a source whose frames are one
+    tick each: a frame's index is its PTS's rank."""
+    ranked = np.sort(np.asarray(pts, dtype=np.int64))
+    found = sorted(int(p) for p, key in zip(pts, keyframe) if key)
+    return tuple((int(np.searchsorted(ranked, p)), p) for p in found)
+
+
+def frames(video: ShownVideo, view: str = "sdr", start: int = 0) -> Iterator[av.VideoFrame]:
     """The frames of ``video`` as shown, on its clock (``clock.frame_count`` of them for a VFR
     source; every decoded frame otherwise), in ``view`` (see the module docstring): ``native``
     frames keep the decoder's pixel format, ``rgb`` and ``sdr`` are rgb24. A still is one frame.
 
-    A frame shown for several ticks is yielded once per tick (the same object).
+    ``start``: the clock frame to begin at. Decoding begins at the last keyframe at or before it
+    (``ShownVideo.keyframes``; a VFR source, without any, is decoded from its first frame) and the
+    frames before it are skipped. A frame shown for several ticks is yielded once per tick (the
+    same object).
     """
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r} (one of {', '.join(VIEWS)})")
     if video.still:
-        picture = load_still(video.url, max(video.width, video.height), video.background)
-        yield av.VideoFrame.from_ndarray(picture, format="rgb24")
+        if start == 0:
+            picture = load_still(video.url, max(video.width, video.height), video.background)
+            yield av.VideoFrame.from_ndarray(picture, format="rgb24")
         return
     shaper = _Shaper(video.orientation, video.sample_aspect, view, video.colour)
+    entry = max((k for k in video.keyframes if k[0] <= start), default=(0, 0))
     with open_media(video.url) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        for frame, ticks in on_clock(container.decode(stream), video.clock):
-            if ticks:
-                shown = shaper(frame)
-                for _ in range(ticks):
+        decoded, tick = _decode_from(container, stream, *entry)
+        for frame, ticks in on_clock(decoded, video.clock):
+            shown = None
+            for _ in range(ticks):
+                if tick >= start:
+                    shown = shaper(frame) if shown is None else shown
                     yield shown
+                tick += 1
+
+
+def _decode_from(container: av.container.InputContainer, stream: av.video.stream.VideoStream, index: int,
+                 pts: int) -> tuple[Iterator[av.VideoFrame], int]:
+    """Decoded frames from the keyframe at clock frame ``index`` (PTS ``pts``) on, and that index.
+    Frames shown before it that a seek gives (it may land on an earlier keyframe; an open GOP
+    leads with frames of the previous one) are left out. Where the seek does not give that
+    keyframe first, decoding starts over at the first frame (index 0)."""
+    if index > 0:
+        container.seek(pts, stream=stream, backward=True)
+        decoded = container.decode(stream)
+        first = next((f for f in decoded if f.pts is None or f.pts >= pts), None)
+        if first is not None and first.pts == pts:
+            return itertools.chain([first], decoded), index
+        container.seek(0)
+    return container.decode(stream), 0
 
 
 def rgb_frames(source: ShownVideo | str | dict[str, Any], view: str = "sdr") -> Iterator[tuple[int, np.ndarray]]:

@@ -3,6 +3,7 @@ starts later than the picture, and audio/video sync measured end to end with a f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ from dubline.schemas.manifest_io import read_rows
 from dubline.schemas.manifests import OUTPUTS, TITLES
 from dubline.stages.base import StageJob
 from dubline.stages.composite import CompositeStage
-from dubline.stages.media import FrameClock, describe, read_audio, rgb_frames
+from dubline.stages.media import FrameClock, describe, frames, read_audio, rgb_frames
 from dubline.stages.probe import ProbeStage
 from dubline.stages.sequential import SequentialRunner
 
@@ -228,3 +229,81 @@ def test_shot_cuts_are_numbered_on_the_titles_clock(tmp_path):
     assert [(s["start_frame"], s["end_frame"]) for s in read_rows(shots, SHOTS)] == [
         (0, first_bright), (first_bright, title["frame_count"])]
     assert title["variable_frame_rate"] and first_bright != levels.index(210)  # the naive count would be wrong
+
+
+def gop_clip(path: Path, frames: int, x264_params: str) -> Path:
+    """H.264 at 25 fps with B-frames and a keyframe every 10 frames; frame i shows its number."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv444p"
+        stream.options = {"preset": "veryfast", "qp": "0", "g": "10", "keyint_min": "10", "bf": "2",
+                          "x264-params": x264_params}
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(numbered(index), format="rgb24")
+            frame.pts = index
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("x264_params", ["scenecut=0", "scenecut=0:open-gop=1"])
+def test_decoding_from_a_frame_starts_at_its_keyframe_and_gives_the_frames_from_there(tmp_path, x264_params):
+    video = describe(str(gop_clip(tmp_path / "gop.mp4", 40, x264_params)))
+    assert [index for index, _ in video.keyframes] == [0, 10, 20, 30]
+    for start in (0, 7, 10, 13, 30, 39):
+        assert [number_of(f.to_ndarray(format="rgb24")) for f in frames(video, "rgb", start)] == list(range(start, 40))
+
+
+def test_a_keyframe_the_seek_does_not_reach_is_left_for_decoding_from_the_first_frame(tmp_path):
+    video = describe(str(gop_clip(tmp_path / "gop.mp4", 40, "scenecut=0")))
+    wrong = dataclasses.replace(video, keyframes=((0, video.keyframes[0][1]), (20, video.keyframes[1][1] + 1)))
+    assert [number_of(f.to_ndarray(format="rgb24")) for f in frames(wrong, "rgb", 25)] == list(range(25, 40))
+
+
+def test_a_vfr_source_is_decoded_from_its_first_frame_to_any_start(tmp_path):
+    source = grey_clip(tmp_path / "vfr.mp4", [0, 40, 80, 200, 240, 400, 440, 480])
+    video = describe(str(source))
+    assert video.clock.resampled and video.keyframes == ()
+    everything = [number_of(f.to_ndarray(format="rgb24")) for f in frames(video, "rgb")]
+    assert [number_of(f.to_ndarray(format="rgb24")) for f in frames(video, "rgb", 5)] == everything[5:]
+
+
+def test_a_title_encoded_in_segments_and_joined_is_the_title_encoded_whole(tmp_path):
+    """Lossless (CRF 0), so that the segments' own encodes cannot hide a wrong frame: the joined
+    video decodes to the very frames and audio of one job's, and its timestamps rise across joins."""
+    source = gop_clip(tmp_path / "gop.mp4", 40, "scenecut=0")
+    runner = SequentialRunner()
+    titles = str(tmp_path / "titles.parquet")
+    runner.run(StageJob(ProbeStage, {}, titles, "t", rows=({"title_id": "t", "mode": "dub", "source_url": str(source)},)))
+    dub_audio = write_wav(tmp_path / "dub.wav", click(48000, 1.6, 0.9), 48000)
+    row = {"title_id": "t", "language": "fr", "titles_url": titles, "dub_audio_url": str(dub_audio),
+           "options_json": json.dumps({"crf": 0, "preset": "ultrafast", "audio_tolerance_s": 2.0}), "render_url": None}
+
+    def composite(name: str, **fields) -> dict:
+        out = str(tmp_path / f"{name}.parquet")
+        runner.run(StageJob(CompositeStage, {}, out, "t", rows=(
+            {**row, "output_url": str(tmp_path / f"{name}.mp4"), "chunks_url": str(tmp_path / name), **fields},)))
+        return out
+
+    whole = read_rows(composite("whole"), OUTPUTS)[0]
+    segments = [composite(f"range{i}", frame_range=r) for i, r in enumerate([(0, 13), (13, 27), (27, 40)])]
+    assert [read_rows(url, OUTPUTS)[0]["frame_count"] for url in segments] == [13, 14, 13]
+    joined = read_rows(composite("joined", segments=segments), OUTPUTS)[0]
+    assert joined["frame_count"] == whole["frame_count"] == 40 and joined["audio_codec"] == "aac"
+    got, want = decoded(joined["video_url"]), decoded(whole["video_url"])
+    assert [number_of(f) for f in got[0]] == list(range(40))
+    assert all(np.array_equal(a, b) for a, b in zip(got[0], want[0], strict=True))
+    assert np.array_equal(got[1], want[1])
+    with av.open(joined["video_url"]) as container:
+        dts = [p.dts for p in container.demux(video=0) if p.dts is not None]
+    assert np.all(np.diff(dts) > 0)
+
+
+def decoded(url: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every video frame (RGB) and all audio samples of a file."""
+    with av.open(url) as container:
+        pictures = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    with av.open(url) as container:
+        audio = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
+    return pictures, audio

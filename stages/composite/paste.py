@@ -38,19 +38,23 @@ def paste(frame: np.ndarray, rgba: np.ndarray, to_frame: np.ndarray) -> np.ndarr
     return region
 
 
-def rendered_crops(render_url: str | None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """(frame index, RGBA crop, crop->frame affine) of every rendered face, in frame order.
+def rendered_crops(render_url: str | None, start: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(frame index, RGBA crop, crop->frame affine) of every rendered face from frame ``start``
+    on, in frame order.
 
     Reads one chunk per track at a time, so memory stays flat in the title's length.
     """
     if render_url is None:
         return iter(())
-    streams = [_track_crops(t["chunk_urls"]) for t in read_rows(render_url, RENDERED_TRACKS)]
+    streams = [_track_crops(t["chunk_urls"], start) for t in read_rows(render_url, RENDERED_TRACKS)
+               if t["frame_index"] and t["frame_index"][-1] >= start]
     return heapq.merge(*streams, key=lambda item: item[0])
 
 
-def _track_crops(chunk_urls: list[str]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+def _track_crops(chunk_urls: list[str], start: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     for url in chunk_urls:
         for row in read_rows(url, FRAME_CHUNK):
+            if row["frame_index"] < start:
+                continue
             rgba = decode_rgba(row["image"])
             yield row["frame_index"], rgba, np.asarray(row["affine"], dtype=np.float64).reshape(2, 3)

@@ -5,10 +5,16 @@ picture is written upright, on the title's frame clock, in the source's own colo
 ``encode`` for the output policy); only pixels a rendered face covers are converted through RGB,
 every other pixel goes from decoder to encoder in YUV. Dub audio is fitted to the picture's
 duration (see ``fit_policy``), never left to drift.
+
+A long title is encoded in frame ranges (``CompositeJob.frame_range``), one job each: a range's
+job decodes from the keyframe before it and encodes its frames, picture only, into a segment that
+starts with a keyframe of its own; a join job (``CompositeJob.segments``) copies the segments'
+packets one after the other into the output (no second encode) and encodes the audio beside them.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterator
 from fractions import Fraction
@@ -22,7 +28,7 @@ from dubline.schemas import storage
 from dubline.schemas.manifest_io import read_rows
 from dubline.schemas.manifests import FACE_TRACKS, OUTPUTS, TITLES
 from dubline.stages.base import Resources, Stage, TitleError
-from dubline.stages.job_rows import JobRow, Content, Upstream
+from dubline.stages.job_rows import JobRow, Content, Place, Upstream
 from dubline.stages.composite.encode import (
     EncodePlan,
     add_video_stream,
@@ -33,6 +39,7 @@ from dubline.stages.composite.encode import (
 from dubline.stages.composite.paste import paste, rendered_crops
 from dubline.stages.media import (
     FilterChain,
+    open_media,
     ShownVideo,
     audio_duration,
     decode_audio,
@@ -79,6 +86,11 @@ class CompositeJob(JobRow):
     options_json: str
     render_url: Upstream | None = None  # None: the picture passes through unchanged
     faces_url: Upstream | None = None  # an avatar's framing needs its face's box
+    chunks_url: Place | None = None  # a range's segment goes in this folder
+    #: Title frames [start, end) this job encodes into a segment (picture only); None: the title.
+    frame_range: tuple[int, int] | None = None
+    #: The range jobs' ``outputs`` manifests, in order: this job joins their segments instead.
+    segments: list[Upstream] = []
 
 class CompositeStage(Stage):
     """One row per (title, language) -> one ``outputs`` row and the encoded video at ``output_url``.
@@ -89,7 +101,7 @@ class CompositeStage(Stage):
     """
 
     name = "composite"
-    version = "6"  # 5: the source as shown; its colour, bit depth and codec kept; faces pasted in YUV; 6: through a box
+    version = "7"  # 5: the source as shown, its colour kept, faces pasted in YUV; 6: through a box; 7: ranges
     resources = Resources(cpus=1.0, memory_gb=1.0)
     output_schema = OUTPUTS
     job_row = CompositeJob
@@ -128,21 +140,29 @@ class CompositeStage(Stage):
         except ValueError as exc:
             raise TitleError(title_id, f"[{row['language']}] {exc}") from exc
 
+        start, end = row.get("frame_range") or (0, video.clock.frame_count)
+        segment = row.get("frame_range") is not None
+        output_url = f"{row['chunks_url']}/segment.mp4" if segment else row["output_url"]
         try:
-            with storage.local_output(row["output_url"], ".mp4") as local_file:
-                pictures = _portrait(video, max(1, round(audio_s * fps))) if avatar else frames(video, "native")
-                written, faces = self._encode(title_id, video, plan, row["dub_audio_url"], local_file, pictures,
-                                              row.get("render_url"), framing)
+            with storage.local_output(output_url, ".mp4") as local_file:
+                if row.get("segments"):
+                    written, faces = _join(title_id, fps, row["dub_audio_url"], local_file, row["segments"])
+                else:
+                    pictures = (_portrait(video, max(1, round(audio_s * fps))) if avatar
+                                else itertools.islice(frames(video, "native", start), end - start))
+                    written, faces = self._encode(title_id, video, plan, None if segment else row["dub_audio_url"],
+                                                  local_file, pictures, row.get("render_url"), framing, start)
         except storage.OutputLocationError as exc:
             raise TitleError(title_id, f"[{row['language']}] {exc}") from exc
         except (av.error.FFmpegError, OSError) as exc:
             raise TitleError(title_id, f"[{row['language']}] encoding failed ({exc})") from exc
-        self.count_work(frames=written, faces=faces)
+        if not row.get("segments"):  # a join copies its ranges' work
+            self.count_work(frames=written, faces=faces)
         self.report(crf=plan.crf, bit_depth=plan.colour.bit_depth, tone_mapped=plan.to_sdr)
         return {
             "title_id": title_id,
             "language": row["language"],
-            "video_url": row["output_url"],
+            "video_url": output_url,
             "width": plan.width,
             "height": plan.height,
             "fps": float(fps),
@@ -155,43 +175,30 @@ class CompositeStage(Stage):
             "color_matrix": plan.colour.matrix,
             "color_range": plan.colour.range,
             "crf": plan.crf,
-            "audio_codec": "aac",
+            "audio_codec": "none" if segment else "aac",
             "audio_source_s": audio_s,
             "audio_fit": audio_fit,
             "faces_dubbed": faces,
         }
 
     @staticmethod
-    def _encode(title_id: str, video: ShownVideo, plan: EncodePlan, audio_url: str, path: str,
+    def _encode(title_id: str, video: ShownVideo, plan: EncodePlan, audio_url: str | None, path: str,
                 pictures: Iterator[av.VideoFrame],
-                render_url: str | None, framing: tuple[Callable[[np.ndarray], np.ndarray], int, int] | None
-                ) -> tuple[int, int]:
-        """Encode ``pictures`` with the rendered faces pasted and the dub audio beside them;
-        returns (frames written, face crops pasted)."""
+                render_url: str | None, framing: tuple[Callable[[np.ndarray], np.ndarray], int, int] | None,
+                start: int = 0) -> tuple[int, int]:
+        """Encode ``pictures`` (title frames from ``start`` on) with the rendered faces pasted and
+        the dub audio beside them (None: picture only); returns (frames written, face crops pasted)."""
         fps = video.clock.rate
-        audio = _AudioFeed(audio_url, title_id)
-        audio_written = 0
         with av.open(path, "w", format="mp4", options={"movflags": "+faststart"}) as out:
             video_out = add_video_stream(out, plan, fps)
-            audio_out = out.add_stream("aac", rate=AUDIO_RATE, layout=AUDIO_LAYOUT)
-
-            def write_audio_until(sample: int, final: bool) -> None:
-                nonlocal audio_written
-                while sample - audio_written >= AAC_FRAME or (final and sample > audio_written):
-                    count = min(AAC_FRAME, sample - audio_written)
-                    frame = av.AudioFrame.from_ndarray(audio.take(count), format="fltp", layout=AUDIO_LAYOUT)
-                    frame.sample_rate, frame.pts = AUDIO_RATE, audio_written
-                    frame.time_base = Fraction(1, AUDIO_RATE)
-                    out.mux(audio_out.encode(frame))
-                    audio_written += count
-
+            audio = None if audio_url is None else _AudioTrack(out, audio_url, title_id)
             frames_written = pasted = 0
-            crops = rendered_crops(render_url)
+            crops = rendered_crops(render_url, start)
             pending = next(crops, None)
             output = _Output(plan, video)
             for frame in pictures:
                 due = []
-                while pending is not None and pending[0] == frames_written:
+                while pending is not None and pending[0] == start + frames_written:
                     due.append(pending[1:])
                     pending = next(crops, None)
                 pasted += len(due)
@@ -205,11 +212,64 @@ class CompositeStage(Stage):
                 picture.pts, picture.time_base = frames_written, 1 / fps
                 out.mux(video_out.encode(picture))
                 frames_written += 1
-                write_audio_until(round(frames_written * AUDIO_RATE / fps), final=False)
+                if audio is not None:
+                    audio.until(round(frames_written * AUDIO_RATE / fps))
             out.mux(video_out.encode(None))
-            write_audio_until(round(frames_written * AUDIO_RATE / fps), final=True)
-            out.mux(audio_out.encode(None))
+            if audio is not None:
+                audio.finish(round(frames_written * AUDIO_RATE / fps))
         return frames_written, pasted
+
+
+class _AudioTrack:
+    """The dub audio as an AAC stream of ``out``, written up to a sample as the picture advances."""
+
+    def __init__(self, out: av.container.OutputContainer, url: str, title_id: str):
+        self._out, self._feed = out, _AudioFeed(url, title_id)
+        self._stream = out.add_stream("aac", rate=AUDIO_RATE, layout=AUDIO_LAYOUT)
+        self._written = 0
+
+    def until(self, sample: int, final: bool = False) -> None:
+        """Encode whole AAC frames up to ``sample`` (``final``: the last, partial one too)."""
+        while sample - self._written >= AAC_FRAME or (final and sample > self._written):
+            count = min(AAC_FRAME, sample - self._written)
+            frame = av.AudioFrame.from_ndarray(self._feed.take(count), format="fltp", layout=AUDIO_LAYOUT)
+            frame.sample_rate, frame.pts = AUDIO_RATE, self._written
+            frame.time_base = Fraction(1, AUDIO_RATE)
+            self._out.mux(self._stream.encode(frame))
+            self._written += count
+
+    def finish(self, sample: int) -> None:
+        self.until(sample, final=True)
+        self._out.mux(self._stream.encode(None))
+
+
+def _join(title_id: str, fps: Fraction, audio_url: str, path: str, segments: list[str]) -> tuple[int, int]:
+    """Copy the segments' video packets (``outputs`` manifests of range jobs, in order) one after the
+    other into ``path``, each shifted by the frames before it, with the dub audio encoded beside
+    them; returns (frames, face crops pasted). Each segment starts with a keyframe and its decode
+    timestamps run one frame apart from a fixed encoder delay, so the joined stream's timestamps
+    rise monotonically across the joins."""
+    parts = [row for url in segments for row in read_rows(url, OUTPUTS)]
+    written = 0
+    with av.open(path, "w", format="mp4", options={"movflags": "+faststart"}) as out:
+        video_out = None
+        audio = _AudioTrack(out, audio_url, title_id)
+        for part in parts:
+            with open_media(part["video_url"]) as segment:
+                stream = segment.streams.video[0]
+                if video_out is None:
+                    video_out = out.add_stream_from_template(stream)
+                shift = round(written / fps / stream.time_base)
+                for packet in segment.demux(stream):
+                    if packet.dts is None:  # the demuxer's end-of-stream packet
+                        continue
+                    packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
+                    packet.stream = video_out
+                    out.mux(packet)
+                    audio.until(max(0, round(float(packet.dts * stream.time_base) * AUDIO_RATE)))
+            written += part["frame_count"]
+        audio.finish(round(written * AUDIO_RATE / fps))
+    return written, sum(part["faces_dubbed"] for part in parts)
 
 
 class _Output:

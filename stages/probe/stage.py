@@ -49,7 +49,7 @@ class ProbeStage(Stage):
     """
 
     name = "probe"
-    version = "3"  # 3: the source as shown (orientation, VFR on a clock, colour, stills); VFR accepted
+    version = "4"  # 3: the source as shown (orientation, VFR on a clock, colour, stills); VFR accepted; 4: keyframes
     resources = Resources(cpus=0.5, memory_gb=0.5)
     output_schema = TITLES
     job_row = ProbeJob
@@ -166,6 +166,8 @@ def _shown_facts(video: ShownVideo) -> dict[str, Any]:
         "start_s": clock.start_s,
         "source_frames": video.source_frames,
         "variable_frame_rate": clock.resampled,
+        "keyframe_index": [index for index, _ in video.keyframes],
+        "keyframe_pts": [pts for _, pts in video.keyframes],
         "color_primaries": colour.primaries,
         "color_transfer": colour.transfer,
         "color_matrix": colour.matrix,
