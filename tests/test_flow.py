@@ -161,10 +161,12 @@ def test_changed_dub_audio_recomputes_only_that_language(first_run, media):
     assert again["titles"]["portraits"]["status"] == "done"
 
 
-def test_a_title_renders_in_frame_ranges_on_two_ray_workers(media, tmp_path, monkeypatch):
+def test_a_title_renders_and_composites_in_frame_ranges_on_two_ray_workers(media, tmp_path, monkeypatch):
     # Ranges of 0.6 s: the two-shot clip's 60 frames are four ranges, and each shot's track has
-    # its chunk in one of them (frames 0 and 30). The policy is read in the driver.
-    monkeypatch.setitem(POLICIES, "render", dataclasses.replace(POLICIES["render"], range_s=0.6))
+    # its chunk in one of them (frames 0 and 30, where the clip has its keyframes). The policy is
+    # read in the driver.
+    for stage in ("render", "composite"):
+        monkeypatch.setitem(POLICIES, stage, dataclasses.replace(POLICIES[stage], range_s=0.6))
     catalogue = tmp_path / "catalogue.yaml"
     catalogue.write_text(yaml.safe_dump([{"title_id": "long", "video": str(media["two_shots"]), "language": "fr",
                                           "dub_audio": str(media["dub_fr"])}]))
@@ -174,6 +176,9 @@ def test_a_title_renders_in_frame_ranges_on_two_ray_workers(media, tmp_path, mon
     render = json.loads((tmp_path / "run" / "run.json").read_text())["titles"]["long"]["languages"]["fr"]["stages"]["render"]
     assert render["ranges"] == 4 and render["rows_in"] == 4 and render["rows_out"] >= 1
     assert len(render["worker"].split(", ")) == 2, f"the ranges ran on one worker: {render['worker']}"
+    assert summary["invocation"]["stages_executed"]["composite"] == 5  # four segments and their join
+    with av.open(summary["titles"]["long"]["outputs"]["fr"]) as video:
+        assert sum(1 for _ in video.decode(video=0)) == 60 and video.streams.audio
 
 
 def test_avatar_mode_makes_a_talking_video_whose_mouth_follows_the_speech(tmp_path):
