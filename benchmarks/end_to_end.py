@@ -54,9 +54,10 @@ def dubline_dub(video: Path, audio: Path, work: Path) -> tuple[float, dict[str, 
     seconds = time.perf_counter() - started
     state = json.loads((work / "run" / "run.json").read_text())
     (title,) = state["titles"].values()
-    stages = {name: s["seconds"] for name, s in title["stages"].items()}
+    # A stage run in frame ranges has its jobs' seconds added up in "seconds", its wall time in "wall_seconds".
+    stages = {name: s.get("wall_seconds", s["seconds"]) for name, s in title["stages"].items()}
     for language in title["languages"].values():
-        stages.update({name: s["seconds"] for name, s in language["stages"].items()})
+        stages.update({name: s.get("wall_seconds", s["seconds"]) for name, s in language["stages"].items()})
     return seconds, stages
 
 

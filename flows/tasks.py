@@ -8,7 +8,7 @@ import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -54,20 +54,11 @@ _SESSIONS: dict[str, Session] = {}
 
 @contextlib.contextmanager
 def open_session(out_url: str, executor: str = "ray", ray_address: str | None = None) -> Iterator[Session]:
-    """Open the run folder and a runner for the duration of one flow run. A Ray connection this
-    opens (a private cluster, or a cluster joined) is closed at the end; one already open in the
-    process is left open."""
-    leave: Callable[[], None] = lambda: None  # noqa: E731
+    """Open the run folder and a runner for the duration of one flow run."""
     if executor == "ray":
-        import ray
-
-        from dubline.cluster.connect import connect, disconnect
+        from dubline.cluster.connect import connect
         from dubline.cluster.ray_runner import RayRunner
 
-        if not ray.is_initialized():
-            # Closed here, not left to Ray's exit handler: measured, `dubline dub` then ends ~2 s
-            # sooner (the handler took 3.7 s after the run, ray.shutdown 1.1 s).
-            leave = disconnect
         connect(ray_address)
         runner: Runner = RayRunner()
     elif executor == "local":
@@ -81,7 +72,6 @@ def open_session(out_url: str, executor: str = "ray", ray_address: str | None = 
     finally:
         runner.shutdown()
         _SESSIONS.pop(session.run.url, None)
-        leave()
 
 
 def session_for(run_url: str) -> Session:
@@ -153,10 +143,10 @@ def _execute(run_url: str, stage: type[Stage], title_id: str, *, language: str |
 
 def _title_ranges(stage: type[Stage], titles_url: str, seekable: bool = False) -> list[tuple[int, int]]:
     """The frame ranges ``stage`` runs a title in (``cluster.policy.frame_ranges``); none for a
-    still, nor, where the stage decodes the video (``seekable``), for a source without keyframes
-    to start decoding at (VFR)."""
+    still or an avatar (its length is the dub's), nor, where the stage decodes the video
+    (``seekable``), for a source with no keyframe but its first to start decoding at (e.g. VFR)."""
     (title,) = read_rows(titles_url, TITLES)
-    if title["still"] or (seekable and len(title["keyframe_index"]) < 2):
+    if title["still"] or title["mode"] == "avatar" or (seekable and len(title["keyframe_index"]) < 2):
         return []
     return frame_ranges(stage.name, title["frame_count"], title["fps"])
 
@@ -199,8 +189,14 @@ def _execute_ranges(run_url: str, stage: type[Stage], title_id: str, titles_url:
     record = run.finished(stage.name, title_id, key)
     if record is None:
         joining = time.perf_counter()
-        joined = stage.join_ranges([read_rows(part_url, stage.output_schema) for part_url, *_ in parts])
-        write_manifest(joined, stage.output_schema, url)
+        try:
+            joined = stage.join_ranges([read_rows(part_url, stage.output_schema) for part_url, *_ in parts])
+            write_manifest(joined, stage.output_schema, url)
+        except Exception as exc:
+            run.count(stage.name, "failed")
+            progress.advance(stage.name)
+            run.log(f"{stage.name} {title_id}{f' [{language}]' if language else ''} join failed: {exc}")
+            raise
         records = [part_record for _, _, part_record, _ in parts]
         stats = StageStats(
             stage=stage.name, title_id=title_id, rows_in=sum(r["rows_in"] for r in records), rows_out=len(joined),
@@ -324,10 +320,15 @@ def composite(
     # Segments per range, then one job that joins them with the audio into the output.
     started = time.perf_counter()
     parts = _run_ranges(run_url, CompositeStage, title_id, ranges, language=language, row=row, next_stage=None)
-    url, key, record, executed = _job(run_url, CompositeStage, title_id, language=language, next_stage=ReportStage,
-                                      rows=({**row, "segments": [part_url for part_url, *_ in parts]},), part="join")
+    try:
+        url, key, record, executed = _job(run_url, CompositeStage, title_id, language=language, next_stage=ReportStage,
+                                          rows=({**row, "segments": [part_url for part_url, *_ in parts]},), part="join")
+    except Exception:
+        progress.advance(CompositeStage.name)
+        raise
     records = [part_record for _, _, part_record, _ in parts] + [record]
     record = {**record, "seconds": round(sum(r["seconds"] for r in records), 4),
+              "worker": ", ".join(dict.fromkeys(r["worker"] for r in records)),
               "metrics": join_metrics([r["metrics"] for r in records]), "ranges": len(ranges),
               "wall_seconds": round(time.perf_counter() - started, 4)}
     _record(run_url, CompositeStage, title_id, language, key, record, executed or any(p[3] for p in parts))

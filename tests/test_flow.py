@@ -161,7 +161,7 @@ def test_changed_dub_audio_recomputes_only_that_language(first_run, media):
     assert again["titles"]["portraits"]["status"] == "done"
 
 
-def test_a_title_renders_and_composites_in_frame_ranges_on_two_ray_workers(media, tmp_path, monkeypatch):
+def test_a_title_renders_on_two_ray_workers_and_composites_in_frame_ranges(media, tmp_path, monkeypatch):
     # Ranges of 0.6 s: the two-shot clip's 60 frames are four ranges, and each shot's track has
     # its chunk in one of them (frames 0 and 30, where the clip has its keyframes). The policy is
     # read in the driver.

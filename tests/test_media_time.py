@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 from fractions import Fraction
@@ -269,16 +270,27 @@ def test_a_vfr_source_is_decoded_from_its_first_frame_to_any_start(tmp_path):
     assert [number_of(f.to_ndarray(format="rgb24")) for f in frames(video, "rgb", 5)] == everything[5:]
 
 
-def test_a_title_encoded_in_segments_and_joined_is_the_title_encoded_whole(tmp_path):
-    """Lossless (CRF 0), so that the segments' own encodes cannot hide a wrong frame: the joined
-    video decodes to the very frames and audio of one job's, and its timestamps rise across joins."""
-    source = gop_clip(tmp_path / "gop.mp4", 40, "scenecut=0")
+MAP_CLIP = Path(os.environ.get("DUBLINE_SAMPLE_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")) \
+    / "video" / "talk_en_man_map.mp4"
+
+
+@pytest.mark.parametrize(("source", "codec", "crf"), [("numbered", "h264", 0), ("numbered", "hevc", 22), ("map", "h264", 18)])
+def test_a_title_encoded_in_segments_and_joined_is_the_title_encoded_whole(tmp_path, source, codec, crf):
+    """Every frame in its place and the dub audio as in one job's output, with decode timestamps
+    rising across the joins. Lossless H.264 (CRF 0) of numbered frames, where the segments' own
+    encodes cannot hide a wrong frame: the very same frames. HEVC: the Apple-playable hvc1 tag.
+    The shared map clip at the default CRF (skipped without ../shared): with B-frames."""
+    if source == "map" and not MAP_CLIP.exists():
+        pytest.skip("needs ../shared/data")
+    clip = MAP_CLIP if source == "map" else gop_clip(tmp_path / "gop.mp4", 40, "scenecut=0")
     runner = SequentialRunner()
     titles = str(tmp_path / "titles.parquet")
-    runner.run(StageJob(ProbeStage, {}, titles, "t", rows=({"title_id": "t", "mode": "dub", "source_url": str(source)},)))
-    dub_audio = write_wav(tmp_path / "dub.wav", click(48000, 1.6, 0.9), 48000)
+    runner.run(StageJob(ProbeStage, {}, titles, "t", rows=({"title_id": "t", "mode": "dub", "source_url": str(clip)},)))
+    frames = read_rows(titles, TITLES)[0]["frame_count"]
+    dub_audio = write_wav(tmp_path / "dub.wav", click(48000, frames / 25, 0.9), 48000)
     row = {"title_id": "t", "language": "fr", "titles_url": titles, "dub_audio_url": str(dub_audio),
-           "options_json": json.dumps({"crf": 0, "preset": "ultrafast", "audio_tolerance_s": 2.0}), "render_url": None}
+           "options_json": json.dumps({"crf": crf, "preset": "veryfast", "audio_tolerance_s": 2.0, "video_codec": codec}),
+           "render_url": None}
 
     def composite(name: str, **fields) -> dict:
         out = str(tmp_path / f"{name}.parquet")
@@ -287,17 +299,29 @@ def test_a_title_encoded_in_segments_and_joined_is_the_title_encoded_whole(tmp_p
         return out
 
     whole = read_rows(composite("whole"), OUTPUTS)[0]
-    segments = [composite(f"range{i}", frame_range=r) for i, r in enumerate([(0, 13), (13, 27), (27, 40)])]
-    assert [read_rows(url, OUTPUTS)[0]["frame_count"] for url in segments] == [13, 14, 13]
+    cuts = [0, frames // 3, 2 * frames // 3 + 1, frames]
+    segments = [composite(f"range{i}", frame_range=(a, b)) for i, (a, b) in enumerate(zip(cuts, cuts[1:]))]
+    assert [read_rows(url, OUTPUTS)[0]["frame_count"] for url in segments] == list(np.diff(cuts))
     joined = read_rows(composite("joined", segments=segments), OUTPUTS)[0]
-    assert joined["frame_count"] == whole["frame_count"] == 40 and joined["audio_codec"] == "aac"
+    assert joined["frame_count"] == whole["frame_count"] == frames and joined["audio_codec"] == "aac"
     got, want = decoded(joined["video_url"]), decoded(whole["video_url"])
-    assert [number_of(f) for f in got[0]] == list(range(40))
-    assert all(np.array_equal(a, b) for a, b in zip(got[0], want[0], strict=True))
-    assert np.array_equal(got[1], want[1])
+    assert len(got[0]) == len(want[0]) == frames and np.array_equal(got[1], want[1])
     with av.open(joined["video_url"]) as container:
-        dts = [p.dts for p in container.demux(video=0) if p.dts is not None]
+        stream = container.streams.video[0]
+        tag = stream.codec_context.codec_tag
+        pts, dts = np.array([(p.pts, p.dts) for p in container.demux(stream) if p.dts is not None]).T
     assert np.all(np.diff(dts) > 0)
+    if source == "numbered":
+        assert [number_of(f) for f in got[0]] == list(range(frames))
+    if codec == "hevc":
+        assert tag == "hvc1"
+    elif crf == 0:
+        assert all(np.array_equal(a, b) for a, b in zip(got[0], want[0], strict=True))
+    else:
+        assert np.any(np.diff(pts) < 0), "B-frames: presentation order differs from decode order"
+        # each joined frame is the whole encode's frame at its own index, up to encode noise
+        psnr = [10 * np.log10(255 ** 2 / max(np.mean((a.astype(float) - b) ** 2), 1e-9)) for a, b in zip(got[0], want[0])]
+        assert min(psnr) > 35
 
 
 def decoded(url: str) -> tuple[list[np.ndarray], np.ndarray]:

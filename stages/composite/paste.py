@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
-from dubline.schemas.manifest_io import read_rows
+from dubline.schemas.manifest_io import count_rows, read_rows
 from dubline.schemas.manifests import FRAME_CHUNK, RENDERED_TRACKS
 from dubline.stages.chunk_images import decode_rgba
 
@@ -46,13 +46,21 @@ def rendered_crops(render_url: str | None, start: int = 0) -> Iterator[tuple[int
     """
     if render_url is None:
         return iter(())
-    streams = [_track_crops(t["chunk_urls"], start) for t in read_rows(render_url, RENDERED_TRACKS)
+    streams = [_track_crops(t["chunk_urls"], t["frame_index"], start) for t in read_rows(render_url, RENDERED_TRACKS)
                if t["frame_index"] and t["frame_index"][-1] >= start]
     return heapq.merge(*streams, key=lambda item: item[0])
 
 
-def _track_crops(chunk_urls: list[str], start: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+def _track_crops(chunk_urls: list[str], frame_index: list[int], start: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """A track's crops from frame ``start`` on; ``frame_index``: its chunks' frames, in order.
+    Chunks that end before ``start`` are skipped unread (their row counts from the footers)."""
+    position = 0
     for url in chunk_urls:
+        if start > 0:
+            count = count_rows(url)
+            position += count
+            if not count or frame_index[position - 1] < start:
+                continue
         for row in read_rows(url, FRAME_CHUNK):
             if row["frame_index"] < start:
                 continue

@@ -39,11 +39,11 @@ from dubline.stages.composite.encode import (
 from dubline.stages.composite.paste import paste, rendered_crops
 from dubline.stages.media import (
     FilterChain,
-    open_media,
     ShownVideo,
     audio_duration,
     decode_audio,
     frames,
+    open_media,
     sdr_filter,
 )
 from dubline.stages.speech.fit import fit_policy
@@ -259,10 +259,20 @@ def _join(title_id: str, fps: Fraction, audio_url: str, path: str, segments: lis
                 stream = segment.streams.video[0]
                 if video_out is None:
                     video_out = out.add_stream_from_template(stream)
+                    # The template drops the codec tag (FFmpeg's MP4 default for HEVC is hev1,
+                    # which Apple players refuse): keep the segment's (hvc1).
+                    video_out.codec_context.codec_tag = stream.codec_context.codec_tag
+                    extradata = stream.codec_context.extradata
+                elif stream.codec_context.extradata != extradata:
+                    raise ValueError(f"segment {part['video_url']} was encoded with other parameters than the first")
                 shift = round(written / fps / stream.time_base)
+                first = True
                 for packet in segment.demux(stream):
                     if packet.dts is None:  # the demuxer's end-of-stream packet
                         continue
+                    if first and not packet.is_keyframe:
+                        raise ValueError(f"segment {part['video_url']} does not start with a keyframe")
+                    first = False
                     packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
                     packet.stream = video_out
                     out.mux(packet)

@@ -141,13 +141,14 @@ class RenderStage(Stage):
     @staticmethod
     def join_ranges(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
         """The output of one job over the whole title from its frame ranges' outputs (in range
-        order): each track's frames and chunks, concatenated."""
+        order): each track's frames and chunks concatenated, tracks in the single job's order
+        (the coefficients', by track id)."""
         joined: dict[int, dict[str, Any]] = {}
         for row in (row for part in parts for row in part):
             track = joined.setdefault(row["track_id"], {**row, "frame_index": [], "chunk_urls": [], "chunk_index": []})
             for name in ("frame_index", "chunk_urls", "chunk_index"):
                 track[name] = [*track[name], *row[name]]
-        return list(joined.values())
+        return sorted(joined.values(), key=lambda row: row["track_id"])
 
     def _plan(self, track: dict[str, Any], driven: dict[str, Any]) -> TrackPlan:
         """Target shapes and donors of a track (see the module docstring)."""
@@ -180,10 +181,11 @@ class RenderStage(Stage):
                       frame_range: tuple[int, int] | None
                       ) -> tuple[list[str], list[int], list[int], dict[str, float]] | None:
         """Render one track's crops for the driven coefficients on its driven frames, in the
-        chunks that start in ``frame_range`` (title frames [start, end); None: all); returns chunk
-        URLs (one per source chunk), their source chunks' positions (so each stays paired with
-        its face crops), the frame indices rendered and figures; None when no driven frame of the
-        track is in a chunk of the range."""
+        chunks that start in ``frame_range`` (title frames [start, end); None: all); returns the
+        URLs of the chunks written (one per face-crop chunk with a driven frame), those chunks'
+        positions among the face-crop chunks (so each stays paired with its face crops), the
+        frame indices rendered and figures; None when no driven frame of the track is in a chunk
+        of the range."""
         frames = len(driven["frame_index"])
         avatar = len(track["frame_index"]) == 1 and frames > 1
         starts = (list(range(0, frames, _AVATAR_CHUNK)) if avatar
@@ -207,7 +209,7 @@ class RenderStage(Stage):
         portrait = self._source_rows(track)[:1] if avatar else []
         chunks = ((portrait * (bounds[k] - starts[k]) if avatar else read_rows(track["chunk_urls"][k], FRAME_CHUNK))
                   for k in owned)
-        outside, rendered = [], []
+        outside, rendered, written = [], [], []
         for k, chunk in zip(owned, chunks):
             out_rows = []
             for i, row in enumerate(chunk, start=starts[k]):
@@ -234,9 +236,11 @@ class RenderStage(Stage):
                                  "image_format": "webp", "affine": to_frame.astype(np.float32).ravel().tolist()})
                 flicker_in.add(_lower_face(crop, alpha))
                 flicker_out.add(_lower_face(image, alpha))
-            url = f"{prefix}_{k:04d}.parquet"
-            write_manifest(out_rows, FRAME_CHUNK, url)
-            urls.append(url)
+            if out_rows:
+                url = f"{prefix}_{k:04d}.parquet"
+                write_manifest(out_rows, FRAME_CHUNK, url)
+                urls.append(url)
+                written.append(k)
         changes = sum(plan.blends[i].donors[-1] != plan.blends[i - 1].donors[-1] for i in positions if i > 0)
         figures = {
             "flicker_source": flicker_in.value, "flicker_output": flicker_out.value,
@@ -247,7 +251,7 @@ class RenderStage(Stage):
         }
         if not avatar and plan.model.prior_weight > 0 and positions[0] == int(np.argmax(weights > 0)):
             self.drop(WEAK_BLENDSHAPE_FIT)  # counted once per track: by the range with its first driven frame
-        return urls, owned, rendered, figures
+        return urls, written, rendered, figures
 
     @staticmethod
     def _mean_shape(track: dict[str, Any]) -> np.ndarray:
