@@ -131,3 +131,12 @@ def rows_sent_to(monkeypatch):
         return rows
 
     return spy
+
+
+def decoded(url: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every video frame (RGB) and all audio samples of a file, decoded."""
+    with av.open(url) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    with av.open(url) as container:
+        audio = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
+    return frames, audio

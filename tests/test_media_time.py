@@ -22,6 +22,7 @@ from dubline.stages.composite import CompositeStage
 from dubline.stages.media import FrameClock, describe, frames, read_audio, rgb_frames
 from dubline.stages.probe import ProbeStage
 from dubline.stages.sequential import SequentialRunner
+from tests.conftest import decoded
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -322,12 +323,3 @@ def test_a_title_encoded_in_segments_and_joined_is_the_title_encoded_whole(tmp_p
         # each joined frame is the whole encode's frame at its own index, up to encode noise
         psnr = [10 * np.log10(255 ** 2 / max(np.mean((a.astype(float) - b) ** 2), 1e-9)) for a, b in zip(got[0], want[0])]
         assert min(psnr) > 35
-
-
-def decoded(url: str) -> tuple[list[np.ndarray], np.ndarray]:
-    """Every video frame (RGB) and all audio samples of a file."""
-    with av.open(url) as container:
-        pictures = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    with av.open(url) as container:
-        audio = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
-    return pictures, audio

@@ -13,10 +13,10 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import pytest
 import yaml
@@ -26,6 +26,7 @@ from dubline.flows.localize import localize_catalogue
 from dubline.schemas.manifest_io import read_rows
 from dubline.schemas.manifests import SHOTS
 from dubline.stages.base import Resources, Stage, StageJob
+from tests.conftest import decoded
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("prefect_harness")]
 
@@ -38,13 +39,17 @@ def done_markers(out: Path) -> Counter[str]:
     return Counter(marker.relative_to(out / "manifests").parts[0] for marker in (out / "manifests").rglob("*.done"))
 
 
-def decoded(url: str) -> tuple[list[np.ndarray], np.ndarray]:
-    """Every video frame (RGB) and all audio samples of a file, decoded."""
-    with av.open(url) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    with av.open(url) as container:
-        audio = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
-    return frames, audio
+def kill_when(driver: subprocess.Popen, ready: Callable[[], bool], timeout_s: float = 180) -> None:
+    """SIGKILL ``driver``'s process group as soon as ``ready()``; fails if it ends first or never gets there."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not ready():
+            assert driver.poll() is None, f"the driver ended before it was killed: {driver.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.02)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
 
 
 # --- a driver killed half-way ----------------------------------------------------------------
@@ -77,15 +82,7 @@ def test_killed_driver_resumes_without_recomputing_and_matches_an_uninterrupted_
          "--executor", "local", "--quiet"],
         cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 180
-    try:
-        while not (out / "manifests").exists() or sum(done_markers(out).values()) < total // 2:
-            assert driver.poll() is None, f"the driver ended before it was killed: {driver.stderr.read()[-2000:]}"
-            assert time.monotonic() < deadline, "no progress"
-            time.sleep(0.02)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
+    kill_when(driver, lambda: (out / "manifests").exists() and sum(done_markers(out).values()) >= total // 2)
     assert driver.returncode == -signal.SIGKILL
     before = done_markers(out)
     assert 0 < sum(before.values()) < total, before
@@ -151,15 +148,7 @@ def test_driver_killed_between_render_ranges_resumes_only_the_unfinished_ranges(
         [sys.executable, "-c", _RANGED_CLI, "run", str(catalogue), "--out", str(out), "--executor", "local", "--quiet"],
         cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 180
-    try:
-        while not renders.exists() or not list(renders.glob("*.done")):
-            assert driver.poll() is None, f"the driver ended before it was killed: {driver.stderr.read()[-2000:]}"
-            assert time.monotonic() < deadline, "no render range finished"
-            time.sleep(0.02)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
+    kill_when(driver, lambda: renders.exists() and bool(list(renders.glob("*.done"))))
     assert len(list(renders.glob("*.done"))) == 1, "killed after the first of three ranges"
 
     monkeypatch.setitem(POLICIES, "render", dataclasses.replace(POLICIES["render"], range_s=0.4))
