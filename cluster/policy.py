@@ -22,7 +22,7 @@ class StagePolicy:
     #: measured on a 2-core CPU machine (e.g. faces 57 frames/s, render 20 frames/s at 700 px).
     timeout_base_s: float = 1800.0
     timeout_per_media_s: float = 60.0
-    #: Seconds of title per job for a stage that runs in frame ranges (``Stage.join_ranges``), so
+    #: Seconds of title per job for a stage that runs in frame ranges (``flows.tasks``), so
     #: that one long title uses many workers; None: one job per title.
     range_s: float | None = None
 

@@ -8,7 +8,7 @@ import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -172,11 +172,21 @@ def _run_ranges(run_url: str, stage: type[Stage], title_id: str, ranges: list[tu
         raise
 
 
+def _ranges_record(records: list[dict[str, Any]], counted: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One stage record from the records of a title's range jobs (and join): seconds, rows and
+    dropped items added up, figures joined (``join_metrics``), every worker named."""
+    return {"seconds": round(sum(r["seconds"] for r in records), 4), "rows_in": sum(r["rows_in"] for r in records),
+            "dropped": dict(sum((Counter(r["dropped"]) for r in records), Counter())),
+            "metrics": join_metrics([r["metrics"] for r in records], counted),
+            "worker": ", ".join(dict.fromkeys(r["worker"] for r in records))}
+
+
 def _execute_ranges(run_url: str, stage: type[Stage], title_id: str, titles_url: str, *, language: str | None,
-                    row: dict[str, Any], next_stage: type[Stage] | None = None) -> str:
-    """Run ``stage`` for a title in frame ranges (``_run_ranges``) and join their outputs
-    (``Stage.join_ranges``) into the manifest one job would have written; returns its URL. A
-    short title (or a still) is one job."""
+                    row: dict[str, Any], join: Callable[[list[list[dict[str, Any]]]], list[dict[str, Any]]],
+                    next_stage: type[Stage] | None = None) -> str:
+    """Run ``stage`` for a title in frame ranges (``_run_ranges``) and ``join`` their outputs
+    (rows of each range, in range order) into the manifest one job would have written; returns
+    its URL. A short title (or a still) is one job."""
     ranges = _title_ranges(stage, titles_url)
     if len(ranges) <= 1:
         return _execute(run_url, stage, title_id, language=language, rows=(row,), with_chunks=True,
@@ -190,20 +200,16 @@ def _execute_ranges(run_url: str, stage: type[Stage], title_id: str, titles_url:
     if record is None:
         joining = time.perf_counter()
         try:
-            joined = stage.join_ranges([read_rows(part_url, stage.output_schema) for part_url, *_ in parts])
+            joined = join([read_rows(part_url, stage.output_schema) for part_url, *_ in parts])
             write_manifest(joined, stage.output_schema, url)
         except Exception as exc:
             run.count(stage.name, "failed")
             progress.advance(stage.name)
             run.log(f"{stage.name} {title_id}{f' [{language}]' if language else ''} join failed: {exc}")
             raise
-        records = [part_record for _, _, part_record, _ in parts]
-        stats = StageStats(
-            stage=stage.name, title_id=title_id, rows_in=sum(r["rows_in"] for r in records), rows_out=len(joined),
-            seconds=round(sum(r["seconds"] for r in records) + time.perf_counter() - joining, 4),
-            dropped=dict(sum((Counter(r["dropped"]) for r in records), Counter())),
-            metrics=join_metrics([r["metrics"] for r in records], stage.counted_metrics),
-            worker=", ".join(dict.fromkeys(r["worker"] for r in records)))
+        joined_record = _ranges_record([part_record for _, _, part_record, _ in parts], stage.counted_metrics)
+        joined_record["seconds"] = round(joined_record["seconds"] + time.perf_counter() - joining, 4)
+        stats = StageStats(stage=stage.name, title_id=title_id, rows_out=len(joined), **joined_record)
         run.mark_finished(stage.name, title_id, key, stats)
         record = stats.to_dict()
     # seconds: the ranges' jobs added up; wall_seconds: from the first range's start to the join
@@ -288,7 +294,7 @@ def render(run_url: str, title_id: str, language: str, titles_url: str, faces_ur
     next (it has weights), else the composite does (enhance passes the crops through)."""
     row = {"title_id": title_id, "language": language, "faces_url": faces_url, "coeffs_url": coeffs_url}
     return _execute_ranges(run_url, RenderStage, title_id, titles_url, language=language, row=row,
-                           next_stage=None if enhanced else CompositeStage)
+                           join=RenderStage.join_ranges, next_stage=None if enhanced else CompositeStage)
 
 
 @task(name="enhance", task_run_name="enhance-{title_id}-{language}")
@@ -326,11 +332,8 @@ def composite(
     except Exception:
         progress.advance(CompositeStage.name)
         raise
-    records = [part_record for _, _, part_record, _ in parts] + [record]
-    record = {**record, "seconds": round(sum(r["seconds"] for r in records), 4),
-              "worker": ", ".join(dict.fromkeys(r["worker"] for r in records)),
-              "metrics": join_metrics([r["metrics"] for r in records]), "ranges": len(ranges),
-              "wall_seconds": round(time.perf_counter() - started, 4)}
+    record = {**record, **_ranges_record([part_record for _, _, part_record, _ in parts] + [record]),
+              "ranges": len(ranges), "wall_seconds": round(time.perf_counter() - started, 4)}
     _record(run_url, CompositeStage, title_id, language, key, record, executed or any(p[3] for p in parts))
     return url
 

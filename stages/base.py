@@ -86,13 +86,6 @@ class Stage(abc.ABC):
         weights): a runner may run it where it is instead of starting a worker for it."""
         return False
 
-    @staticmethod
-    def join_ranges(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-        """The output rows of one job over the whole title from the outputs of jobs over its frame
-        ranges, in range order, for a stage whose ranges are joined row by row (render; the
-        composite's segments are joined by a job of their own)."""
-        raise NotImplementedError("this stage does not run in frame ranges")
-
     def setup(self) -> None:
         """Load models and other per-worker state. Called once per worker before any batch."""
 

@@ -157,7 +157,7 @@ class RenderStage(Stage):
         identity = np.asarray(track["identity"])
         target_coeffs = np.hstack([np.asarray(driven["expression"]), np.asarray(driven["blink"])])
         target_pose = np.asarray(driven["pose"], dtype=np.float64)
-        if len(track["frame_index"]) == 1 and frames > 1:  # avatar: the portrait is every frame's source
+        if _is_avatar(track, driven):  # the portrait is every frame's source
             blendshapes = np.asarray(track["blendshapes"])
             source_coeffs = np.hstack([np.asarray(track["expression"]), np.asarray(track["blink"])])
             source_pose = np.asarray(track["pose"], dtype=np.float64)
@@ -187,7 +187,7 @@ class RenderStage(Stage):
         frame indices rendered and figures; None when no driven frame of the track is in a chunk
         of the range."""
         frames = len(driven["frame_index"])
-        avatar = len(track["frame_index"]) == 1 and frames > 1
+        avatar = _is_avatar(track, driven)
         starts = (list(range(0, frames, _AVATAR_CHUNK)) if avatar
                   else np.cumsum([0] + [count_rows(url) for url in track["chunk_urls"]])[:-1].tolist())
         bounds = [*starts[1:], frames]
@@ -302,6 +302,11 @@ class RenderStage(Stage):
         alpha = np.zeros(crop.shape[:2], np.float32)
         alpha[y0:y1, x0:x1] = np.clip(alpha_box, 0.0, 1.0)
         return image, alpha
+
+
+def _is_avatar(track: dict[str, Any], driven: dict[str, Any]) -> bool:
+    """Whether one portrait frame is driven over many frames (avatar mode)."""
+    return len(track["frame_index"]) == 1 and len(driven["frame_index"]) > 1
 
 
 def _summary(figures: list[dict[str, float]]) -> dict[str, float]:
