@@ -32,7 +32,9 @@ POLICIES: dict[str, StagePolicy] = {
     # probe demuxes and hashes the source before any duration is known: its base alone bounds it
     "probe": StagePolicy(max_workers=4, timeout_per_media_s=0.0),
     "shots": StagePolicy(max_workers=4),
-    "faces": StagePolicy(max_workers=2),
+    # ranges of whole one-minute track segments (FacesJob.segment_frames), so a range links the
+    # tracks one job would; the crops are cut in one join job
+    "faces": StagePolicy(max_workers=8, range_s=60.0),
     # ~15 s per job: a minute of video keeps four workers busy; planning a range cost 0.34 s of a
     # 10 s range (844², 2-core VM)
     "render": StagePolicy(max_workers=8, range_s=15.0),
@@ -73,11 +75,13 @@ def job_timeout_s(stage_name: str, duration_s: float | None) -> float | None:
     return scale * (policy.timeout_base_s + policy.timeout_per_media_s * duration)
 
 
-def frame_ranges(stage_name: str, frame_count: int, fps: float) -> list[tuple[int, int]]:
+def frame_ranges(stage_name: str, frame_count: int, fps: float, align: int = 1) -> list[tuple[int, int]]:
     """Title frames [start, end) of the jobs ``stage_name`` runs one title of ``frame_count`` frames
     at ``fps`` as: equal ranges of about the policy's ``range_s`` seconds (the last range takes
-    the remainder); one range when the policy has none or the title is not longer."""
+    the remainder), each starting on a multiple of ``align`` frames; one range when the policy
+    has none or the title is not longer."""
     range_s = policy_for(stage_name).range_s
     count = 1 if not range_s or fps <= 0 else max(1, round(frame_count / (range_s * fps)))
-    edges = [round(i * frame_count / count) for i in range(count + 1)]
+    inner = [round(i * frame_count / align / count) * align for i in range(1, count)]  # whole units, spread evenly
+    edges = [0, *sorted({e for e in inner if 0 < e < frame_count}), frame_count]
     return list(zip(edges[:-1], edges[1:]))

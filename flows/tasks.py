@@ -27,6 +27,7 @@ from dubline.stages.coeffs.stage import CoeffsStage
 from dubline.stages.composite import CompositeStage
 from dubline.stages.enhance import EnhanceStage
 from dubline.stages.faces import FaceStage
+from dubline.stages.faces import stage as faces_stage
 from dubline.stages.job_rows import key_inputs, manifest_key
 from dubline.stages.probe import ProbeStage
 from dubline.stages.render import RenderStage
@@ -141,14 +142,15 @@ def _execute(run_url: str, stage: type[Stage], title_id: str, *, language: str |
     return url
 
 
-def _title_ranges(stage: type[Stage], titles_url: str, seekable: bool = False) -> list[tuple[int, int]]:
-    """The frame ranges ``stage`` runs a title in (``cluster.policy.frame_ranges``); none for a
-    still or an avatar (its length is the dub's), nor, where the stage decodes the video
-    (``seekable``), for a source with no keyframe but its first to start decoding at (e.g. VFR)."""
+def _title_ranges(stage: type[Stage], titles_url: str, seekable: bool = False, align: int = 1) -> list[tuple[int, int]]:
+    """The frame ranges ``stage`` runs a title in (``cluster.policy.frame_ranges``, starting on
+    multiples of ``align`` frames); none for a still or an avatar (its length is the dub's), nor,
+    where the stage decodes the video (``seekable``), for a source with no keyframe but its first
+    to start decoding at (e.g. VFR)."""
     (title,) = read_rows(titles_url, TITLES)
     if title["still"] or title["mode"] == "avatar" or (seekable and len(title["keyframe_index"]) < 2):
         return []
-    return frame_ranges(stage.name, title["frame_count"], title["fps"])
+    return frame_ranges(stage.name, title["frame_count"], title["fps"], align)
 
 
 def _run_ranges(run_url: str, stage: type[Stage], title_id: str, ranges: list[tuple[int, int]], *,
@@ -250,8 +252,15 @@ def shots(run_url: str, title_id: str, titles_url: str) -> str:
 
 @task(name="faces", task_run_name="faces-{title_id}")
 def faces(run_url: str, title_id: str, titles_url: str, shots_url: str) -> str:
-    row = {"title_id": title_id, "titles_url": titles_url, "shots_url": shots_url}
-    return _execute(run_url, FaceStage, title_id, rows=(row,), with_chunks=True)
+    """Face tracks and crops; a title longer than the faces policy's ``range_s`` is analysed in
+    ranges of whole track segments, and one join job numbers the tracks and cuts the crops."""
+    row = {"title_id": title_id, "titles_url": titles_url, "shots_url": shots_url,
+           "segment_frames": faces_stage.SEGMENT_FRAMES}
+    ranges = _title_ranges(FaceStage, titles_url, seekable=True, align=row["segment_frames"])
+    if len(ranges) <= 1:
+        return _execute(run_url, FaceStage, title_id, rows=(row,), with_chunks=True)
+    return _execute_ranges_and_join(run_url, FaceStage, title_id, ranges, language=None, row=row, joined_by="ranges",
+                                    next_stage=None)
 
 
 @task(name="audio", task_run_name="audio-{title_id}-{language}")
@@ -324,17 +333,28 @@ def composite(
     if len(ranges) <= 1:
         return _execute(run_url, CompositeStage, title_id, language=language, rows=(row,), next_stage=ReportStage)
     # Segments per range, then one job that joins them with the audio into the output.
+    return _execute_ranges_and_join(run_url, CompositeStage, title_id, ranges, language=language, row=row,
+                                    joined_by="segments", next_stage=ReportStage)
+
+
+def _execute_ranges_and_join(run_url: str, stage: type[Stage], title_id: str, ranges: list[tuple[int, int]], *,
+                             language: str | None, row: dict[str, Any], joined_by: str,
+                             next_stage: type[Stage] | None) -> str:
+    """Run ``stage`` for a title in frame ranges (``_run_ranges``), then one job of it that is given
+    the ranges' manifests in its row's ``joined_by`` field and writes the title's output; returns
+    that output's URL."""
     started = time.perf_counter()
-    parts = _run_ranges(run_url, CompositeStage, title_id, ranges, language=language, row=row, next_stage=None)
+    parts = _run_ranges(run_url, stage, title_id, ranges, language=language, row=row, next_stage=None)
     try:
-        url, key, record, executed = _job(run_url, CompositeStage, title_id, language=language, next_stage=ReportStage,
-                                          rows=({**row, "segments": [part_url for part_url, *_ in parts]},), part="join")
+        url, key, record, executed = _job(run_url, stage, title_id, language=language, next_stage=next_stage,
+                                          rows=({**row, joined_by: [part_url for part_url, *_ in parts]},),
+                                          with_chunks=True, part="join")
     except Exception:
-        progress.advance(CompositeStage.name)
+        progress.advance(stage.name)
         raise
-    record = {**record, **_ranges_record([part_record for _, _, part_record, _ in parts] + [record]),
+    record = {**record, **_ranges_record([part_record for _, _, part_record, _ in parts] + [record], stage.counted_metrics),
               "ranges": len(ranges), "wall_seconds": round(time.perf_counter() - started, 4)}
-    _record(run_url, CompositeStage, title_id, language, key, record, executed or any(p[3] for p in parts))
+    _record(run_url, stage, title_id, language, key, record, executed or any(p[3] for p in parts))
     return url
 
 

@@ -483,8 +483,10 @@ def _decode_from(container: av.container.InputContainer, stream: av.video.stream
     return container.decode(stream), 0
 
 
-def rgb_frames(source: ShownVideo | str | dict[str, Any], view: str = "sdr") -> Iterator[tuple[int, np.ndarray]]:
-    """(clock frame index, H×W×3 uint8 RGB) of a video as shown, in the ``rgb`` or ``sdr`` view.
+def rgb_frames(source: ShownVideo | str | dict[str, Any], view: str = "sdr",
+               start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    """(clock frame index, H×W×3 uint8 RGB) of a video as shown, in the ``rgb`` or ``sdr`` view,
+    from clock frame ``start`` on (decoded from the keyframe before it, see ``frames``).
 
     ``source``: a ``ShownVideo``, a URL (described first) or a ``titles`` row. ``sdr`` (BT.709
     SDR) is what the face models expect, ``rgb`` (the source's own code values) what is pasted
@@ -493,7 +495,7 @@ def rgb_frames(source: ShownVideo | str | dict[str, Any], view: str = "sdr") -> 
         video = describe(source)
     else:
         video = source if isinstance(source, ShownVideo) else ShownVideo.from_title(source)
-    for index, frame in enumerate(frames(video, view)):
+    for index, frame in enumerate(frames(video, view, start), start=start):
         yield index, frame.to_ndarray(format="rgb24")
 
 

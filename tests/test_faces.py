@@ -30,13 +30,15 @@ def runner():
     return SequentialRunner()  # one MediaPipe set-up for the whole module
 
 
-def analyse(runner, folder: Path, clip: Path, **params):
-    """probe -> shots -> faces on ``clip``; returns (tracks, shots, stats)."""
+def analyse(runner, folder: Path, clip: Path, segment_frames: int | None = None, **params):
+    """probe -> shots -> faces on ``clip`` (tracks cut every ``segment_frames`` when given);
+    returns (tracks, shots, stats)."""
     folder.mkdir(parents=True, exist_ok=True)
     titles, shots, faces = (str(folder / f"{name}.parquet") for name in ("titles", "shots", "faces"))
     runner.run(StageJob(ProbeStage, {}, titles, "t", rows=({"title_id": "t", "mode": "dub", "source_url": str(clip)},)))
     runner.run(StageJob(ShotsStage, {}, shots, "t", input_url=titles))
-    row = {"title_id": "t", "titles_url": titles, "shots_url": shots, "chunks_url": str(folder / "chunks")}
+    row = {"title_id": "t", "titles_url": titles, "shots_url": shots, "chunks_url": str(folder / "chunks"),
+           **({"segment_frames": segment_frames} if segment_frames else {})}
     stats = runner.run(StageJob(FaceStage, params, faces, "t", rows=(row,)))
     return read_rows(faces, FACE_TRACKS), read_rows(shots, SHOTS), stats
 
@@ -89,12 +91,39 @@ def test_no_track_crosses_a_cut(runner, media, tmp_path):
         assert shot["start_frame"] <= track["frame_index"][0] and track["frame_index"][-1] < shot["end_frame"]
 
 
-def test_a_long_track_continues_as_new_tracks_of_bounded_length(runner, media, tmp_path):
-    tracks, _, _ = analyse(runner, tmp_path / "run", media["two_shots"], max_track_frames=12)
-    lengths = [(t["shot_index"], len(t["frame_index"])) for t in tracks]
-    assert lengths == [(0, 12), (0, 12), (0, 6), (1, 12), (1, 12), (1, 6)]  # 30 frames per shot
-    firsts = [t["frame_index"][0] for t in tracks]
-    assert firsts == sorted(firsts) and [t["track_id"] for t in tracks] == list(range(6))
+def test_tracks_are_cut_at_every_segment_of_the_title(runner, media, tmp_path):
+    tracks, _, _ = analyse(runner, tmp_path / "run", media["two_shots"], segment_frames=12)
+    spans = [(t["shot_index"], t["frame_index"][0], len(t["frame_index"])) for t in tracks]
+    # 30 frames per shot, cut at frames 12, 24, 36 and 48 of the title (bounded memory; ranges)
+    assert spans == [(0, 0, 12), (0, 12, 12), (0, 24, 6), (1, 30, 6), (1, 36, 12), (1, 48, 12)]
+    assert [t["track_id"] for t in tracks] == list(range(6))
+
+
+def test_ranges_of_whole_segments_joined_give_the_single_jobs_tracks_and_crops(runner, media, tmp_path):
+    single, _, _ = analyse(runner, tmp_path / "one", media["two_shots"], segment_frames=12)
+    assert any(t["chunk_urls"] for t in single), "the comparison below must include crops"
+    folder = tmp_path / "ranges"
+    titles, shots = str(tmp_path / "one" / "titles.parquet"), str(tmp_path / "one" / "shots.parquet")
+    row = {"title_id": "t", "titles_url": titles, "shots_url": shots, "segment_frames": 12}
+    parts = []
+    for start, end in ((0, 24), (24, 48), (48, 60)):  # the last range reaches the title's end
+        parts.append(str(folder / f"range{start}.parquet"))
+        runner.run(StageJob(FaceStage, {}, parts[-1], "t",
+                            rows=({**row, "chunks_url": str(folder / f"chunks{start}"), "frame_range": (start, end)},)))
+        assert all(t["chunk_urls"] == [] for t in read_rows(parts[-1], FACE_TRACKS))  # crops come with the join
+    joined = str(folder / "faces.parquet")
+    stats = runner.run(StageJob(FaceStage, {}, joined, "t", rows=({**row, "chunks_url": str(folder / "chunks"), "ranges": parts},)))
+    tracks = read_rows(joined, FACE_TRACKS)
+    assert len(tracks) == len(single) == 6 and "crops_s" in stats.metrics
+    for ours, theirs in zip(tracks, single):
+        for name in ("track_id", "shot_index", "frame_index", "dubbable", "bbox", "landmarks", "pose", "expression"):
+            assert np.array_equal(np.asarray(ours[name]), np.asarray(theirs[name])), name
+        crops = [(r["frame_index"], r["image"], r["track_id"]) for url in ours["chunk_urls"] for r in read_rows(url, FRAME_CHUNK)]
+        assert crops == [(r["frame_index"], r["image"], r["track_id"]) for url in theirs["chunk_urls"] for r in read_rows(url, FRAME_CHUNK)]
+    for start, end in ((5, 24), (0, 30), (24, 24)):  # not on segments, or empty
+        with pytest.raises(ValueError, match="whole 12-frame segments"):
+            runner.run(StageJob(FaceStage, {}, str(folder / f"bad{start}-{end}.parquet"), "t",
+                                rows=({**row, "chunks_url": str(folder / "bad"), "frame_range": (start, end)},)))
 
 
 def test_blank_frames_give_no_track_and_no_error(runner, tmp_path):
@@ -193,20 +222,3 @@ def test_a_short_occlusion_does_not_break_the_track(runner, tmp_path):
     (track,) = tracks
     assert track["frame_index"] == list(range(20))
     assert stats.dropped["frames interpolated in tracks"] == 3
-
-
-def test_a_track_split_for_length_keeps_its_detector_score_and_is_looked_for_where_it_was():
-    from dubline.stages.faces.tracking import TrackLinker
-
-    linker = TrackLinker(max_gap=2, max_length=3)
-    box, mesh = np.array([10.0, 10.0, 50.0, 50.0]), np.zeros((478, 3))
-    done = []
-    for frame in range(5):
-        score = 0.95 if frame == 0 else 0.0  # detected once, then only followed
-        linker.add(frame, box[None], [mesh], np.array([score]))
-        done += linker.pop_finished(frame)
-        if frame == 2:  # the first part is full: where it was is where to look next
-            assert np.array_equal(linker.expected_boxes(3), box[None])
-    parts = done + linker.tracks
-    assert [t.frames for t in parts] == [[0, 1, 2], [3, 4]]
-    assert [t.best_score for t in parts] == [0.95, 0.95]

@@ -24,9 +24,10 @@ from dubline.flows.localize import localize_catalogue
 from dubline.flows.run_folder import RunFolder
 from dubline.schemas import storage
 from dubline.schemas.manifest_io import read_rows
-from dubline.schemas.manifests import DRIVEN_COEFFS
+from dubline.schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS
 from dubline.stages.face_model.geometry import LOWER_LIP_INNER, UPPER_LIP_INNER
 from dubline.stages.face_model.landmarks import FaceLandmarker
+from dubline.stages.faces import stage as faces_stage
 from dubline.stages.speech.espeak import synthesize, write_wav
 from tests.conftest import CLIP_FPS, CLIP_SIZE, SHOT_SECONDS
 
@@ -161,19 +162,29 @@ def test_changed_dub_audio_recomputes_only_that_language(first_run, media):
     assert again["titles"]["portraits"]["status"] == "done"
 
 
-def test_a_title_renders_on_two_ray_workers_and_composites_in_frame_ranges(media, tmp_path, monkeypatch):
-    # Ranges of 0.6 s: the two-shot clip's 60 frames are four ranges, and each shot's track has
-    # its chunk in one of them (frames 0 and 30, where the clip has its keyframes). The policy is
-    # read in the driver.
-    for stage in ("render", "composite"):
+def test_a_title_is_analysed_and_rendered_on_two_ray_workers_and_composited_in_frame_ranges(media, tmp_path, monkeypatch):
+    # Ranges of 0.6 s: the two-shot clip's 60 frames are four ranges. Faces cut tracks every 15
+    # frames, so each range links a track segment of its own; the second shot's face is large
+    # enough to dub. The policy and the segment length are read in the driver (the jobs' rows
+    # carry the segment length to the workers).
+    for stage in ("faces", "render", "composite"):
         monkeypatch.setitem(POLICIES, stage, dataclasses.replace(POLICIES[stage], range_s=0.6))
+    monkeypatch.setattr(faces_stage, "SEGMENT_FRAMES", 15)
     catalogue = tmp_path / "catalogue.yaml"
     catalogue.write_text(yaml.safe_dump([{"title_id": "long", "video": str(media["two_shots"]), "language": "fr",
                                           "dub_audio": str(media["dub_fr"])}]))
     summary = localize_catalogue(catalogue=str(catalogue), out=str(tmp_path / "run"))
     assert summary["titles"]["long"]["status"] == "done"
+    assert summary["invocation"]["stages_executed"]["faces"] == 5  # four ranges and the join that cuts the crops
+    state = json.loads((tmp_path / "run" / "run.json").read_text())["titles"]["long"]
+    faces = state["stages"]["faces"]
+    assert faces["ranges"] == 4 and faces["rows_out"] == 4 and faces["metrics"]["tracks"] == 4
+    assert len(faces["worker"].split(", ")) == 2, f"the ranges ran on one worker: {faces['worker']}"
+    tracks = read_rows(RunFolder(str(tmp_path / "run")).manifest_url("faces", "long", faces["key"]), FACE_TRACKS)
+    assert [(t["track_id"], t["frame_index"][0]) for t in tracks] == [(0, 0), (1, 15), (2, 30), (3, 45)]
+    assert [bool(t["chunk_urls"]) for t in tracks] == [t["dubbable"] for t in tracks] == [False, False, True, True]
     assert summary["invocation"]["stages_executed"]["render"] == 4
-    render = json.loads((tmp_path / "run" / "run.json").read_text())["titles"]["long"]["languages"]["fr"]["stages"]["render"]
+    render = state["languages"]["fr"]["stages"]["render"]
     assert render["ranges"] == 4 and render["rows_in"] == 4 and render["rows_out"] >= 1
     assert len(render["worker"].split(", ")) == 2, f"the ranges ran on one worker: {render['worker']}"
     assert summary["invocation"]["stages_executed"]["composite"] == 5  # four segments and their join

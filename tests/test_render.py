@@ -229,4 +229,14 @@ def test_join_metrics_adds_counts_takes_extremes_and_weights_means_by_faces():
 ])
 def test_render_frame_ranges_are_equal_parts_of_about_fifteen_seconds(frames, fps, expected):
     assert frame_ranges("render", frames, fps) == expected
-    assert frame_ranges("faces", frames, fps) == [(0, frames)], "a stage without range_s runs one job per title"
+    assert frame_ranges("shots", frames, fps) == [(0, frames)], "a stage without range_s runs one job per title"
+
+
+@pytest.mark.parametrize(("frames", "fps", "expected"), [
+    (1500, 25.0, [(0, 1500)]),  # one minute: one job
+    (3000, 25.0, [(0, 1500), (1500, 3000)]),  # two minutes: a segment each
+    (3600, 30.0, [(0, 1500), (1500, 3600)]),  # two minutes at 30 fps: ranges start on segments
+    (9000, 25.0, [(0, 1500), (1500, 3000), (3000, 4500), (4500, 6000), (6000, 7500), (7500, 9000)]),
+])
+def test_face_ranges_start_on_track_segments(frames, fps, expected):
+    assert frame_ranges("faces", frames, fps, align=1500) == expected

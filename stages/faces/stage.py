@@ -3,6 +3,14 @@
 Two streaming passes over the video keep memory flat in its length: the first runs detection and
 the mesh on every frame and links faces into tracks per shot; after each track's geometry is
 fitted, the second cuts the aligned crops of the dubbable tracks into frame chunks.
+
+Tracks never cross a shot boundary, nor a multiple of ``FacesJob.segment_frames`` counted from
+the title's first frame (a *segment*: by default one minute at 25 fps). That bounds memory, and it
+lets a long title's first pass run in frame ranges made of whole segments
+(``FacesJob.frame_range``), one job each, which link exactly the tracks one job would. A join job
+(``FacesJob.ranges``) numbers the ranges' tracks in order and cuts their crops. A face that goes
+on across a segment's first frame becomes a new track there: it is found again by the detector
+and fitted and smoothed afresh (a piece shorter than ``min_track_frames`` is left as filmed).
 """
 
 from __future__ import annotations
@@ -28,27 +36,42 @@ from dubline.stages.faces.tracking import TrackLinker, distinct, iou
 from dubline.stages.media import rgb_frames
 
 
+#: Frames of a track segment (one minute at 25 fps): memory stays bounded by it, not by the
+#: title's length, and frame ranges of whole segments link the tracks one job would.
+SEGMENT_FRAMES = 1500
+
+
 class FacesJob(JobRow):
     titles_url: Upstream
     shots_url: Upstream
     chunks_url: Place | None = None  # the crops' folder, beside the output manifest
+    #: Tracks are cut at every multiple of this many frames from the title's first frame. In the
+    #: row, not the stage's parameters, so that every job of a title is given the segments its
+    #: ranges were cut on.
+    segment_frames: int = SEGMENT_FRAMES
+    #: [start, end) clock frames, whole segments (multiples of ``segment_frames``): only the
+    #: first pass over these frames; the tracks come out without crops and numbered from 0.
+    frame_range: tuple[int, int] | None = None
+    #: The range jobs' ``face_tracks`` manifests, in order: this job numbers their tracks and cuts
+    #: the crops instead of analysing frames.
+    ranges: list[Upstream] = []
 
 class FaceStage(Stage):
     """One row per title (a ``FacesJob``) -> ``face_tracks`` rows."""
 
     name = "faces"
-    version = "6"  # 5: frames as shown (upright, on the frame clock, SDR view for analysis); 6: detector score per track
+    # 5: frames as shown (upright, on the frame clock, SDR view for analysis); 6: detector score per
+    # track; 7: tracks cut at multiples of segment_frames from the title's start, not per track
+    version = "7"
     resources = Resources(cpus=1.0, memory_gb=2.0)
     output_schema = FACE_TRACKS
     job_row = FacesJob
+    counted_metrics = ("faces_detected", "tracks", "tracks_dubbable")
     defaults = {
         "min_detection_confidence": 0.5,
         "discover_every": 5,  # frames between tiled detections that find small faces
         "discover_grid": 2,
         "max_gap": 5,  # frames a track may miss and still continue (filled by interpolation)
-        # A longer unbroken track continues as a new one: memory stays bounded by this, not by
-        # the title's length (one minute at 25 fps; each part is fitted and calibrated on its own).
-        "max_track_frames": 1500,
         "min_track_frames": 8,
         # A track the face detector never scored this high is not taken for a face: a gesturing
         # hand found on the tiles scored at most 0.72 over 18 frames, while the real faces of the
@@ -71,16 +94,23 @@ class FaceStage(Stage):
 
     def _title(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         (title,) = read_rows(row["titles_url"], TITLES)
+        if row.get("ranges"):
+            return self._join(title, row["ranges"], row["chunks_url"])
         shots = read_rows(row["shots_url"], SHOTS)
+        start, end = row.get("frame_range") or (0, title["frame_count"])
+        segment = row["segment_frames"]
+        if row.get("frame_range") and (start >= end or start % segment or (end % segment and end < title["frame_count"])):
+            raise ValueError(f"faces frame range {start}-{end} is not a run of whole {segment}-frame segments")
         started = time.perf_counter()
         try:
-            analysed, frames, faces = self._link_and_analyse(title, shots)
+            analysed, frames, faces = self._link_and_analyse(title, shots, start, end, segment)
         except (av.error.FFmpegError, OSError) as exc:  # a decoder failure is this title's problem
             raise TitleError(row["title_id"], f"face analysis failed while decoding ({exc})") from exc
         for track_id, track in enumerate(analysed):
             track["track_id"] = track_id
         analysis_s = time.perf_counter() - started
-        self._write_crops(title, analysed, row["chunks_url"])
+        if not row.get("frame_range"):
+            self._write_crops(title, analysed, row["chunks_url"])
         dubbable = [t for t in analysed if t["dubbable"]]
         weights = [len(t["frame_index"]) for t in analysed] or [1]
         self.count_work(frames=frames)
@@ -89,36 +119,54 @@ class FaceStage(Stage):
             tracks=len(analysed),
             tracks_dubbable=len(dubbable),
             analysis_fps=frames / max(analysis_s, 1e-9),
-            crops_s=time.perf_counter() - started - analysis_s,
             jitter_raw_px=np.average([t.pop("_jitter_raw") for t in analysed] or [0], weights=weights),
             jitter_smoothed_px=np.average([t.pop("_jitter_smoothed") for t in analysed] or [0], weights=weights),
             reprojection_px=np.average([t.pop("_reprojection") for t in analysed] or [0], weights=weights),
-            smoothing_lag_frames=max([t.pop("_lag") for t in analysed] or [0]),
+            smoothing_lag_frames_max=max([t.pop("_lag") for t in analysed] or [0]),
+            **({} if row.get("frame_range") else {"crops_s": time.perf_counter() - started - analysis_s}),
         )
         return [{k: v for k, v in t.items() if not k.startswith("_")} for t in analysed]
 
-    def _link_and_analyse(self, title: dict[str, Any], shots: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int, int]:
-        """Pass 1: faces of every frame, linked per shot; each track is analysed as soon as it
-        ends (or reaches ``max_track_frames``), so its raw meshes never outlive it.
+    def _join(self, title: dict[str, Any], ranges: list[str], chunks_url: str) -> list[dict[str, Any]]:
+        """The range jobs' tracks, numbered in range order as one job numbers them, with crops."""
+        tracks = [track for url in ranges for track in read_rows(url, FACE_TRACKS)]
+        for track_id, track in enumerate(tracks):
+            track["track_id"] = track_id
+        started = time.perf_counter()
+        self._write_crops(title, tracks, chunks_url)
+        self.report(crops_s=time.perf_counter() - started)
+        return tracks
 
-        Returns the analysed tracks in shot and creation order, the frame and face counts.
+    def _link_and_analyse(self, title: dict[str, Any], shots: list[dict[str, Any]], start: int, end: int,
+                          segment_frames: int) -> tuple[list[dict[str, Any]], int, int]:
+        """Pass 1 over clock frames [``start``, ``end``): faces of every frame, linked per shot and
+        segment; each track is analysed as soon as it ends, so its raw meshes never outlive it.
+
+        Returns the analysed tracks in shot, segment and creation order, the frame and face counts.
         """
         starts = [s["start_frame"] for s in shots]
-        linkers = [TrackLinker(self.params["max_gap"], max_length=self.params["max_track_frames"]) for _ in shots]
-        analysed: list[tuple[int, int, dict[str, Any]]] = []
+        place, linker = None, TrackLinker(self.params["max_gap"])  # place: (shot index, segment index)
+        analysed: list[tuple[int, int, int, dict[str, Any]]] = []
+
+        def analyse(tracks) -> None:
+            analysed.extend((*place, t.serial, self._analyse(title, place[0], t)) for t in tracks)
+
         frames = faces = 0
-        for index, rgb in rgb_frames(title):  # analysed in the SDR view
+        for index, rgb in rgb_frames(title, start=start):  # analysed in the SDR view
+            if index >= end:
+                break
             frames += 1
-            shot_index = max(0, bisect_right(starts, index) - 1)
-            linker = linkers[shot_index]
+            here = (max(0, bisect_right(starts, index) - 1), index // segment_frames)
+            if here != place:  # a new shot or segment: the tracks before it have ended
+                analyse(linker.tracks)
+                place, linker = here, TrackLinker(self.params["max_gap"])
             boxes, meshes, scores = self._faces_in_frame(rgb, index, linker)
             faces += len(boxes)
             linker.add(index, boxes, meshes, scores)
-            analysed += [(shot_index, t.serial, self._analyse(title, shot_index, t)) for t in linker.pop_finished(index)]
-        for shot_index, linker in enumerate(linkers):
-            analysed += [(shot_index, t.serial, self._analyse(title, shot_index, t)) for t in linker.tracks]
-        analysed.sort(key=lambda item: item[:2])
-        return [track for _, _, track in analysed], frames, faces
+            analyse(linker.pop_finished(index))
+        analyse(linker.tracks)
+        analysed.sort(key=lambda item: item[:3])
+        return [track for *_, track in analysed], frames, faces
 
     def _faces_in_frame(self, rgb: np.ndarray, index: int,
                         linker: TrackLinker) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:

@@ -16,7 +16,7 @@ from scipy.optimize import linear_sum_assignment
 
 @dataclass
 class Track:
-    serial: int  # creation order within the shot
+    serial: int  # creation order within its linker (one shot, or one segment of it)
     frames: list[int] = field(default_factory=list)
     boxes: list[np.ndarray] = field(default_factory=list)  # 4 (x0, y0, x1, y1)
     landmarks: list[np.ndarray] = field(default_factory=list)  # 478×3
@@ -64,30 +64,23 @@ def distinct(boxes: np.ndarray, max_iou: float = 0.3) -> list[int]:
 
 
 class TrackLinker:
-    """Online linking of one shot's detections, frame by frame."""
+    """Online linking of one shot's (or shot segment's) detections, frame by frame."""
 
-    def __init__(self, max_gap: int = 5, min_iou: float = 0.3, max_length: int | None = None):
+    def __init__(self, max_gap: int = 5, min_iou: float = 0.3):
         self.max_gap = max_gap
         self.min_iou = min_iou
-        self.max_length = max_length  # frames; a longer track continues as a new one
         self.tracks: list[Track] = []
         self._created = 0
-        #: Tracks ended at ``max_length``: (last frame, last box, best score), so that the track
-        #: continuing them is looked for where they were and keeps their detector score.
-        self._continued: list[tuple[int, np.ndarray, float]] = []
 
     def pop_finished(self, frame: int) -> list[Track]:
         """Remove and return the tracks that frames after ``frame`` can no longer extend."""
-        full = [t for t in self.tracks if self.max_length is not None and len(t.frames) >= self.max_length]
-        done = full + [t for t in self.tracks if frame + 1 - t.last_frame > self.max_gap + 1 and all(t is not f for f in full)]
+        done = [t for t in self.tracks if frame + 1 - t.last_frame > self.max_gap + 1]
         self.tracks = [t for t in self.tracks if all(t is not d for d in done)]
-        self._continued += [(t.last_frame, t.boxes[-1], t.best_score) for t in full]
         return done
 
     def expected_boxes(self, frame: int) -> np.ndarray:
         """Boxes of the tracks seen in the previous frame: where to look for them again."""
-        boxes = [t.boxes[-1] for t in self.tracks if t.last_frame == frame - 1]
-        return np.array(boxes + [box for last, box, _ in self._continued if last == frame - 1]).reshape(-1, 4)
+        return np.array([t.boxes[-1] for t in self.tracks if t.last_frame == frame - 1]).reshape(-1, 4)
 
     def add(self, frame: int, boxes: np.ndarray, landmarks: list[np.ndarray], scores: np.ndarray | None = None) -> None:
         """Faces of one frame: boxes N×4 with their 478×3 landmarks and detector scores N (0 where
@@ -105,10 +98,6 @@ class TrackLinker:
                     open_tracks[r].landmarks.append(landmarks[c].astype(np.float32))  # half the memory of long tracks
                     open_tracks[r].best_score = max(open_tracks[r].best_score, float(scores[c]))
                     unmatched.discard(c)
-        continued = [(box, score) for last, box, score in self._continued if frame - last <= self.max_gap + 1]
         for c in sorted(unmatched):
-            inherited = [score for box, score in continued if iou(box[None], boxes[c : c + 1])[0, 0] >= self.min_iou]
-            self.tracks.append(Track(self._created, [frame], [boxes[c]], [landmarks[c].astype(np.float32)],
-                                     max([float(scores[c]), *inherited])))
+            self.tracks.append(Track(self._created, [frame], [boxes[c]], [landmarks[c].astype(np.float32)], float(scores[c])))
             self._created += 1
-        self._continued = [(last, box, score) for last, box, score in self._continued if frame - last <= self.max_gap]
