@@ -83,11 +83,25 @@ def test_best_lag_r_finds_a_shifted_copy():
 def test_calibration_recovers_a_speakers_scale_and_rejects_noise():
     rng = np.random.default_rng(0)
     predicted = rng.normal(0.1, 0.05, size=(200, 4))
-    measured = 2.0 * predicted + 0.01 + rng.normal(0, 0.005, size=predicted.shape)
+    measured = 2.0 * predicted + rng.normal(0, 0.005, size=predicted.shape)
     calibration = fit_calibration(predicted, measured)
     assert np.allclose(calibration.gain, 2.0, atol=0.1) and calibration.trusted.all() and (calibration.r > 0.95).all()
     unrelated = fit_calibration(predicted, rng.normal(size=predicted.shape))
     assert not unrelated.trusted.any() and np.allclose(unrelated.gain, 1.0)
+
+
+def test_calibration_keeps_a_closed_mouth_closed():
+    """A speaker who opens wide on average (a large mean) must not get a mouth that stays open
+    through speech and jumps open at its onset: zero (closed, at rest) maps to zero."""
+    rng = np.random.default_rng(1)
+    jaw = np.clip(np.convolve(rng.normal(0.1, 0.1, 400), np.ones(5) / 5, mode="same"), 0, None)
+    predicted = np.stack([jaw] * 4, axis=1)
+    measured = 1.5 * predicted + 0.08 + rng.normal(0, 0.01, size=predicted.shape)  # lips never meet on film
+    calibration = fit_calibration(predicted, measured)
+    assert calibration.trusted.all()
+    assert np.allclose(calibration.apply(np.zeros((3, 4))), 0.0)
+    rms = lambda x: np.sqrt(np.mean(x * x, axis=0))  # noqa: E731 - the speaker's size about zero
+    assert np.allclose(rms(calibration.apply(predicted)), rms(measured), rtol=0.01)
 
 
 def analyse_title(folder, title_id: str, mode: str, source, dub, script=None, whisper_model="base-packaged",

@@ -85,7 +85,9 @@ class CoeffsStage(Stage):
     """
 
     name = "coeffs"
-    version = "6"  # 4: who speaks when; 5: tracks lined up with the audio, a face alone on screen judged on its whole track; 6: unsure transcript words not aligned
+    # 4: who speaks when; 5: tracks lined up with the audio, a face alone on screen judged on its
+    # whole track; 6: unsure transcript words not aligned; 7: calibration by a gain, no offset
+    version = "7"
     resources = Resources(cpus=1.0, gpus=0.25, memory_gb=2.0)
     output_schema = DRIVEN_COEFFS
     job_row = CoeffsJob
