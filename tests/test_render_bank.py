@@ -118,3 +118,36 @@ def test_a_shut_filmed_mouth_driven_open_shows_the_speakers_own_open_mouth(speak
     # filmed open mouth than the drawn one (measured 22 vs 46 grey levels alone, 33 vs 54 inside
     # the loaded full suite, where the clip's meshes come out slightly differently).
     assert np.median(bank[:, 0]) < 0.75 * np.median(control[:, 0]), (bank[:, 0], control[:, 0])
+
+
+def test_a_partly_open_mouth_lent_by_a_wider_one_stays_open(speaker, monkeypatch):
+    """Closing a wide donor to a partly open target keeps the target's opening: the lip-line
+    repaint that shuts a closed mouth must not shut it (it did, below a third of the opening)."""
+    folder, clip, track, sources = speaker
+    expression = np.asarray(track["expression"], np.float32)
+    widest = int(np.argmax(expression[:, JAW]))
+    half = expression[widest : widest + 1].copy()
+    half[0, JAW] *= 0.5
+    import dubline.stages.render.stage as render_stage
+
+    monkeypatch.setattr(render_stage, "pick_candidates", lambda e, count=0: np.array([widest]))
+    rendered = render_crops(folder, clip, np.repeat(half, len(expression), axis=0), "half_open")
+    landmarker = FaceLandmarker()
+    gaps = []
+    for i in range(0, len(expression), 5):
+        image = np.ascontiguousarray(np.clip(pasted(sources[i], rendered[track["frame_index"][i]]), 0, 255).astype(np.uint8))
+        gaps.append(gap_iod(landmarker.mesh(image, landmarker.detect(image)[0])[:, :2]))
+    # The target opens half as wide as the widest filmed frame (~0.07 IOD).
+    assert np.median(gaps) > 0.6 * half[0, JAW], (gaps, half[0, JAW])
+
+
+def test_donor_candidates_are_steady_frames():
+    """Of two frames as open, the one held still lends its mouth, not one caught mid-movement
+    (blurred, and its time-smoothed landmarks trail its pixels)."""
+    expression = np.zeros((90, len(EXPRESSION_NAMES)), np.float32)
+    expression[30:34, JAW] = [0.08, 0.16, 0.24, 0.2]  # a fast pass through wide open...
+    expression[34:90, JAW] = 0.15  # ...then held open
+    from dubline.stages.render.bank import pick_candidates
+
+    closed, opened = pick_candidates(expression, count=2)
+    assert expression[closed, JAW] == 0 and opened >= 35, (closed, opened)

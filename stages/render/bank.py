@@ -37,15 +37,24 @@ def shape_features(expression: np.ndarray) -> np.ndarray:
 
 
 def pick_candidates(expression: np.ndarray, count: int = CANDIDATES) -> np.ndarray:
-    """Indices of up to ``count`` frames spread over the track's mouth shapes (farthest-point).
+    """Indices of up to ``count`` frames spread over the track's mouth shapes (farthest-point),
+    steady frames first.
 
-    Starts from the most closed mouth, so closed lips are always on offer.
+    Starts from the most closed of the steadier half of the frames, so closed lips are always on
+    offer. Each farthest-point distance is weighted by the frame's steadiness,
+    1 / (1 + (v / median v)²) with v its mouth-shape speed (units of mismatch per frame): a frame
+    caught mid-movement is blurred and its landmarks, smoothed over time by the faces stage, trail
+    its pixels, so its lips land beside the target's (on four ``video/train`` clips' 12
+    cross-dubs, the driven jaw against the one measured on the rendered crops went from r 0.914
+    to 0.943, lowest 0.822 to 0.898).
     """
     features = shape_features(expression)
-    chosen = [int(np.argmin(features[:, 0]))]
+    speed = np.abs(np.gradient(features, axis=0)).sum(axis=1) if len(features) > 2 else np.zeros(len(features))
+    steadiness = 1.0 / (1.0 + (speed / max(float(np.median(speed)), 1e-9)) ** 2)
+    chosen = [int(np.argmin(np.where(steadiness >= 0.5, features[:, 0], np.inf)))]
     distance = ((features - features[chosen[0]]) ** 2).sum(axis=1)
     while len(chosen) < min(count, len(features)) and distance.max() > 0.25:
-        chosen.append(int(np.argmax(distance)))
+        chosen.append(int(np.argmax(distance * steadiness)))
         distance = np.minimum(distance, ((features - features[chosen[-1]]) ** 2).sum(axis=1))
     return np.array(sorted(chosen))
 

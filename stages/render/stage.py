@@ -99,7 +99,7 @@ class RenderStage(Stage):
     """
 
     name = "render"
-    version = "8"  # 7: only driven frames, alpha faded with the driven weight; 8: frame ranges
+    version = "9"  # 7: only driven frames, alpha faded with the driven weight; 8: frame ranges; 9: steady donors, seam only when shut
     resources = Resources(cpus=1.0, memory_gb=2.0)  # OpenCV warps on a box around the mouth: no GPU
     output_schema = RENDERED_TRACKS
     job_row = RenderJob
