@@ -30,11 +30,10 @@ def main() -> None:
     from dubline.stages.coeffs.training.corpus import HELD_OUT_VOICES, espeak_examples
     from dubline.stages.coeffs.training.encode import encode_all
     from dubline.stages.report.mouth import best_lag
-    from dubline.stages.speech.speech_encoder import SpeechEncoder
     from dubline.stages.speech.whisper_models import BASE_PACKAGED
 
-    encoder = SpeechEncoder(BASE_PACKAGED)
     speech = SpeechToMouth(WEIGHTS, BASE_PACKAGED)
+    encoder = speech.encoder
     gap = np.full(10, np.nan)  # sentences laid end to end never correlate across their seams
     predicted_all, target_all = [], []
     print("| language | voice | best lag (frames) | r at it | r at lag 0 |\n|---|---|---|---|---|")

@@ -31,13 +31,12 @@ def main() -> None:
     from dubline.stages.coeffs.training.encode import encode_all
     from dubline.stages.coeffs.training.real_clips import load_clip
     from dubline.stages.coeffs.training.train import CLIP_LANGUAGES, MIN_ALIGNMENT_SCORE, best_lag_r
-    from dubline.stages.speech.speech_encoder import SpeechEncoder
     from dubline.stages.speech.transcribe import Transcriber, speech_segments
     from dubline.stages.speech.whisper_models import BASE_PACKAGED
 
     transcriber = Transcriber(BASE_PACKAGED)
     speech = SpeechToMouth(device="cpu")
-    encoder = SpeechEncoder(BASE_PACKAGED)
+    encoder = speech.encoder
     print("clip | words | " + " | ".join(f"p < {f}" for f in floors if f > 0) + " | model only r | "
           + " | ".join(f"aligned r (floor {f})" for f in floors))
     with tempfile.TemporaryDirectory() as tmp:

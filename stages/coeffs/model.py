@@ -29,6 +29,10 @@ from dubline.stages.speech.speech_encoder import SpeechEncoder
 from dubline.stages.speech.whisper_models import BASE_PACKAGED
 
 WEIGHTS = Path(__file__).parent / "weights" / "mouthnet.safetensors"
+#: Whisper encoder layers MouthNet listens to, side by side (``SpeechEncoder``): the middle one
+#: keeps more of how a sound is articulated, the last what was said. Chosen on held-out training
+#: clips (model card); weights record their own in their metadata.
+MOUTH_ENCODER_LAYERS = (3, -1)
 
 
 class _Block(nn.Module):
@@ -62,11 +66,13 @@ class MouthNet(nn.Module):
         return self.visemes(hidden).transpose(1, 2), self.mouth(hidden).transpose(1, 2)
 
 
-def save_weights(model: MouthNet, log_priors: np.ndarray, path: Path, metadata: dict[str, str]) -> None:
-    """Weights plus the config and the training set's viseme class log-priors (C) as metadata."""
+def save_weights(model: MouthNet, log_priors: np.ndarray, path: Path, metadata: dict[str, str],
+                 encoder_layers: tuple[int, ...] = MOUTH_ENCODER_LAYERS) -> None:
+    """Weights plus the config, the training set's viseme class log-priors (C) and the encoder
+    layers the inputs came from as metadata."""
     save_file(model.state_dict(), str(path), metadata={
         "config": json.dumps(model.config), "log_priors": json.dumps([round(float(p), 5) for p in log_priors]),
-        **metadata,
+        "encoder_layers": json.dumps(list(encoder_layers)), **metadata,
     })
 
 
@@ -79,7 +85,8 @@ class SpeechAnalysis:
 
 
 class SpeechToMouth:
-    """The Whisper encoder and MouthNet, loaded once (CUDA when present); deterministic."""
+    """The Whisper encoder (the layers the weights were trained on) and MouthNet, loaded once
+    (CUDA when present); deterministic."""
 
     def __init__(self, weights: Path | str = WEIGHTS, encoder_model: str = BASE_PACKAGED, device: str | None = None):
         with safe_open(str(weights), framework="pt") as f:
@@ -87,7 +94,10 @@ class SpeechToMouth:
         config = json.loads(metadata["config"])
         self.log_priors = np.asarray(json.loads(metadata["log_priors"]), dtype=np.float32)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.encoder = SpeechEncoder(encoder_model, device="cuda" if self.device.type == "cuda" else "cpu")
+        # Weights from before the metadata named layers listened to the last one only.
+        self.encoder_layers = tuple(json.loads(metadata.get("encoder_layers", "[-1]")))
+        self.encoder = SpeechEncoder(encoder_model, device="cuda" if self.device.type == "cuda" else "cpu",
+                                     layers=self.encoder_layers)
         self.model = MouthNet(config["input_dim"], config["channels"], tuple(config["dilations"]), config["dropout"])
         self.model.load_state_dict(load_file(str(weights)))
         self.model.to(self.device).eval()

