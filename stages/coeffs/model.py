@@ -66,13 +66,12 @@ class MouthNet(nn.Module):
         return self.visemes(hidden).transpose(1, 2), self.mouth(hidden).transpose(1, 2)
 
 
-def save_weights(model: MouthNet, log_priors: np.ndarray, path: Path, metadata: dict[str, str],
-                 encoder_layers: tuple[int, ...] = MOUTH_ENCODER_LAYERS) -> None:
+def save_weights(model: MouthNet, log_priors: np.ndarray, path: Path, metadata: dict[str, str]) -> None:
     """Weights plus the config, the training set's viseme class log-priors (C) and the encoder
-    layers the inputs came from as metadata."""
+    layers the inputs came from (``MOUTH_ENCODER_LAYERS``) as metadata."""
     save_file(model.state_dict(), str(path), metadata={
         "config": json.dumps(model.config), "log_priors": json.dumps([round(float(p), 5) for p in log_priors]),
-        "encoder_layers": json.dumps(list(encoder_layers)), **metadata,
+        "encoder_layers": json.dumps(list(MOUTH_ENCODER_LAYERS)), **metadata,
     })
 
 

@@ -41,9 +41,10 @@ class WhisperEncoder(nn.Module):
     def __init__(self, variables: dict[str, np.ndarray]):
         super().__init__()
         prefix = "encoder/"
-        names = [k for k in variables if k.startswith(prefix) and not k.endswith("_scale") and variables[k].dtype != np.int16]
+        # Tensors only: num_heads is a scalar, int8 scales are folded into their weights.
+        names = [k for k in variables if k.startswith(prefix) and not k.endswith("_scale") and variables[k].ndim > 0]
         self.weights = nn.ParameterDict({k[len(prefix):].replace("/", "__"): nn.Parameter(_dequantized(variables, k), requires_grad=False)
-                                         for k in names if variables[k].ndim > 0})
+                                         for k in names})
         self.heads = int(variables[f"{prefix}num_heads"])
         self.layers = sum(1 for k in variables if k.startswith(f"{prefix}layer_") and k.endswith("/ffn/linear_0/bias"))
         self.mels = int(variables[f"{prefix}conv1/weight"].shape[1])
