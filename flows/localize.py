@@ -17,10 +17,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
-from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.utilities.annotations import quote
 
 from dubline.flows import progress, tasks
 from dubline.flows.run_folder import RunFolder, run_lock
@@ -84,18 +81,16 @@ def review_reason(report: dict[str, Any], skip_reasons: list[str], threshold: fl
     return None
 
 
-# No cache policy: the audio future is not an input Prefect can hash, and dubline resumes from its
-# own manifests' completion markers, not from Prefect's result cache.
-@task(name="language", task_run_name="language-{title_id}-{language}", cache_policy=NO_CACHE)
+@task(name="language", task_run_name="language-{title_id}-{language}")
 def _language(run_url: str, title_id: str, language: str, titles_url: str, shots_url: str, faces_url: str,
-              audio: PrefectFuture[str], entry: dict[str, Any], enhancer_weights: str | None,
+              entry: dict[str, Any], whisper_model: str | None, enhancer_weights: str | None,
               review_threshold: float) -> tuple[str, str | None]:
-    """One dub of a title from its dub audio's analysis (``audio``, the audio task's future: its
-    error is this language's): driven coefficients, rendering, enhancement (with GFPGAN weights),
-    composite, report. Returns the video URL and why it needs review (or None)."""
+    """One dub of a title: audio analysis, driven coefficients, rendering, enhancement (with
+    GFPGAN weights), composite, report. Returns the video URL and why it needs review (or None)."""
     dub_entry = CatalogueEntry.from_row(entry)
     options, dub = dub_entry.options, dub_entry.dub_audio_url
-    audio_url = audio.result()
+    audio_url = tasks.audio(run_url, title_id, language, titles_url, dub, options, whisper_model,
+                            dub_entry.dub_script_url)
     coeffs_url = tasks.coeffs(run_url, title_id, language, titles_url, faces_url, audio_url, options)
     render_url = tasks.render(run_url, title_id, language, titles_url, faces_url, coeffs_url, enhanced=bool(enhancer_weights))
     faces_out = tasks.enhance(run_url, title_id, language, render_url, faces_url, enhancer_weights)
@@ -121,8 +116,8 @@ def _language(run_url: str, title_id: str, language: str, titles_url: str, shots
 @flow(name="localize_title", flow_run_name="{title_id}", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def localize_title(run_url: str, title_id: str, entries: list[dict[str, Any]], whisper_model: str | None = BASE_PACKAGED,
                    enhancer_weights: str | None = None, review_threshold: float = REVIEW_THRESHOLD) -> dict[str, str]:
-    """All languages of one title: probe, then shots and faces once while each language's dub
-    audio is analysed, then per language coefficients, rendering and composite.
+    """All languages of one title: probe, shots and faces once, then per language audio,
+    coefficients and composite.
 
     Returns ``{language: output video URL}`` for the languages that were produced (done or needing
     review); raises when none was.
@@ -131,25 +126,19 @@ def localize_title(run_url: str, title_id: str, entries: list[dict[str, Any]], w
     first = CatalogueEntry.from_row(entries[0])
     run.update_title(title_id, status="running", mode=first.mode, source_url=first.source_url, error=None)
     titles_url = tasks.probe(run_url, title_id, first.mode, first.source_url, first.options["background"])
-    # The dub audio needs only the probe: submitted before the languages' tasks (the pool runs
-    # in order, so a language never waits on an audio task queued behind it).
-    audio = []
+    shots_url = tasks.shots(run_url, title_id, titles_url)
+    faces_url = tasks.faces(run_url, title_id, titles_url, shots_url)
+
+    futures = {}
     for row in entries:
         entry = CatalogueEntry.from_row(row)
         run.update_language(title_id, entry.language, status="running", dub_audio_url=entry.dub_audio_url,
                             dub_script_url=entry.dub_script_url, error=None, review_reason=None, report=None,
                             lipsync_r=None)
-        audio.append((entry.language, row, tasks.audio.submit(
-            run_url, title_id, entry.language, titles_url, entry.dub_audio_url, entry.options, whisper_model,
-            entry.dub_script_url)))
-    shots_url = tasks.shots(run_url, title_id, titles_url)
-    faces_url = tasks.faces(run_url, title_id, titles_url, shots_url)
-
-    futures = {
-        language: _language.submit(run_url, title_id, language, titles_url, shots_url, faces_url, quote(analysis),
-                                   row, enhancer_weights, review_threshold)
-        for language, row, analysis in audio
-    }
+        futures[entry.language] = _language.submit(
+            run_url, title_id, entry.language, titles_url, shots_url, faces_url, row, whisper_model, enhancer_weights,
+            review_threshold,
+        )
     outputs, errors = {}, {}
     for language, future in futures.items():
         try:
