@@ -69,3 +69,22 @@ def test_an_english_only_model_does_not_claim_to_have_checked_the_language(title
     track, stats = analyse(titles_url, AUDIO / name, tmp_path, language="en", whisper_model="tiny.en-packaged")
     assert stats.dropped == {NOT_CHECKED: 1} and track["transcript"]
     assert track["language_matches"] is None and track["detected_language"] is None and track["language_probability"] is None
+
+
+def test_the_language_check_and_the_transcript_share_the_first_windows_encode(monkeypatch):
+    """Detection hands Whisper the log-mel that transcription's first 30 s window has, so a short
+    dub is encoded once, not twice (one encode is ~0.35 s of its ~2 s of audio analysis on CPU)."""
+    import faster_whisper
+
+    from dubline.stages.media import read_audio
+    from dubline.stages.speech.transcribe import Transcriber
+    from dubline.stages.speech.whisper_models import BASE_PACKAGED
+
+    encodes = []
+    plain_encode = faster_whisper.WhisperModel.encode
+    monkeypatch.setattr(faster_whisper.WhisperModel, "encode", lambda model, features: encodes.append(1) or plain_encode(model, features))
+    transcriber = Transcriber(BASE_PACKAGED)
+    speech = read_audio(str(AUDIO / SPEECH["fr"][0]), 16_000)
+    assert transcriber.detect_language(speech)[0] == "fr"
+    assert SPEECH["fr"][1] in transcriber.transcribe(speech, language="fr").text.lower()
+    assert len(encodes) == 1

@@ -53,3 +53,14 @@ def test_an_unknown_binary_version_is_refused(tmp_path):
     path.write_bytes(struct.pack("<I", 99) + b"\x00" * 16)
     with pytest.raises(ValueError, match="binary version 99"):
         read_variables(path)
+
+
+def test_bfloat16_states_stay_close_to_float32(samples, monkeypatch):
+    """The CPU bfloat16 path (taken where the CPU has it natively) changes the states by about 1 %."""
+    encoder = SpeechEncoder(TINY_EN_PACKAGED, device="cpu", layers=(2, -1))
+    monkeypatch.setattr(encoder, "_cpu_bfloat16", False)
+    exact = encoder.encode(samples)
+    monkeypatch.setattr(encoder, "_cpu_bfloat16", True)
+    rounded = encoder.encode(samples)
+    assert np.abs(rounded - exact).mean() < 0.03 * np.abs(exact).mean()
+    assert np.corrcoef(rounded.ravel(), exact.ravel())[0, 1] > 0.999

@@ -33,7 +33,10 @@ class SpeechEncoder:
 
     layers: 1-based encoder layers, negative ones counted from the last (-1: the final output,
     after the last layer norm); ``device="auto"`` uses CUDA (float16) when PyTorch sees a GPU.
-    Raises ValueError for a layer the model does not have.
+    On a CPU with native bfloat16 (AVX512-BF16 or AMX) the matrix products run in bfloat16
+    (autocast: norms and softmax stay float32): ×1.7–2 faster on a 2-core AVX512-BF16 VM, the
+    mouth model's output within r 0.9997 of float32's on the 12 shared clips. Raises ValueError
+    for a layer the model does not have.
     """
 
     def __init__(self, model: str = BASE_PACKAGED, device: str = "auto", batch_windows: int = 8,
@@ -42,6 +45,7 @@ class SpeechEncoder:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
         self._dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        self._cpu_bfloat16 = device == "cpu" and native_cpu_bfloat16()
         self._encoder = WhisperEncoder.from_ctranslate2(resolve_model(model)).to(device, self._dtype)
         depth = self._encoder.layers
         if not layers or any(not (1 <= layer <= depth or -depth <= layer <= -1) for layer in layers):
@@ -82,7 +86,7 @@ class SpeechEncoder:
 
     def _encode_windows(self, mel: np.ndarray) -> np.ndarray:
         """B×M×3000 log-mel -> B×1500×D float32: the chosen layers' outputs side by side."""
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._cpu_bfloat16):
             outputs = self._encoder(torch.from_numpy(mel).to(self.device, self._dtype))
             return torch.cat([outputs[k] for k in self._layers], dim=-1).float().cpu().numpy()
 
@@ -95,6 +99,11 @@ class SpeechEncoder:
             chunk = samples[start * _SAMPLES_PER_STATE : start * _SAMPLES_PER_STATE + span]
             mels.append(extractor(chunk, padding=span - len(chunk))[:, : _WINDOW_S * 100])
         return np.ascontiguousarray(np.stack(mels), dtype=np.float32)
+
+
+def native_cpu_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); emulated, it would be slower."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def on_frame_clock(states: np.ndarray, fps: float, frames: int) -> np.ndarray:
