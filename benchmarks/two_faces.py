@@ -8,7 +8,11 @@ with the speech of AUDIO (any file with an audio stream) through the real flow
 - r_A: output mouth vs that face's filmed mouth (best lag within ±2 frames; the old speech
   showing through; issue #12 asks ≤ 0.25),
 - r_driven: output mouth vs the jaw_open the coeffs stage drove that face with (lag 0, as the
-  report's self-check).
+  report's self-check),
+- and on the frames where the face is fully driven (``driven_weight`` 1): r_A there, and the
+  control r_A_if_exact, the driven jaw itself vs the filmed mouth (best within ±2 frames): the
+  r_A a renderer that showed exactly the driven mouth would get, i.e. how much the new speech
+  happens to move like the old one.
 Both faces are measured inside the faces stage's boxes of each track (the run folder's faces
 manifest), so the two mirrored faces are never confused. The two faces say the same thing in the
 source, so a renderer that handles only one of them shows up as one high r_A.
@@ -54,6 +58,9 @@ class FaceResult:
     r_a: float  # output vs filmed mouth (best lag within ±MAX_LAG)
     lag_a: int
     r_driven: float  # output vs driven jaw_open, lag 0
+    driven_frames: int  # frames with driven_weight 1 on this side
+    r_a_driven_frames: float  # r_A on those frames only
+    r_a_if_exact: float  # on those frames, driven jaw_open vs filmed mouth (best within ±MAX_LAG)
 
 
 def build_side_by_side(clip: Path, out: Path) -> None:
@@ -104,22 +111,28 @@ def measure(source: Path, run: Path, output: Path) -> list[FaceResult]:
     results = []
     for side in SIDES:
         tracks = [t for t in faces if side_of.get(t["track_id"]) == side]
-        on_side = {name: np.full(clock.frames, np.nan) for name in ("filmed", "output", "driven")}
+        on_side = {name: np.full(clock.frames, np.nan) for name in ("filmed", "output", "driven", "weight")}
         for track in tracks:
             tid = track["track_id"]
             curves = {"filmed": (filmed[tid].frame_index, filmed[tid].jaw_open),
                       "output": (dubbed[tid].frame_index, dubbed[tid].jaw_open)}
             if tid in driven:
                 curves["driven"] = (driven[tid]["frame_index"], np.asarray(driven[tid]["expression"])[:, 0])
+                curves["weight"] = (driven[tid]["frame_index"], np.asarray(driven[tid]["driven_weight"]))
             for name, (frame_index, values) in curves.items():  # a side's tracks never share a frame
                 on_side[name][np.asarray(frame_index)] = values
         r_a, lag_a = best_lag(on_side["output"], on_side["filmed"], MAX_LAG)
+        fully = on_side["weight"] >= 1.0
+        only_driven = {name: np.where(fully, curve, np.nan) for name, curve in on_side.items()}
         results.append(FaceResult(
             side=side, tracks=[t["track_id"] for t in tracks],
             dubbed_tracks=[t["track_id"] for t in tracks if t["track_id"] in driven],
             skip_reasons=[t["skip_reason"] for t in tracks if t["skip_reason"]],
             frames=int(np.isfinite(on_side["output"]).sum()), r_a=r_a, lag_a=lag_a,
             r_driven=pearson(on_side["driven"], on_side["output"]),
+            driven_frames=int(fully.sum()),
+            r_a_driven_frames=best_lag(only_driven["output"], only_driven["filmed"], MAX_LAG)[0],
+            r_a_if_exact=best_lag(only_driven["driven"], only_driven["filmed"], MAX_LAG)[0],
         ))
     return results
 
@@ -139,10 +152,12 @@ def format_table(results: list[FaceResult]) -> str:
         return ", ".join(map(str, tracks)) or "none"
 
     lines = ["| face | tracks | dubbed | frames measured | r_A (filmed mouth) | lag | r vs driven jaw "
-             "| not dubbed because |", "|---|---|---|---|---|---|---|---|"]
+             "| frames driven | r_A on them | r_A if exactly the driven jaw | not dubbed because |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r.side} | {ids(r.tracks)} | {ids(r.dubbed_tracks)} | {r.frames} | {cell(r.r_a)} "
-                     f"| {r.lag_a} | {cell(r.r_driven)} | {'; '.join(r.skip_reasons) or '–'} |")
+                     f"| {r.lag_a} | {cell(r.r_driven)} | {r.driven_frames} | {cell(r.r_a_driven_frames)} "
+                     f"| {cell(r.r_a_if_exact)} | {'; '.join(r.skip_reasons) or '–'} |")
     return "\n".join(lines)
 
 
