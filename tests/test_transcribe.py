@@ -10,6 +10,7 @@ import pytest
 from dubline.stages.audio.subtitles import LINE_CHARS, MAX_CUE_CHARS, MAX_CUE_S, parse_srt, to_srt, to_vtt
 from dubline.stages.speech.espeak import synthesize
 from dubline.stages.speech.features import SAMPLE_RATE
+from dubline.stages.speech import transcribe as transcribe_module
 from dubline.stages.speech.transcribe import (
     Segment,
     Transcriber,
@@ -65,6 +66,30 @@ def test_word_times_increase_inside_the_audio(transcript: Transcript, speech: np
     # Whisper stretches the first word back into the silence a little, never to the file start.
     assert starts[0] > PAD_S / 2 and transcript.words[-1].end_s < duration - PAD_S / 2
     assert all(0 <= word.probability <= 1 for word in transcript.words)
+
+
+def test_long_audio_is_heard_in_pieces_cut_in_its_pauses(transcriber: Transcriber, speech: np.ndarray,
+                                                         transcript: Transcript, monkeypatch) -> None:
+    """faster-whisper takes the log-mel of all it is given (~0.5 GB for ten minutes), so long audio
+    is transcribed in pieces of at most ``_PIECE_S`` cut in pauses: the same words at the same
+    times, here with pieces of 4 s over the sentence said twice with a 1.5 s pause between."""
+    monkeypatch.setattr(transcribe_module, "_PIECE_S", 4.0)
+    pause = np.zeros(round(1.5 * SAMPLE_RATE), np.float32)
+    twice = np.concatenate([speech, pause, speech])
+    pieces = transcribe_module._pieces(twice)
+    assert pieces[0][0] == 0 and pieces[-1][1] == len(twice) and len(pieces) >= 2
+    assert all(stop == next_start for (_, stop), (next_start, _) in zip(pieces, pieces[1:]))
+    assert all(stop - start <= 4.0 * SAMPLE_RATE for start, stop in pieces)
+    assert any(abs(stop - len(speech) - len(pause) / 2) < SAMPLE_RATE for _, stop in pieces[:-1])  # in the long pause
+    heard = transcriber.transcribe(twice)
+    second = (len(speech) + len(pause)) / SAMPLE_RATE
+    later = [w for w in heard.words if w.start_s >= second]
+    assert _words("".join(w.word for w in later)) & CONTENT_WORDS
+    starts = [w.start_s for w in heard.words]
+    assert starts == sorted(starts) and heard.words[-1].end_s <= len(twice) / SAMPLE_RATE
+    # The first saying's words keep their times.
+    first = transcript.words[0]
+    assert abs(heard.words[0].start_s - first.start_s) < 0.2
 
 
 def test_silence_gives_an_empty_transcript(transcriber: Transcriber) -> None:

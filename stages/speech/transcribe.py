@@ -13,6 +13,7 @@ import ctranslate2
 import langcodes
 import numpy as np
 from faster_whisper import WhisperModel
+from faster_whisper.transcribe import TranscriptionInfo
 from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
 
 from dubline.stages.speech.features import SAMPLE_RATE
@@ -54,10 +55,14 @@ def language_matches(expected_bcp47: str, detected: str) -> bool:
     return _primary_language(expected_bcp47) == _primary_language(detected)
 
 
+_LANGUAGE_WINDOWS = 2  # 30 s windows of speech that language detection reads at most
+
+
 class _WhisperModel(WhisperModel):
-    """faster-whisper's model that encodes a 30 s window once in a row: ``Transcriber`` hands
-    language detection the log-mel that transcription's first window will have, so that window's
-    encode (~0.35 s of a short dub's ~2 s of audio analysis on 2 CPU cores) is not done twice."""
+    """faster-whisper's model that encodes a 30 s window once in a row: for up to a minute of
+    speech ``Transcriber`` hands language detection the log-mel that transcription's first window
+    will have, so that window's encode (~0.35 s of a short dub's ~2 s of audio analysis on 2 CPU
+    cores) is not done twice."""
 
     _last: tuple[bytes, ctranslate2.StorageView] | None = None
 
@@ -91,11 +96,13 @@ class Transcriber:
             return "en", 1.0
         # The speech as ``transcribe`` (vad_filter) sees it, less the log-mel's last frame, which
         # its windows never include: so the first window is byte-identical to transcription's.
+        # Longer speech is cut to the windows detection reads (the log-mel of ten minutes would
+        # take ~0.5 GB), and its first window differs from transcription's by the log-mel's range.
         samples = np.asarray(samples, dtype=np.float32)
         speech = np.concatenate(collect_chunks(samples, get_speech_timestamps(samples, VadOptions()))[0])
-        features = self.model.feature_extractor(speech)
+        features = self.model.feature_extractor(speech[: _LANGUAGE_WINDOWS * self.model.feature_extractor.n_samples])
         features = features[:, :-1] if features.shape[-1] > 1 else features  # no speech: one padded frame
-        language, probability, _ = self.model.detect_language(features=features, language_detection_segments=2)
+        language, probability, _ = self.model.detect_language(features=features, language_detection_segments=_LANGUAGE_WINDOWS)
         return language, float(probability)
 
     def transcribe(self, samples: np.ndarray, language: str | None = None) -> Transcript:
@@ -113,6 +120,27 @@ class Transcriber:
             language = language if language in supported else _primary_language(language)
             if language not in supported:
                 raise ValueError(f"model cannot transcribe language {language!r}")
+        segments: list[Segment] = []
+        texts, info = [], None
+        for start, stop in _pieces(samples):
+            # Later pieces are heard in the language of the first (given or detected).
+            piece, piece_info = self._transcribe_piece(samples[start:stop], language if info is None else info.language)
+            info = info or piece_info
+            offset = start / SAMPLE_RATE
+            texts += [segment.text for segment in piece]
+            segments += [Segment(segment.text.strip(), segment.start + offset, segment.end + offset,
+                                 tuple(Word(w.word, w.start + offset, w.end + offset, w.probability) for w in segment.words or ()))
+                         for segment in piece]
+        return Transcript(
+            text="".join(texts).strip(),  # keeps Whisper's spacing
+            segments=tuple(segments),
+            words=tuple(word for segment in segments for word in segment.words),
+            language=info.language,
+            language_probability=float(info.language_probability),
+        )
+
+    def _transcribe_piece(self, samples: np.ndarray, language: str | None) -> tuple[list, TranscriptionInfo]:
+        """faster-whisper's segments (times from the piece's start) and info for one piece."""
         segments, info = self.model.transcribe(
             samples,
             language=language,
@@ -124,23 +152,30 @@ class Transcriber:
             vad_filter=True,  # skips silence, where Whisper hallucinates text
             condition_on_previous_text=False,  # stops one misheard segment from derailing the rest
         )
-        segments = list(segments)  # a generator: decoding happens here
-        result = tuple(
-            Segment(
-                text=segment.text.strip(),
-                start_s=segment.start,
-                end_s=segment.end,
-                words=tuple(Word(w.word, w.start, w.end, w.probability) for w in segment.words or ()),
-            )
-            for segment in segments
-        )
-        return Transcript(
-            text="".join(segment.text for segment in segments).strip(),  # keeps Whisper's spacing
-            segments=result,
-            words=tuple(word for segment in result for word in segment.words),
-            language=info.language,
-            language_probability=float(info.language_probability),
-        )
+        return list(segments), info  # a generator: decoding happens here
+
+
+#: Longest piece of audio transcribed at once: faster-whisper takes the log-mel of all it is
+#: given (~0.5 GB for ten minutes), so a long title is heard in pieces cut in its pauses. Each
+#: 30 s window is decoded on its own anyway (``condition_on_previous_text`` off).
+_PIECE_S = 120.0
+
+
+def _pieces(samples: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) sample ranges covering ``samples``, each at most ``_PIECE_S`` long, cut in the
+    middle of the pause (Silero VAD) that ends latest before the limit (at the limit if none)."""
+    longest = round(_PIECE_S * SAMPLE_RATE)
+    if len(samples) <= longest:
+        return [(0, len(samples))]
+    spans = [(round(a * SAMPLE_RATE), round(b * SAMPLE_RATE)) for a, b in speech_segments(samples)]
+    pauses = [(end + next_start) // 2 for (_, end), (next_start, _) in zip(spans, spans[1:])]
+    pieces, start = [], 0
+    while len(samples) - start > longest:
+        inside = [cut for cut in pauses if start < cut <= start + longest]
+        stop = inside[-1] if inside else start + longest
+        pieces.append((start, stop))
+        start = stop
+    return pieces + [(start, len(samples))]
 
 
 def whisper_language(tag: str, transcriber: Transcriber) -> str | None:
