@@ -110,7 +110,8 @@ class Transcriber:
 
         ``language`` (a Whisper code or BCP-47 tag) skips detection. An English-only (".en") model
         cannot detect languages: it reports "en" with probability 1.0 whatever is spoken, and
-        refuses any other ``language``. Multilingual models report Whisper's detection.
+        refuses any other ``language``. Multilingual models report Whisper's detection (made on
+        the first piece: audio longer than ``_PIECE_S`` is heard in pieces cut in its pauses).
         """
         samples = np.asarray(samples, dtype=np.float32)
         if samples.ndim != 1:
