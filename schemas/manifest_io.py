@@ -47,12 +47,17 @@ def write_manifest(rows: list[dict[str, Any]] | pa.Table, schema: ManifestSchema
     return url
 
 
-def read_manifest(url: str, schema: ManifestSchema) -> pa.Table:
-    """Read a ``schema`` manifest; refuse one of another name or version with a clear message."""
+def read_manifest(url: str, schema: ManifestSchema, without: tuple[str, ...] = ()) -> pa.Table:
+    """Read a ``schema`` manifest, less the columns named in ``without``; refuse one of another
+    name or version with a clear message."""
+    unknown = set(without) - set(schema.column_names)
+    if unknown:
+        raise ValueError(f"{schema.name} has no columns {sorted(unknown)}")
+    kept = [field for field in schema.fields if field.name not in without]
     with storage.open_url(url, "rb") as f:
         # Threaded decoding from a file object makes pyarrow 25 abort the interpreter at exit
         # ("terminate called without an active exception") about half the time.
-        table = pq.read_table(f, use_threads=False)
+        table = pq.read_table(f, columns=[field.name for field in kept] if without else None, use_threads=False)
     meta = table.schema.metadata or {}
     name = meta.get(b"dubline.manifest", b"").decode() or "unknown"
     version = meta.get(b"dubline.schema_version", b"").decode() or "unknown"
@@ -62,7 +67,7 @@ def read_manifest(url: str, schema: ManifestSchema) -> pa.Table:
             f"'{schema.name}' version {schema.version}. Write the run to a new output folder "
             f"(or remove the stale stage output) so the stage is recomputed."
         )
-    return table.cast(schema.arrow)
+    return table.cast(pa.schema(kept, metadata=schema.arrow.metadata) if without else schema.arrow)
 
 
 def count_rows(url: str) -> int:
@@ -71,16 +76,19 @@ def count_rows(url: str) -> int:
         return pq.ParquetFile(f).metadata.num_rows
 
 
-def read_rows(url: str, schema: ManifestSchema) -> list[dict[str, Any]]:
-    """Rows as dicts. Float-valued list columns (per-frame arrays: landmarks, coefficients, …)
-    come as numpy arrays straight from Arrow: as Python lists they would cost ~10× the memory."""
-    table = read_manifest(url, schema)
-    arrays = [f.name for f in schema.fields if _is_float_list(f.type)]
+def read_rows(url: str, schema: ManifestSchema, without: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Rows as dicts, less the columns named in ``without`` (e.g. the faces manifest's per-frame
+    ``landmarks``, ~9 MB per minute of a face, for a stage that does not use them). Float-valued
+    list columns (per-frame arrays: landmarks, coefficients, …) come as numpy arrays straight from
+    Arrow: as Python lists they would cost ~10× the memory."""
+    table = read_manifest(url, schema, without)
+    fields = [f for f in schema.fields if f.name not in without]
+    arrays = [f.name for f in fields if _is_float_list(f.type)]
     rows = table.drop_columns(arrays).to_pylist() if arrays else table.to_pylist()
     for name in arrays:
         for row, value in zip(rows, table.column(name)):
             row[name] = _numpy(value)
-    return [{f.name: row[f.name] for f in schema.fields} for row in rows]
+    return [{f.name: row[f.name] for f in fields} for row in rows]
 
 
 def _is_float_list(type_: pa.DataType) -> bool:

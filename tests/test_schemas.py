@@ -284,6 +284,16 @@ def test_face_track_arrays_have_their_declared_widths(tmp_path) -> None:
     assert len(track["identity"][0].as_py()) == MESH_POINTS * 3
 
 
+def test_a_stage_reads_the_faces_manifest_without_the_columns_it_does_not_use(tmp_path) -> None:
+    schema, rows = ALL_SCHEMAS["face_tracks"], SAMPLE_ROWS["face_tracks"]
+    url = write_manifest(rows, schema, str(tmp_path / "f.parquet"))
+    lean = read_rows(url, schema, without=("landmarks",))
+    assert_same(lean, [{k: v for k, v in row.items() if k != "landmarks"} for row in rows])
+    assert read_manifest(url, schema, without=("landmarks",)).schema.metadata[b"dubline.manifest"] == b"face_tracks"
+    with pytest.raises(ValueError, match="no columns"):
+        read_rows(url, schema, without=("landmark",))
+
+
 def test_per_frame_array_of_wrong_width_is_refused(tmp_path) -> None:
     row = dict(SAMPLE_ROWS["driven_coeffs"][0], expression=_frames(len(EXPRESSION_NAMES) - 1))
     with pytest.raises(pa.ArrowInvalid):

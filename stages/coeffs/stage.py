@@ -111,7 +111,7 @@ class CoeffsStage(Stage):
     def _drive(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         (title,) = read_rows(row["titles_url"], TITLES)
         (audio,) = read_rows(row["audio_url"], AUDIO_TRACKS)
-        faces = read_rows(row["faces_url"], FACE_TRACKS)
+        faces = read_rows(row["faces_url"], FACE_TRACKS, without=("landmarks",))
         tracks = [t for t in faces if t["dubbable"]]
         options = json.loads(row["options_json"])
         frames, fps = len(audio["loudness_db"]), title["fps"]

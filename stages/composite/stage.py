@@ -404,7 +404,7 @@ def _avatar_framing(title: dict[str, Any], framing: str, faces_url: str | None):
         scale = 512 / max(title["width"], title["height"])
         size = (round(title["width"] * scale), round(title["height"] * scale))
         return (lambda rgb: cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)), *size
-    tracks = read_rows(faces_url, FACE_TRACKS) if faces_url else []
+    tracks = read_rows(faces_url, FACE_TRACKS, without=("landmarks",)) if faces_url else []
     if not tracks:
         raise TitleError(title["title_id"], "avatar_framing 'crop' needs a face in the portrait")
     x0, y0, x1, y1 = max(tracks, key=lambda t: len(t["frame_index"]))["bbox"][0]

@@ -175,7 +175,7 @@ class EnhanceStage(Stage):
         if self._net is None:
             self.drop(SKIPPED_NO_WEIGHTS)
             return tracks
-        faces = {t["track_id"]: t["chunk_urls"] for t in read_rows(row["faces_url"], FACE_TRACKS)} \
+        faces = {t["track_id"]: t["chunk_urls"] for t in read_rows(row["faces_url"], FACE_TRACKS, without=("landmarks",))} \
             if row.get("faces_url") else {}
         started, counts = time.perf_counter(), Counter[str]()
         outputs = []

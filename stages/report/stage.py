@@ -64,7 +64,7 @@ class ReportStage(Stage):
         (audio,) = read_rows(row["audio_url"], AUDIO_TRACKS)
         (output,) = read_rows(row["outputs_url"], OUTPUTS)
         shots = read_rows(row["shots_url"], SHOTS)
-        faces = {t["track_id"]: t for t in read_rows(row["faces_url"], FACE_TRACKS)}
+        faces = {t["track_id"]: t for t in read_rows(row["faces_url"], FACE_TRACKS, without=("landmarks",))}
         every = read_rows(row["coeffs_url"], DRIVEN_COEFFS)
         driven = [d for d in every if np.any(d["driven_weight"] > 0)]  # the faces the dub re-drove
         avatar = title["mode"] == "avatar"
