@@ -78,7 +78,7 @@ def _partial_path(path: str) -> str:
     return f"{head}/.{tail}.{uuid.uuid4().hex[:8]}.partial"
 
 
-def write_bytes(url: str, data: bytes) -> None:
+def write_bytes(url: str, data: bytes | memoryview) -> None:
     """Write ``data`` to ``url`` atomically (temporary sibling, then move): a reader sees the old
     content or the new one, never a part. Local files are flushed to disk before the rename, so a
     crash or power loss cannot leave an empty file in place of the old one either."""
@@ -99,7 +99,7 @@ def write_bytes(url: str, data: bytes) -> None:
         raise
 
 
-def _write_synced(path: str, data: bytes) -> None:
+def _write_synced(path: str, data: bytes | memoryview) -> None:
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
