@@ -6,7 +6,7 @@ import numpy as np
 
 from dubline.stages.face_model import geometry
 from dubline.stages.face_model.landmarks import FaceLandmarker
-from dubline.stages.face_model.smoothing import one_euro
+from dubline.stages.face_model.smoothing import one_euro_zero_phase
 from dubline.stages.media import describe, rgb_frames
 
 
@@ -27,7 +27,7 @@ def reference_motion(url: str, landmarker: FaceLandmarker, fps: float) -> tuple[
                 meshes.append(mesh)
     if not meshes:
         raise ValueError(f"no face found in the reference video {url}")
-    fit = geometry.fit_pose(one_euro(np.stack(meshes), source_fps))
+    fit = geometry.fit_pose(one_euro_zero_phase(np.stack(meshes), source_fps))
     pose, blink = fit.pose_rows(), geometry.blink(fit.canonical)
     times = np.asarray(found) / source_fps
     wanted = np.arange(int((found[-1] + 1) / source_fps * fps)) / fps

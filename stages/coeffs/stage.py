@@ -87,8 +87,9 @@ class CoeffsStage(Stage):
     name = "coeffs"
     # 4: who speaks when; 5: tracks lined up with the audio, a face alone on screen judged on its
     # whole track; 6: unsure transcript words not aligned; 7: calibration by a gain, no offset;
-    # 8: MouthNet on Whisper layers 3 and 6; 9: the encoder in bfloat16 on CPUs that have it
-    version = "9"
+    # 8: MouthNet on Whisper layers 3 and 6; 9: the encoder in bfloat16 on CPUs that have it;
+    # 10: a reference video's head motion smoothed without lag
+    version = "10"
     resources = Resources(cpus=1.0, gpus=0.25, memory_gb=2.0)
     output_schema = DRIVEN_COEFFS
     job_row = CoeffsJob

@@ -9,7 +9,7 @@ import numpy as np
 
 from dubline.stages.face_model.geometry import NOSE_TIP, eye_centres
 from dubline.stages.face_model.similarity import similarity_2d
-from dubline.stages.face_model.smoothing import one_euro
+from dubline.stages.face_model.smoothing import one_euro_zero_phase
 
 #: Where the right eye, left eye and nose tip land in a crop of side 1 (the mouth and chin fit).
 TEMPLATE = np.array([[0.38, 0.33], [0.62, 0.33], [0.50, 0.46]])
@@ -22,7 +22,7 @@ def crop_transforms(landmarks: np.ndarray, fps: float, size: int) -> np.ndarray:
     m = similarity_2d(anchors, TEMPLATE * size)
     params = np.stack([m[:, 0, 0], m[:, 1, 0], m[:, 0, 2], m[:, 1, 2]], axis=1)  # a, b, tx, ty
     # A stronger filter than for landmarks: the crop window should glide, not follow lip motion.
-    a, b, tx, ty = one_euro(params, fps, min_cutoff=0.8, beta=0.001).T
+    a, b, tx, ty = one_euro_zero_phase(params, fps, min_cutoff=0.8, beta=0.001).T
     return np.stack([np.stack([a, -b, tx], 1), np.stack([b, a, ty], 1)], axis=1)
 
 

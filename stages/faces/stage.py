@@ -30,7 +30,7 @@ from dubline.stages.job_rows import JobRow, Place, Upstream
 from dubline.stages.face_model import geometry
 from dubline.stages.face_model.crop import crop_face, crop_transforms
 from dubline.stages.face_model.landmarks import FaceLandmarker
-from dubline.stages.face_model.smoothing import jitter, lag_frames, one_euro
+from dubline.stages.face_model.smoothing import jitter, lag_frames, one_euro_zero_phase
 from dubline.stages.faces.chunks import ChunkWriter
 from dubline.stages.faces.tracking import TrackLinker, distinct, iou
 from dubline.stages.media import rgb_frames
@@ -61,8 +61,9 @@ class FaceStage(Stage):
 
     name = "faces"
     # 5: frames as shown (upright, on the frame clock, SDR view for analysis); 6: detector score per
-    # track; 7: tracks cut at multiples of segment_frames from the title's start, not per track
-    version = "7"
+    # track; 7: tracks cut at multiples of segment_frames from the title's start, not per track;
+    # 8: landmarks and crop windows smoothed forwards and backwards (no lag behind fast moves)
+    version = "8"
     resources = Resources(cpus=1.0, memory_gb=2.0)
     output_schema = FACE_TRACKS
     job_row = FacesJob
@@ -192,7 +193,7 @@ class FaceStage(Stage):
         """Smoothing, pose, coefficients and blendshape map of one track."""
         p = self.params
         frames, boxes, raw, filled = track.dense()
-        smoothed = one_euro(raw, title["fps"], p["smoothing_min_cutoff"], p["smoothing_beta"])
+        smoothed = one_euro_zero_phase(raw, title["fps"], p["smoothing_min_cutoff"], p["smoothing_beta"])
         fit = geometry.fit_pose(smoothed)
         pose = fit.pose_rows()
         expression = geometry.expression_coefficients(fit.canonical)
