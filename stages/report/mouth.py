@@ -72,7 +72,7 @@ def measure_mouths(
         rgb = frame.to_ndarray(format="rgb24")
         for track in due:
             if follow:
-                mesh = _follow(landmarker, rgb, previous)
+                mesh = follow_largest_face(landmarker, rgb, previous)
                 previous = geometry.mesh_box(mesh) if mesh is not None else None
             else:
                 mesh = landmarker.mesh(rgb, wanted[track][index])
@@ -84,7 +84,9 @@ def measure_mouths(
     return {track: _curve(meshes[track], hulls[track]) for track in wanted}
 
 
-def _follow(landmarker: FaceLandmarker, rgb: np.ndarray, previous: np.ndarray | None) -> np.ndarray | None:
+def follow_largest_face(landmarker: FaceLandmarker, rgb: np.ndarray, previous: np.ndarray | None) -> np.ndarray | None:
+    """478×3 mesh (px) of the face in ``previous``'s box (x0, y0, x1, y1), or of the largest face
+    the detector finds when there is none there (None: no face)."""
     mesh = landmarker.mesh(rgb, previous) if previous is not None else None
     if mesh is None:
         found = landmarker.detect(rgb)
