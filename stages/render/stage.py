@@ -9,7 +9,10 @@ Dub mode, per frame of a track:
 3. Mouth (``bank``, ``mouth``): lips, teeth and interior from the track's own frame whose mouth
    shape best matches the driven one (a Viterbi path with a cost per change of donor, changes
    cross-faded), warped onto the target for the residual difference, its light matched to the
-   current frame, blended in through a feathered mask around the lips.
+   current frame, blended in through a feathered mask around the lips. A frame lends its mouth
+   only if the face mesh measured on its own crop agrees with its smoothed landmarks on the
+   opening: smoothing can move the lips off the pixels at a sudden move (a mouth shut for one
+   frame read as half open), and such a donor lends lips that are not where its landmarks say.
 Avatar mode (a portrait: one source frame) warps that frame, the whole face following the driven
 pose and expression; the portrait lends its own lips and a drawn interior fills wider openings.
 
@@ -40,7 +43,9 @@ from dubline.schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS, FRAME_CHUNK, R
 from dubline.stages.base import Resources, Stage
 from dubline.stages.job_rows import JobRow, Place, Upstream
 from dubline.stages.chunk_images import decode_rgb, encode_rgba
+from dubline.stages.face_model import geometry
 from dubline.stages.face_model.geometry import project
+from dubline.stages.face_model.landmarks import FaceLandmarker
 from dubline.stages.render.bank import Blend, choose_donors, crossfades, pick_candidates
 from dubline.stages.render.mouth import Donor, inner_gap, iod, mouth_box, mouth_layer, mouth_region, region_triangles
 from dubline.stages.render.shape import MouthModel, driven_landmarks, lower_face_weights, mouth_model
@@ -51,6 +56,11 @@ _AVATAR_CHUNK = 48  # frames per rendered chunk of an avatar
 #: dubbing may change (the lower face grown by 0.35 IOD from its centre, ``report.mouth``); an
 #: avatar's whole head moves with the generated pose, so the neck follows over a wider band.
 _BAND_DUB, _BAND_AVATAR = 0.1, 0.5
+#: IOD by which a donor candidate's smoothed inner-lip gap may differ from the one the face mesh
+#: measures on its crop: about the smoothed track's usual distance to the raw mesh (95th
+#: percentile 0.024-0.036 IOD on the train clips, ``benchmarks/smoothing_lag.py``). Beyond it the
+#: smoothing has moved the lips off the pixels (a mouth shut for one frame read as half open).
+_OWN_GAP_TOLERANCE = 0.03
 #: Face-oval vertices of MediaPipe's mesh: how far they move is what the warp carries outside the face.
 _FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,
               148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
@@ -99,7 +109,9 @@ class RenderStage(Stage):
     """
 
     name = "render"
-    version = "9"  # 7: only driven frames, alpha faded with the driven weight; 8: frame ranges; 9: steady donors, seam only when shut
+    # 7: only driven frames, alpha faded with the driven weight; 8: frame ranges; 9: steady donors,
+    # seam only when shut; 10: donors checked against the mesh on their own crops
+    version = "10"
     resources = Resources(cpus=1.0, memory_gb=2.0)  # OpenCV warps on a box around the mouth: no GPU
     output_schema = RENDERED_TRACKS
     job_row = RenderJob
@@ -110,6 +122,7 @@ class RenderStage(Stage):
         from dubline.stages.render.warp import mesh_triangles
 
         mesh_triangles()  # MediaPipe's tessellation, read once per worker
+        self._landmarker = FaceLandmarker()
 
     def process_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [out for row in rows for out in self._render_title(row)]
@@ -150,8 +163,9 @@ class RenderStage(Stage):
                 track[name] = [*track[name], *row[name]]
         return sorted(joined.values(), key=lambda row: row["track_id"])
 
-    def _plan(self, track: dict[str, Any], driven: dict[str, Any]) -> TrackPlan:
-        """Target shapes and donors of a track (see the module docstring)."""
+    def _plan(self, track: dict[str, Any], driven: dict[str, Any], starts: list[int]) -> TrackPlan:
+        """Target shapes and donors of a track (see the module docstring); ``starts``: each
+        face-crop chunk's first position in the track (the donor candidates' crops are read)."""
         frames = len(driven["frame_index"])
         measured = np.asarray(track["landmarks"]).reshape(len(track["frame_index"]), -1, 3)[..., :2].astype(np.float64)
         identity = np.asarray(track["identity"])
@@ -171,7 +185,7 @@ class RenderStage(Stage):
         targets = driven_landmarks(model, measured, track["pose"], target_coeffs, weights)
         expression = np.asarray(track["expression"])
         pose = np.asarray(track["pose"])
-        candidates = pick_candidates(expression)
+        candidates = np.array(self._agreeing_candidates(track, starts, pick_candidates(expression).tolist(), measured))
         path = choose_donors(np.asarray(driven["expression"]), pose, expression[candidates], pose[candidates])
         used, path = np.unique(path, return_inverse=True)
         return TrackPlan(targets, list(range(frames)), weights > 0, _BAND_DUB, crossfades(path),
@@ -197,7 +211,7 @@ class RenderStage(Stage):
         positions = [i for k in owned for i in range(starts[k], bounds[k]) if weights[i] > 0]
         if not positions:
             return None
-        plan = self._plan(track, driven)  # of the whole track: every range makes the same choices
+        plan = self._plan(track, driven, starts)  # of the whole track: every range makes the same choices
         measured = np.asarray(track["landmarks"]).reshape(len(track["frame_index"]), -1, 3)[..., :2]
         used = sorted({d for i in positions for d in plan.blends[i].donors})
         donors = dict(zip(used, self._donors(track, [0] if avatar else starts, [plan.donors[d] for d in used],
@@ -262,6 +276,21 @@ class RenderStage(Stage):
     @staticmethod
     def _source_rows(track: dict[str, Any]) -> list[dict[str, Any]]:
         return [r for url in track["chunk_urls"] for r in read_rows(url, FRAME_CHUNK)]
+
+    def _agreeing_candidates(self, track: dict[str, Any], starts: list[int], candidates: list[int],
+                    measured: np.ndarray) -> list[int]:
+        """The ``candidates`` (track positions) whose smoothed landmarks are where their crop shows
+        the lips: the face mesh measured on each crop's own pixels opens the inner lips within
+        ``_OWN_GAP_TOLERANCE`` IOD of the smoothed landmarks (or finds no face there to say
+        otherwise). ``measured``: the track's smoothed landmarks T×478×2 (frame px). When none
+        agrees, all stay.
+        """
+        kept = []
+        for position, donor in zip(candidates, self._donors(track, starts, candidates, measured)):
+            mesh = self._landmarker.mesh(donor.image, geometry.mesh_box(donor.landmarks))
+            if mesh is None or abs(inner_gap(mesh[:, :2]) / iod(mesh[:, :2]) - donor.gap) <= _OWN_GAP_TOLERANCE:
+                kept.append(position)
+        return kept or candidates
 
     @staticmethod
     def _donors(track: dict[str, Any], starts: list[int], positions: list[int], measured: np.ndarray) -> list[Donor]:
