@@ -151,3 +151,26 @@ def test_donor_candidates_are_steady_frames():
 
     closed, opened = pick_candidates(expression, count=2)
     assert expression[closed, JAW] == 0 and opened >= 35, (closed, opened)
+
+
+def test_a_frame_whose_landmarks_are_off_its_lips_lends_no_mouth(speaker):
+    """A candidate whose smoothed landmarks open the lips where its crop shows them shut (as
+    smoothing does to a mouth shut for one frame) is left out of the bank; the others stay."""
+    from dubline.stages.face_model import geometry
+
+    folder, clip, track, sources = speaker
+    expression = np.asarray(track["expression"], np.float32)
+    shut, widest = int(np.argmin(expression[:, JAW])), int(np.argmax(expression[:, JAW]))
+    landmarks = np.asarray(track["landmarks"], np.float64).reshape(len(expression), -1, 3).copy()
+    scale = np.linalg.norm(np.subtract(*geometry.eye_centres(landmarks[shut, :, :2])))
+    lower_lip = [14, 87, 178, 88, 95, 317, 402, 318, 324]
+    landmarks[shut, lower_lip, 1] += 0.07 * scale  # the shut mouth read 0.07 IOD open
+    moved = {**track, "landmarks": landmarks.reshape(len(expression), -1)}
+    stage = RenderStage()
+    stage.setup()
+    starts = np.cumsum([0] + [len(read_rows(url, FRAME_CHUNK)) for url in track["chunk_urls"]])[:-1].tolist()
+    measured = landmarks[..., :2]
+    assert stage._agreeing_candidates(moved, starts, [shut, widest], measured) == [widest]
+    # The unmoved track keeps both: the mesh on each crop agrees with the faces stage's.
+    original = np.asarray(track["landmarks"], np.float64).reshape(len(expression), -1, 3)[..., :2]
+    assert stage._agreeing_candidates(track, starts, [shut, widest], original) == [shut, widest]
