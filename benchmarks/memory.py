@@ -3,8 +3,9 @@
     python benchmarks/memory.py [--minutes 1 10] [--work /tmp/dubline-memory]
 
 Generates each title (a real portrait moving in a 1280×720 frame, espeak-ng speech as the dub),
-then runs every stage in a fresh process with the sequential runner and reports that process's
-peak resident memory (ru_maxrss) and time. Memory that is flat in length gives a ratio near 1.
+then runs the stages one after the other with the sequential runner, each in a fresh process as
+each stage is its own worker on Ray, and reports every stage's peak resident memory (ru_maxrss)
+and time. The dub's peak is the largest stage's; memory that is flat in length gives a ratio near 1.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ def make_title(folder: Path, minutes: float) -> tuple[Path, Path]:
     return video, audio
 
 
-def run_all_stages(video: Path, audio: Path, work: Path) -> dict:
-    """Every stage, in this process; returns peak RSS and seconds."""
+def stage_jobs(video: Path, audio: Path, work: Path) -> list:
+    """The dub's stage jobs in order, reading and writing manifests under ``work``."""
     from dubline.schemas.catalogue import OPTION_DEFAULTS
     from dubline.stages.audio.stage import AudioStage
     from dubline.stages.base import StageJob
@@ -75,12 +76,11 @@ def run_all_stages(video: Path, audio: Path, work: Path) -> dict:
     from dubline.stages.faces import FaceStage
     from dubline.stages.probe import ProbeStage
     from dubline.stages.render import RenderStage
-    from dubline.stages.sequential import SequentialRunner
     from dubline.stages.shots import ShotsStage
 
     options = json.dumps(OPTION_DEFAULTS)
     u = {n: str(work / f"{n}.parquet") for n in ("titles", "shots", "faces", "audio", "coeffs", "render", "outputs")}
-    jobs = [
+    return [
         StageJob(ProbeStage, {}, u["titles"], "m", rows=({"title_id": "m", "mode": "dub", "source_url": str(video)},)),
         StageJob(ShotsStage, {}, u["shots"], "m", input_url=u["titles"]),
         StageJob(FaceStage, {}, u["faces"], "m", rows=({"title_id": "m", "titles_url": u["titles"], "shots_url": u["shots"], "chunks_url": str(work / "faces")},)),
@@ -89,38 +89,47 @@ def run_all_stages(video: Path, audio: Path, work: Path) -> dict:
         StageJob(RenderStage, {}, u["render"], "m", rows=({"title_id": "m", "language": "en", "faces_url": u["faces"], "coeffs_url": u["coeffs"], "chunks_url": str(work / "render")},)),
         StageJob(CompositeStage, {}, u["outputs"], "m", rows=({"title_id": "m", "language": "en", "titles_url": u["titles"], "dub_audio_url": str(audio), "output_url": str(work / "out.mp4"), "options_json": options, "render_url": u["render"]},)),
     ]
-    runner, seconds, peak_after = SequentialRunner(), {}, {}
-    for job in jobs:
-        started = time.perf_counter()
-        runner.run(job)
-        seconds[job.stage.name] = round(time.perf_counter() - started, 1)
-        peak_after[job.stage.name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": seconds,
-            "peak_mb_after": peak_after}
+
+
+def run_stage(video: Path, audio: Path, work: Path, index: int) -> dict:
+    """The ``index``-th stage job, in this process; returns its name, peak RSS (MB) and seconds."""
+    from dubline.stages.sequential import SequentialRunner
+
+    job = stage_jobs(video, audio, work)[index]
+    started = time.perf_counter()
+    SequentialRunner().run(job)
+    return {"stage": job.stage.name, "seconds": round(time.perf_counter() - started, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, nargs="+", default=[1.0, 10.0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/dubline-memory"))
-    parser.add_argument("--run", nargs=3, metavar=("VIDEO", "AUDIO", "WORK"), help=argparse.SUPPRESS)
+    parser.add_argument("--run", nargs=4, metavar=("VIDEO", "AUDIO", "WORK", "STAGE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.run:  # child process: one title, all stages
-        print(json.dumps(run_all_stages(Path(args.run[0]), Path(args.run[1]), Path(args.run[2]))))
+    if args.run:  # child process: one stage of one title
+        print(json.dumps(run_stage(Path(args.run[0]), Path(args.run[1]), Path(args.run[2]), int(args.run[3]))))
         return
-    results = {}
+    peaks: dict[float, dict[str, int]] = {}
     for minutes in args.minutes:
         video, audio = make_title(args.work, minutes)
         work = args.work / f"run_{minutes:g}min"
         work.mkdir(parents=True, exist_ok=True)
-        child = subprocess.run([sys.executable, __file__, "--run", str(video), str(audio), str(work)],
-                               capture_output=True, text=True, check=True)
-        results[minutes] = json.loads(child.stdout.strip().splitlines()[-1])
-        print(f"{minutes:g} min 720p: peak RSS {results[minutes]['peak_rss_mb']:.0f} MB, stage seconds "
-              f"{results[minutes]['seconds']}, peak MB after each stage {results[minutes]['peak_mb_after']}", flush=True)
-    if len(results) >= 2:
-        short, long = min(results), max(results)
-        print(f"peak memory ratio {long:g} min / {short:g} min = {results[long]['peak_rss_mb'] / results[short]['peak_rss_mb']:.2f}")
+        peaks[minutes], seconds = {}, {}
+        for index in range(len(stage_jobs(video, audio, work))):
+            child = subprocess.run([sys.executable, __file__, "--run", str(video), str(audio), str(work), str(index)],
+                                   capture_output=True, text=True, check=True)
+            result = json.loads(child.stdout.strip().splitlines()[-1])
+            peaks[minutes][result["stage"]], seconds[result["stage"]] = result["peak_rss_mb"], result["seconds"]
+        print(f"{minutes:g} min 720p: peak RSS {max(peaks[minutes].values())} MB; per stage, MB "
+              f"{peaks[minutes]}; seconds {seconds}", flush=True)
+    if len(peaks) >= 2:
+        short, long = min(peaks), max(peaks)
+        ratios = {stage: round(peaks[long][stage] / peaks[short][stage], 2) for stage in peaks[short]}
+        print(f"per stage {long:g} min / {short:g} min: {ratios}")
+        print(f"peak memory ratio {long:g} min / {short:g} min = "
+              f"{max(peaks[long].values()) / max(peaks[short].values()):.2f}")
 
 
 if __name__ == "__main__":
