@@ -11,7 +11,8 @@ the dub with B's audio delayed by 0.5 s; a working lip sync beats both on ``r_B`
 Footage is often a few frames out of sync, and a dub that follows B's sound then shows B's own
 offset as ``lag`` against B's filmed mouth: ``footage_offset_b`` is that offset, measured on B
 alone (the lag at which the mouth MouthNet predicts from B's own audio follows B's filmed mouth
-best, within ±0.3 s), and ``lag_vs_footage`` the lag left after it (what the dub itself adds);
+best, within ±0.3 s), and ``lag_vs_footage`` the lag left after it (what the dub itself adds:
+about −``MOUTH_LEAD_S`` by design, as a dub shows each mouth that long before its sound);
 ``r_b_at_footage_offset`` is ``r_B`` with its ±2 frames centred on that offset.
 ``psnr_outside_db`` compares the output with the source outside the lower face (only the
 encoder's loss should show). ``self_check_r`` is the dub's own report figure (driven jaw vs the
@@ -32,6 +33,7 @@ import yaml
 from dubline.schemas.catalogue import safe_title_id
 from dubline.schemas.catalogue_folder import VIDEO_EXTENSIONS
 from dubline.stages.coeffs.model import WEIGHTS, SpeechToMouth
+from dubline.stages.coeffs.mouth import MOUTH_LEAD_S
 from dubline.stages.coeffs.speakers import MAX_AV_OFFSET_S
 from dubline.stages.coeffs.stage import own_audio_mouth
 from dubline.stages.face_model.landmarks import FaceLandmarker
@@ -56,7 +58,7 @@ class PairResult:
     r_b: float  # output mouth vs B's recorded mouth, over the frames where B's mouth and audio exist
     lag: int  # frames at the r_B peak (> 0: output late)
     footage_offset_b: int  # frames (A's clock) by which B's filmed mouth leads B's own sound
-    lag_vs_footage: int  # lag - footage_offset_b: the lag the dub adds to B's sound
+    lag_vs_footage: int  # lag - footage_offset_b: the lag the dub adds to B's sound (its lead shows as < 0)
     r_b_at_footage_offset: float  # r_B best within ±2 frames of footage_offset_b
     frames_b: int  # A's frames where both the output mouth and B's recorded mouth are known (r_B's sample)
     r_a: float  # output mouth vs A's original mouth, over all of A's frames
@@ -163,12 +165,13 @@ def psnr_outside_lower_face(source_url: str, output_url: str, hulls: dict[int, n
 
 
 def footage_offset(speech: SpeechToMouth, clip: Path, curve: MouthCurve, clock: Picture) -> int:
-    """Frames (of ``clip``'s clock, within ±``MAX_AV_OFFSET_S``) by which the clip's filmed mouth
-    ``curve`` leads its own sound (> 0: the picture is early): where the mouth ``speech`` predicts
-    from the clip's audio, at rest outside its voice activity, follows the filmed one best."""
+    """Frames (of ``clip``'s clock, within about ±``MAX_AV_OFFSET_S``) by which the clip's filmed
+    mouth ``curve`` leads its own sound (> 0: the picture is early): where the mouth ``speech``
+    predicts from the clip's audio, at rest outside its voice activity, follows the filmed one best.
+    That mouth is made ``MOUTH_LEAD_S`` early, as in a dub; the lead is added back."""
     mouth, heard = own_audio_mouth(speech, str(clip), clock.fps, clock.frames)
     _, lag = best_lag(mouth[:, 0] * heard, _dense(curve, clock.frames), round(MAX_AV_OFFSET_S * clock.fps))
-    return lag
+    return lag + round(MOUTH_LEAD_S * clock.fps)
 
 
 def measure(clips: list[Path], pairs: list[tuple[str, str]], outputs: dict[str, str],

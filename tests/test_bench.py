@@ -237,7 +237,9 @@ def test_footage_offset_follows_a_picture_moved_against_its_sound():
     as_filmed = footage_offset(speech, TRAIN_CLIP, curve, clock)
     kept = curve.frame_index >= 3
     early = MouthCurve(curve.frame_index[kept] - 3, curve.jaw_open[kept])  # frame t now shows what was filmed at t + 3
-    assert abs(as_filmed) <= 2  # a VoxCeleb clip in sync within the lip-sync tolerance
+    # A VoxCeleb clip in sync within the lip-sync tolerance; the dub's lead is added back: the same
+    # +1 as benchmarks/mouth_lead.py measures with an un-led prediction.
+    assert as_filmed == 1
     assert footage_offset(speech, TRAIN_CLIP, early, clock) == as_filmed + 3
 
 

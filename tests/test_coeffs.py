@@ -18,15 +18,20 @@ from dubline.stages.audio.stage import AudioStage
 from dubline.stages.base import StageJob
 from dubline.stages.coeffs.calibration import fit_calibration
 from dubline.stages.coeffs.model import MouthNet, SpeechToMouth, save_weights
+from dubline.stages.coeffs.mouth import MOUTH_LEAD_S, heard_early, mouth_curve, timed_early
 from dubline.stages.coeffs.stage import CoeffsStage
 from dubline.stages.coeffs.training.corpus import HELD_OUT_VOICES, espeak_examples
 from dubline.stages.coeffs.training.encode import encode_all
 from dubline.stages.coeffs.training.train import TrainingItem, _item, _synthetic_metrics, best_lag_r, train
 from dubline.stages.faces import FaceStage
+from dubline.stages.media import read_audio
 from dubline.stages.probe import ProbeStage
+from dubline.stages.report.mouth import best_lag
 from dubline.stages.sequential import SequentialRunner
 from dubline.stages.shots import ShotsStage
 from dubline.stages.speech.espeak import synthesize, write_wav
+from dubline.stages.speech.features import SAMPLE_RATE
+from dubline.stages.speech.fit import fit_samples
 
 JAW = EXPRESSION_NAMES.index("jaw_open")
 SAMPLE_DATA = Path(os.environ.get("DUBLINE_SAMPLE_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
@@ -203,6 +208,32 @@ def test_without_any_text_the_model_drives_alone(dubbed_title, tmp_path):
     assert (driven["mouth_path"], driven["alignment_score"], driven["visemes"]) == ("model-only", None, [])
     assert driven["mouth_path_note"] == "no script and no transcript"
     assert np.asarray(driven["expression"])[:, JAW].max() > 0.1
+
+
+def test_the_mouth_shows_before_its_sound(dubbed_title, tmp_path, speech):
+    """Every frame shows the mouth of the sound MOUTH_LEAD_S later: the driven jaw (model only, no
+    source audio, so no calibration) is the un-led prediction moved 2 frames earlier at 25 fps."""
+    _, folder, _, _ = dubbed_title
+    runner, urls = analyse_title(tmp_path, "t", "dub", folder / "clip.mp4", folder / "dub.wav", whisper_model=None)
+    (driven,), _ = driven_rows(runner, tmp_path, urls, "t")
+    jaw = np.asarray(driven["expression"])[:, JAW]
+    samples = fit_samples(read_audio(str(folder / "dub.wav"), SAMPLE_RATE), len(jaw), 25.0, SAMPLE_RATE)
+    unled = mouth_curve(speech.analyse(samples), None, 25.0, len(jaw))[:, 0]
+    assert round(MOUTH_LEAD_S * 25) == 2
+    r, lag = best_lag(jaw, unled, 4)
+    assert lag == -2 and r > 0.9, (lag, r)
+
+
+def test_heard_early_and_timed_early_move_sound_and_times_together():
+    samples = np.arange(10, dtype=np.float32)
+    assert heard_early(samples, 100, 0.03).tolist() == [3, 4, 5, 6, 7, 8, 9, 0, 0, 0]
+    row = {"speech_segments": [{"start_s": 0.05, "end_s": 1.0}], "script": [{"start_s": None, "end_s": None, "text": "a"}],
+           "words": [{"word": "a", "start_s": 0.5, "end_s": 0.7, "probability": 0.9}], "language": "fr"}
+    early = timed_early(row, 0.08)
+    assert early["speech_segments"] == [{"start_s": 0.0, "end_s": 0.92}]
+    assert early["words"] == [{"word": "a", "start_s": 0.42, "end_s": 0.62, "probability": 0.9}]
+    assert early["script"] == row["script"] and early["language"] == "fr"
+    assert timed_early({**row, "words": None, "script": None}, 0.08)["words"] is None
 
 
 def test_expression_scale_zero_keeps_the_mouth_at_rest(dubbed_title):

@@ -10,11 +10,15 @@ better than viseme targets laid on aligned phones, and the closures add to it (m
 Texts are tried in the order given (the studio's script, then Whisper's transcript); the first
 whose alignment scores at least ``min_score`` is used, else the model runs alone, and
 ``DrivenMouth.note`` says why each text was passed over.
+
+A mouth shows before its sound: the coeffs stage hears the dub ``MOUTH_LEAD_S`` early
+(``heard_early``, ``timed_early``), so every frame shows the mouth of the sound that follows it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
@@ -29,6 +33,15 @@ from dubline.stages.speech.speech_encoder import STATE_RATE, on_frame_clock
 #: Temporal smoothing of the network's mouth (s): real mouths are smoother than 20 ms steps.
 _SMOOTH_S = 0.04
 _JAW, _PRESS = MOUTH_COEFFS.index("jaw_open"), MOUTH_COEFFS.index("lip_press")
+
+#: How long before its sound a mouth shape shows (s). Lips and jaw move before the sound they
+#: shape (a mouth opens before phonation starts), and filmed footage shows it: on the six
+#: ``video/train`` clips the filmed mouth leads the mouth MouthNet predicts from the clip's own
+#: sound by -40, +40, +40, +120, +200 and +280 ms (median 80 ms; ``benchmarks/mouth_lead.py``).
+#: MouthNet itself has no lead (trained on acoustic phone times and lag-corrected footage).
+#: Picture before sound is also the side viewers tolerate: ITU-R BT.1359 puts the detection
+#: threshold at 125 ms of sound lag against 45 ms of sound lead.
+MOUTH_LEAD_S = 0.08
 
 #: Names of the ways a dub's mouth was made, for manifests and reports.
 PATHS = ("script-aligned", "transcript-aligned", "model-only")
@@ -51,6 +64,26 @@ class DrivenMouth:
     path: str  # one of ``PATHS``
     alignment: Alignment | None  # the aligned text's visemes (None on the model-only path)
     note: str  # why this path ("" when the first choice ran)
+
+
+def heard_early(samples: np.ndarray, sample_rate: int, lead_s: float = MOUTH_LEAD_S) -> np.ndarray:
+    """Mono ``samples`` advanced by ``lead_s`` seconds (the same length, silence at the end): the
+    audio as the mouth must follow it, sample t being what sounds at t + ``lead_s``."""
+    shift = min(len(samples), round(lead_s * sample_rate))
+    return np.concatenate([samples[shift:], np.zeros(shift, dtype=samples.dtype)])
+
+
+def timed_early(audio: dict[str, Any], lead_s: float = MOUTH_LEAD_S) -> dict[str, Any]:
+    """An ``audio_tracks`` row with its speech segments, words and timed script cues ``lead_s``
+    earlier (clipped at 0), on the clock of ``heard_early``'s samples."""
+    def early(items: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if items is None:
+            return None
+        return [{**item, **{key: max(0.0, item[key] - lead_s) for key in ("start_s", "end_s") if item.get(key) is not None}}
+                for item in items]
+
+    return {**audio, "speech_segments": early(audio["speech_segments"]), "words": early(audio["words"]),
+            "script": early(audio["script"])}
 
 
 def mouth_curve(analysis: SpeechAnalysis, alignment: Alignment | None, fps: float, frames: int) -> np.ndarray:

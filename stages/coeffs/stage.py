@@ -35,7 +35,7 @@ from dubline.stages.job_rows import JobRow, Upstream
 from dubline.stages.coeffs.calibration import MOUTH_COLUMNS, Calibration, fit_calibration, measured_mouth
 from dubline.stages.coeffs.model import WEIGHTS, SpeechToMouth
 from dubline.stages.coeffs.motion import blinks_from_reference, generate_blinks, generate_pose, pose_from_reference, prosody
-from dubline.stages.coeffs.mouth import DrivenMouth, DubText, drive_mouth, mouth_curve
+from dubline.stages.coeffs.mouth import DrivenMouth, DubText, drive_mouth, heard_early, mouth_curve, timed_early
 from dubline.stages.coeffs.reference import reference_motion
 from dubline.stages.coeffs.speakers import (ActiveSpeakers, FaceMouth, Turn, bind_stems, detect, driven_weight, dub_turns,
                                     frame_mask, stem_turns)
@@ -88,8 +88,8 @@ class CoeffsStage(Stage):
     # 4: who speaks when; 5: tracks lined up with the audio, a face alone on screen judged on its
     # whole track; 6: unsure transcript words not aligned; 7: calibration by a gain, no offset;
     # 8: MouthNet on Whisper layers 3 and 6; 9: the encoder in bfloat16 on CPUs that have it;
-    # 10: a reference video's head motion smoothed without lag
-    version = "10"
+    # 10: a reference video's head motion smoothed without lag; 11: the mouth shown MOUTH_LEAD_S before its sound
+    version = "11"
     resources = Resources(cpus=1.0, gpus=0.25, memory_gb=2.0)
     output_schema = DRIVEN_COEFFS
     job_row = CoeffsJob
@@ -112,11 +112,12 @@ class CoeffsStage(Stage):
     def _drive(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         (title,) = read_rows(row["titles_url"], TITLES)
         (audio,) = read_rows(row["audio_url"], AUDIO_TRACKS)
+        audio = timed_early(audio)
         faces = read_rows(row["faces_url"], FACE_TRACKS, without=("landmarks",))
         tracks = [t for t in faces if t["dubbable"]]
         options = json.loads(row["options_json"])
         frames, fps = len(audio["loudness_db"]), title["fps"]
-        samples = fit_samples(read_audio(audio["audio_url"], SAMPLE_RATE), frames, fps, SAMPLE_RATE)
+        samples = _mouth_clock_samples(audio["audio_url"], frames, fps)
         dub = self.dub_mouth(samples, audio, row["language"], fps, frames)
         mask = speech_mask(audio["speech_segments"], frames, fps)
         self.report(**{f"mouth_path_{dub.path.replace('-', '_')}": 1.0},
@@ -145,7 +146,7 @@ class CoeffsStage(Stage):
         voices = []
         for speaker, url in sorted((options.get("dub_speakers") or {}).items()):
             try:
-                samples = fit_samples(read_audio(url, SAMPLE_RATE), frames, fps, SAMPLE_RATE)
+                samples = _mouth_clock_samples(url, frames, fps)
             except (OSError, ValueError) as exc:
                 raise TitleError(audio["title_id"], f"[{language}] dub stem of speaker {speaker} ({url}) is not "
                                  f"readable audio ({exc})") from exc
@@ -311,8 +312,9 @@ class CoeffsStage(Stage):
 
 def own_audio_mouth(speech: SpeechToMouth, url: str, fps: float, frames: int) -> tuple[np.ndarray, np.ndarray]:
     """The mouth ``speech`` predicts from the audio of ``url`` (T×4 ``MOUTH_COEFFS`` on its frame
-    clock of ``frames`` at ``fps``) and that audio's voice activity (T bool, Silero VAD)."""
-    samples = fit_samples(read_audio(url, SAMPLE_RATE), frames, fps, SAMPLE_RATE)
+    clock of ``frames`` at ``fps``) and that audio's voice activity (T bool, Silero VAD), both
+    ``MOUTH_LEAD_S`` early (the mouth a frame shows is that of the sound that follows it)."""
+    samples = _mouth_clock_samples(url, frames, fps)
     return mouth_curve(speech.analyse(samples), None, fps, frames), frame_mask(speech_segments(samples), frames, fps)
 
 
@@ -324,6 +326,12 @@ class Voice:
     mouth: DrivenMouth
     mask: np.ndarray  # T weights: 1 in the track's speech, 0 in silence, eased between
     spans: list[tuple[int, int]]  # its speech segments, [start, stop) frames
+
+
+def _mouth_clock_samples(url: str, frames: int, fps: float) -> np.ndarray:
+    """The audio of ``url`` at ``SAMPLE_RATE``, fitted to the picture's ``frames`` and heard
+    ``MOUTH_LEAD_S`` early: the clock every mouth of this stage is made on."""
+    return heard_early(fit_samples(read_audio(url, SAMPLE_RATE), frames, fps, SAMPLE_RATE), SAMPLE_RATE)
 
 
 def _frame_spans(segments: list[dict[str, float]], frames: int, fps: float) -> list[tuple[int, int]]:
