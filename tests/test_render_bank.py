@@ -170,7 +170,7 @@ def test_a_frame_whose_landmarks_are_off_its_lips_lends_no_mouth(speaker):
     stage.setup()
     starts = np.cumsum([0] + [len(read_rows(url, FRAME_CHUNK)) for url in track["chunk_urls"]])[:-1].tolist()
     measured = landmarks[..., :2]
-    assert stage._agreeing_candidates(moved, starts, [shut, widest], measured) == [widest]
+    assert stage._agreeing(stage._donors(moved, starts, [shut, widest], measured)) == [1]
     # The unmoved track keeps both: the mesh on each crop agrees with the faces stage's.
     original = np.asarray(track["landmarks"], np.float64).reshape(len(expression), -1, 3)[..., :2]
-    assert stage._agreeing_candidates(track, starts, [shut, widest], original) == [shut, widest]
+    assert stage._agreeing(stage._donors(track, starts, [shut, widest], original)) == [0, 1]

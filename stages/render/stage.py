@@ -76,14 +76,14 @@ def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 @dataclass
 class TrackPlan:
-    """What to render for one track, decided before any pixel is read."""
+    """What to render for one track: shapes, sources and the donor crops, read once."""
 
     targets: np.ndarray  # T×478×2 target landmarks, frame px
     sources: list[int]  # T source frame positions in the track
     moving: np.ndarray  # 478 bool: points that may move
     band: float  # IOD of fade-out beyond the moving points
     blends: list[Blend]  # T donor blends (indices into ``donors``)
-    donors: list[int]  # donor frame positions in the track
+    donors: list[Donor]  # the donors' crops and crop landmarks
     model: MouthModel | None  # None for an avatar
 
 
@@ -179,17 +179,20 @@ class RenderStage(Stage):
             delta = project(identity, blendshapes, target_coeffs, target_pose) - project(
                 identity, blendshapes, source_coeffs, source_pose)
             return TrackPlan(measured[0] + delta, [0] * frames, np.ones(len(identity) // 3, bool), _BAND_AVATAR,
-                             [Blend((0,), (1.0,))] * frames, [0], None)
+                             [Blend((0,), (1.0,))] * frames, self._donors(track, [0], [0], measured), None)
         model = mouth_model(track)
         weights = lower_face_weights(model.mean_shape)
         targets = driven_landmarks(model, measured, track["pose"], target_coeffs, weights)
         expression = np.asarray(track["expression"])
         pose = np.asarray(track["pose"])
-        candidates = np.array(self._agreeing_candidates(track, starts, pick_candidates(expression).tolist(), measured))
-        path = choose_donors(np.asarray(driven["expression"]), pose, expression[candidates], pose[candidates])
+        candidates = pick_candidates(expression).tolist()
+        crops = self._donors(track, starts, candidates, measured)
+        kept = self._agreeing(crops)
+        positions = np.array(candidates)[kept]
+        path = choose_donors(np.asarray(driven["expression"]), pose, expression[positions], pose[positions])
         used, path = np.unique(path, return_inverse=True)
         return TrackPlan(targets, list(range(frames)), weights > 0, _BAND_DUB, crossfades(path),
-                         candidates[used].tolist(), model)
+                         [crops[kept[u]] for u in used], model)
 
     def _render_track(self, track: dict[str, Any], driven: dict[str, Any], prefix: str,
                       frame_range: tuple[int, int] | None
@@ -213,9 +216,6 @@ class RenderStage(Stage):
             return None
         plan = self._plan(track, driven, starts)  # of the whole track: every range makes the same choices
         measured = np.asarray(track["landmarks"]).reshape(len(track["frame_index"]), -1, 3)[..., :2]
-        used = sorted({d for i in positions for d in plan.blends[i].donors})
-        donors = dict(zip(used, self._donors(track, [0] if avatar else starts, [plan.donors[d] for d in used],
-                                             measured)))
         region = mouth_region(self._mean_shape(track) if avatar else plan.model.mean_shape)
         triangles = region_triangles(region)
 
@@ -233,7 +233,7 @@ class RenderStage(Stage):
                 source = _apply(to_crop, measured[plan.sources[i]])
                 target = _apply(to_crop, plan.targets[i])
                 crop = decode_rgb(row["image"])
-                blend = [(donors[d], w) for d, w in zip(plan.blends[i].donors, plan.blends[i].weights)]
+                blend = [(plan.donors[d], w) for d, w in zip(plan.blends[i].donors, plan.blends[i].weights)]
                 image, alpha = self._frame(crop, source, target, plan, blend, region, triangles)
                 alpha *= weights[i]
                 scale = iod(source)
@@ -277,20 +277,18 @@ class RenderStage(Stage):
     def _source_rows(track: dict[str, Any]) -> list[dict[str, Any]]:
         return [r for url in track["chunk_urls"] for r in read_rows(url, FRAME_CHUNK)]
 
-    def _agreeing_candidates(self, track: dict[str, Any], starts: list[int], candidates: list[int],
-                    measured: np.ndarray) -> list[int]:
-        """The ``candidates`` (track positions) whose smoothed landmarks are where their crop shows
-        the lips: the face mesh measured on each crop's own pixels opens the inner lips within
+    def _agreeing(self, candidates: list[Donor]) -> list[int]:
+        """Indices of the ``candidates`` whose smoothed landmarks are where their crop shows the
+        lips: the face mesh measured on each crop's own pixels opens the inner lips within
         ``_OWN_GAP_TOLERANCE`` IOD of the smoothed landmarks (or finds no face there to say
-        otherwise). ``measured``: the track's smoothed landmarks T×478×2 (frame px). When none
-        agrees, all stay.
+        otherwise). When none agrees, all stay.
         """
         kept = []
-        for position, donor in zip(candidates, self._donors(track, starts, candidates, measured)):
+        for index, donor in enumerate(candidates):
             mesh = self._landmarker.mesh(donor.image, geometry.mesh_box(donor.landmarks))
             if mesh is None or abs(inner_gap(mesh[:, :2]) / iod(mesh[:, :2]) - donor.gap) <= _OWN_GAP_TOLERANCE:
-                kept.append(position)
-        return kept or candidates
+                kept.append(index)
+        return kept or list(range(len(candidates)))
 
     @staticmethod
     def _donors(track: dict[str, Any], starts: list[int], positions: list[int], measured: np.ndarray) -> list[Donor]:
