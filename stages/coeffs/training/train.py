@@ -486,6 +486,12 @@ measure 0.39 and 0.49, against 0.77 and 0.61 when trained on (in the shipped run
 vox_man_interview reached the sync threshold, so only its audio was trained on): the real-clip
 figures of training clips show fit, not generalisation.
 
+**Timing.** The model has no lead of its own: it is trained on acoustic phone times and on
+footage windows lag-corrected to its prediction. The coeffs stage shows its mouth `MOUTH_LEAD_S`
+(80 ms) before the sound, as filmed mouths lead their sound (median of the training clips,
+`python benchmarks/mouth_lead.py ../shared/data/video/train`). The figures above measure the model
+itself, best within ±2 frames, so the lead does not enter them.
+
 **Limits.** Synthetic voices dominate the viseme data, and six real speakers the jaw's shape.
 How wide a speaker opens is calibrated per speaker on the source footage in dub mode
 (`stages/coeffs/calibration.py`). Expression beyond the mouth (brows, smile) is not predicted.
