@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.futures import wait
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -83,14 +84,13 @@ def review_reason(report: dict[str, Any], skip_reasons: list[str], threshold: fl
 
 @task(name="language", task_run_name="language-{title_id}-{language}")
 def _language(run_url: str, title_id: str, language: str, titles_url: str, shots_url: str, faces_url: str,
-              entry: dict[str, Any], whisper_model: str | None, enhancer_weights: str | None,
+              audio_url: str, entry: dict[str, Any], enhancer_weights: str | None,
               review_threshold: float) -> tuple[str, str | None]:
-    """One dub of a title: audio analysis, driven coefficients, rendering, enhancement (with
-    GFPGAN weights), composite, report. Returns the video URL and why it needs review (or None)."""
+    """One dub of a title, once its audio is analysed (``audio_url``): driven coefficients,
+    rendering, enhancement (with GFPGAN weights), composite, report. Returns the video URL and
+    why it needs review (or None)."""
     dub_entry = CatalogueEntry.from_row(entry)
     options, dub = dub_entry.options, dub_entry.dub_audio_url
-    audio_url = tasks.audio(run_url, title_id, language, titles_url, dub, options, whisper_model,
-                            dub_entry.dub_script_url)
     coeffs_url = tasks.coeffs(run_url, title_id, language, titles_url, faces_url, audio_url, options)
     render_url = tasks.render(run_url, title_id, language, titles_url, faces_url, coeffs_url, enhanced=bool(enhancer_weights))
     faces_out = tasks.enhance(run_url, title_id, language, render_url, faces_url, enhancer_weights)
@@ -116,8 +116,9 @@ def _language(run_url: str, title_id: str, language: str, titles_url: str, shots
 @flow(name="localize_title", flow_run_name="{title_id}", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def localize_title(run_url: str, title_id: str, entries: list[dict[str, Any]], whisper_model: str | None = BASE_PACKAGED,
                    enhancer_weights: str | None = None, review_threshold: float = REVIEW_THRESHOLD) -> dict[str, str]:
-    """All languages of one title: probe, shots and faces once, then per language audio,
-    coefficients and composite.
+    """All languages of one title: probe, shots and faces once, then per language coefficients
+    to report; each language's audio is analysed while shots and faces run (it needs only the
+    probe), so a cluster's second worker has work from the start.
 
     Returns ``{language: output video URL}`` for the languages that were produced (done or needing
     review); raises when none was.
@@ -126,20 +127,30 @@ def localize_title(run_url: str, title_id: str, entries: list[dict[str, Any]], w
     first = CatalogueEntry.from_row(entries[0])
     run.update_title(title_id, status="running", mode=first.mode, source_url=first.source_url, error=None)
     titles_url = tasks.probe(run_url, title_id, first.mode, first.source_url, first.options["background"])
-    shots_url = tasks.shots(run_url, title_id, titles_url)
-    faces_url = tasks.faces(run_url, title_id, titles_url, shots_url)
-
-    futures = {}
+    heard = {}
     for row in entries:
         entry = CatalogueEntry.from_row(row)
         run.update_language(title_id, entry.language, status="running", dub_audio_url=entry.dub_audio_url,
                             dub_script_url=entry.dub_script_url, error=None, review_reason=None, report=None,
                             lipsync_r=None)
-        futures[entry.language] = _language.submit(
-            run_url, title_id, entry.language, titles_url, shots_url, faces_url, row, whisper_model, enhancer_weights,
-            review_threshold,
-        )
-    outputs, errors = {}, {}
+        heard[entry.language] = tasks.audio.submit(run_url, title_id, entry.language, titles_url, entry.dub_audio_url,
+                                                   entry.options, whisper_model, entry.dub_script_url)
+    try:
+        shots_url = tasks.shots(run_url, title_id, titles_url)
+        faces_url = tasks.faces(run_url, title_id, titles_url, shots_url)
+    finally:
+        wait(list(heard.values()))  # nothing of the title's is left running when it fails
+
+    futures, outputs, errors = {}, {}, {}
+    for row in entries:
+        language = row["language"]
+        try:
+            futures[language] = _language.submit(run_url, title_id, language, titles_url, shots_url, faces_url,
+                                                  heard[language].result(), row, enhancer_weights, review_threshold)
+        except Exception as exc:  # noqa: BLE001 - a dub audio that fails its analysis fails its language only
+            errors[language] = _describe(exc, title_id)
+            run.update_language(title_id, language, status="failed", error=errors[language])
+            progress.finished(title_id, language, "failed", errors[language])
     for language, future in futures.items():
         try:
             outputs[language], reason = future.result()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import threading
 from pathlib import Path
 
 import av
@@ -304,3 +306,32 @@ def test_inspect_draws_a_placeholder_for_a_mouth_outside_the_frame():
     assert _crop(frame, (90, 120, 130, 160)).shape == (8, 8, 3)  # a face cut off at the bottom edge
     assert _tile(_crop(frame, (90, 120, 130, 160)), "fr mouth").shape == (360, 360, 3)
     assert _crop(frame, (-10, 90, 30, 130)).shape == (10, 30, 3)  # partly inside: what is inside
+
+
+def test_dub_audio_is_analysed_while_shots_and_faces_run(media, tmp_path, monkeypatch):
+    """Each language's audio needs only the probe: its task starts before shots, so a second worker
+    has work while the picture is analysed. Shots here waits for the audio task to start; were the
+    audio analysed after faces, the title would fail."""
+    from prefect import task
+
+    from dubline.flows import tasks
+
+    audio_started = threading.Event()
+
+    def wrapped(original, before):
+        @functools.wraps(original.fn)
+        def run(*args, **kwargs):
+            before()
+            return original.fn(*args, **kwargs)
+        return task(name=original.name)(run)
+
+    def wait_for_audio():
+        assert audio_started.wait(60), "shots ran before the dub audio's analysis had started"
+
+    monkeypatch.setattr(tasks, "audio", wrapped(tasks.audio, audio_started.set))
+    monkeypatch.setattr(tasks, "shots", wrapped(tasks.shots, wait_for_audio))
+    catalogue = tmp_path / "catalogue.yaml"
+    catalogue.write_text(yaml.safe_dump([{"title_id": "still", "video": str(media["one_shot"]), "language": "fr",
+                                          "dub_audio": str(media["dub_fr"])}]))
+    summary = localize_catalogue(catalogue=str(catalogue), out=str(tmp_path / "run"), executor="local")
+    assert summary["titles"]["still"]["status"] == "done", summary["titles"]["still"]
