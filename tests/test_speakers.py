@@ -18,6 +18,7 @@ from dubline.schemas.manifest_io import read_rows
 from dubline.schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS
 from dubline.stages.audio.stage import AudioStage
 from dubline.stages.base import StageJob, TitleError
+from dubline.stages.coeffs.mouth import MOUTH_LEAD_S
 from dubline.stages.coeffs.speakers import (
     NO_FACE,
     NOBODY,
@@ -355,7 +356,9 @@ def build_dialogue(folder: Path, real: bool) -> dict[str, Path]:
         write_wav(Speech(place(speech, start, total_s), RATE, ()), str(stems[speaker]))
     dub = sum(place(speech, start, total_s) for start, speech in lines)
     write_wav(Speech(dub.astype(np.float32), RATE, ()), str(folder / "dub.wav"))
-    turns = [(round(start * CLIP_FPS), round((start + speech.duration_s) * CLIP_FPS)) for start, speech in lines]
+    # The frames that show each line's mouth: the frames of its sound, MOUTH_LEAD_S earlier.
+    turns = [(round((start - MOUTH_LEAD_S) * CLIP_FPS), round((start + speech.duration_s - MOUTH_LEAD_S) * CLIP_FPS))
+             for start, speech in lines]
     return {"video": folder / "dialogue.mp4", "dub": folder / "dub.wav", "turns": turns, "stems": stems}
 
 
