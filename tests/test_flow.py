@@ -181,7 +181,10 @@ def test_a_title_is_analysed_and_rendered_on_two_ray_workers_and_composited_in_f
     state = json.loads((tmp_path / "run" / "run.json").read_text())["titles"]["long"]
     faces = state["stages"]["faces"]
     assert faces["ranges"] == 4 and faces["rows_out"] == 4 and faces["metrics"]["tracks"] == 4
-    assert len(faces["worker"].split(", ")) == 2, f"the ranges ran on one worker: {faces['worker']}"
+    # The dub audio is analysed beside faces (it needs only the probe), so on this two-CPU Ray the
+    # face ranges may all run on one worker while the other analyses the audio; render's ranges,
+    # after both, use the two.
+    assert 1 <= len(faces["worker"].split(", ")) <= 2, faces["worker"]
     tracks = read_rows(RunFolder(str(tmp_path / "run")).manifest_url("faces", "long", faces["key"]), FACE_TRACKS)
     assert [(t["track_id"], t["frame_index"][0]) for t in tracks] == [(0, 0), (1, 15), (2, 30), (3, 45)]
     assert [bool(t["chunk_urls"]) for t in tracks] == [t["dubbable"] for t in tracks] == [False, False, True, True]
