@@ -7,7 +7,10 @@ Both run in this process's machine, one after the other, `--repeats` times each 
   preset and CRF, muxing the same dub audio as AAC;
 - dubline: `dubline dub CLIP AUDIO` in a fresh run folder each time (Prefect flow, local Ray,
   every stage), timed from the command's start to its exit, and its stages' own seconds from run.json.
-Prints frames/s of each, the ratio, and the per-stage time breakdown of the median dubline run.
+Prints frames/s of each, the ratio, and the per-stage time breakdown of the median dubline run,
+with its fixed cost: start-up (the command's start to the start of its first stage job, the
+probe: imports, Prefect's temporary server, Ray) and shutdown (the last stage seen done to the
+command's exit), from the stages' ``finished_at`` in run.json.
 """
 
 from __future__ import annotations
@@ -46,19 +49,23 @@ def ffmpeg_transcode(video: Path, audio: Path, out: Path) -> float:
     return time.perf_counter() - started
 
 
-def dubline_dub(video: Path, audio: Path, work: Path) -> tuple[float, dict[str, float]]:
+def dubline_dub(video: Path, audio: Path, work: Path) -> tuple[float, dict[str, float], tuple[float, float]]:
+    """Seconds of the whole command, each stage's wall seconds, and (start-up, shutdown) seconds."""
     dubline = Path(sys.executable).with_name("dubline")
-    started = time.perf_counter()
+    started_at, started = time.time(), time.perf_counter()
     subprocess.run([str(dubline), "dub", str(video), str(audio), "-o", str(work / "out.mp4"), "--run-dir",
                     str(work / "run"), "--quiet"], check=True, capture_output=True)
     seconds = time.perf_counter() - started
     state = json.loads((work / "run" / "run.json").read_text())
     (title,) = state["titles"].values()
+    records = {**title["stages"], **{name: s for language in title["languages"].values()
+                                     for name, s in language["stages"].items()}}
     # A stage run in frame ranges has its jobs' seconds added up in "seconds", its wall time in "wall_seconds".
-    stages = {name: s.get("wall_seconds", s["seconds"]) for name, s in title["stages"].items()}
-    for language in title["languages"].values():
-        stages.update({name: s.get("wall_seconds", s["seconds"]) for name, s in language["stages"].items()})
-    return seconds, stages
+    stages = {name: s.get("wall_seconds", s["seconds"]) for name, s in records.items()}
+    probe = records["probe"]
+    start_up = probe["finished_at"] - probe["seconds"] - started_at
+    shutdown = started_at + seconds - max(s["finished_at"] for s in records.values())
+    return seconds, stages, (start_up, shutdown)
 
 
 def main() -> None:
@@ -78,7 +85,7 @@ def main() -> None:
             runs.append(dubline_dub(args.video, args.dub_audio, work))
     plain_s = statistics.median(baseline)
     runs.sort(key=lambda run: run[0])
-    dub_s, stages = runs[len(runs) // 2]
+    dub_s, stages, (start_up, shutdown) = runs[len(runs) // 2]
     in_stages = sum(stages.values())
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; clip {args.video.name}: {frames} frames; "
           f"median of {args.repeats}")
@@ -87,6 +94,8 @@ def main() -> None:
           f"(ratio to ffmpeg {plain_s / dub_s:.3f})")
     print(f"dubline dub, time inside stages:       {in_stages:6.2f} s = {frames / in_stages:7.1f} frames/s "
           f"(ratio to ffmpeg {plain_s / in_stages:.3f}); start-up and orchestration {dub_s - in_stages:.1f} s")
+    print(f"fixed cost: {start_up + shutdown:.1f} s = start-up {start_up:.1f} s (command start to the first job) "
+          f"+ shutdown {shutdown:.1f} s (last stage done to exit)")
     print("per stage (s): " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in in_pipeline_order(stages)))
 
 

@@ -98,7 +98,10 @@ class RayRunner:
         and it has neither a time limit nor worker metrics (it does no work).
 
         ``next_stage``: the stage that runs next on this title (default parameters); once this
-        job has its worker, a worker of it is started if it fits (``prepare``).
+        job has its worker, a worker of it is started if it fits (``prepare``), and again once the
+        job has finished and no other job of its stage runs: its own worker, idle then, may make
+        room (e.g. the dub audio's job ends while faces still runs, and coeffs loads its models
+        on the CPU the audio job leaves).
         """
         if job.stage.passes_through(job.params):
             return self._driver.run(job)
@@ -107,11 +110,8 @@ class RayRunner:
         worker = self._acquire(job)
         try:
             if next_stage is not None:
-                try:
-                    self.prepare(next_stage, {})
-                except Exception as exc:  # noqa: BLE001 - starting ahead is an optimisation, never a job's failure
-                    logging.getLogger(__name__).warning("dubline: %s worker not started ahead: %s", next_stage.name, exc)
-            return ray.get(worker.actor.run.remote(job), timeout=limit)
+                self._prepare_ahead(next_stage)
+            stats = ray.get(worker.actor.run.remote(job), timeout=limit)
         except RayTaskError as exc:
             # Re-raise the stage's own exception (e.g. TitleError) without Ray's wrapping.
             raise exc.cause from None
@@ -128,6 +128,19 @@ class RayRunner:
                                            f"0 removes it") from None
         finally:
             self._release(worker)
+        if next_stage is not None and not self._busy(worker.pool):
+            self._prepare_ahead(next_stage)
+        return stats
+
+    def _prepare_ahead(self, stage: type[Stage]) -> None:
+        try:
+            self.prepare(stage, {})
+        except Exception as exc:  # noqa: BLE001 - starting ahead is an optimisation, never a job's failure
+            logging.getLogger(__name__).warning("dubline: %s worker not started ahead: %s", stage.name, exc)
+
+    def _busy(self, pool: tuple[type[Stage], str]) -> bool:
+        with self._cond:
+            return any(w.busy for w in self._workers if w.pool == pool)
 
     def prepare(self, stage: type[Stage], params: dict[str, Any]) -> None:
         """Start a worker of ``stage`` (with ``params``) now if its pool has none and one fits

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import os
 import shutil
@@ -21,6 +23,10 @@ def _run_flow(catalogue: str, out: str, options: dict) -> dict:
     language), and everything else on stderr — Prefect's logs and tracebacks, native libraries'
     chatter — in the console log (``flows/console.py``) unless ``--verbose``."""
     quiet, verbose = options.pop("quiet"), options.pop("verbose")
+    # The last exit handler (the first registered): with every object frozen, the interpreter's
+    # final garbage collection skips the heap Prefect, Ray and the stages left (1.6 s of each
+    # command's exit on the 2-core VM, against 0.2 s).
+    atexit.register(gc.freeze)
     console.prepare_env(verbose)
     scale = options.pop("job_timeout_scale")
     if scale is not None:
@@ -32,7 +38,12 @@ def _run_flow(catalogue: str, out: str, options: dict) -> dict:
     try:
         with console.captured_stderr(log_path) as terminal:
             try:
-                from dubline.flows.localize import localize_catalogue  # Prefect, Ray, torch: import-time warnings to the log
+                from dubline.flows import services
+
+                started = services.start_early(options["executor"], options["ray_address"])
+                from dubline.flows.localize import localize_catalogue  # Prefect, Ray: import-time warnings to the log
+
+                started.wait()
 
                 with progress.bars(show_bars, terminal), progress.lines(None if quiet else click.echo):
                     summary = localize_catalogue(catalogue=catalogue, out=out, **options)

@@ -234,6 +234,7 @@ def _record(run_url: str, stage: type[Stage], title_id: str, language: str | Non
             "executed": executed,
             **{k: record.get(k) for k in ("rows_in", "rows_out", "dropped", "metrics", "seconds", "worker")},
             **{k: record[k] for k in ("ranges", "wall_seconds") if k in record},
+            "finished_at": round(time.time(), 3),  # Unix s, when the driver saw it done: run timelines, benchmarks
         },
     )
 

@@ -181,6 +181,37 @@ def test_the_next_stage_s_worker_starts_while_a_job_runs_and_takes_its_job(ray_c
         runner.shutdown()
 
 
+class OneCPUSleepsStage(SleepsStage):
+    name = "sleeps_on_one_cpu"
+    resources = Resources(cpus=1.0, memory_gb=0.1)
+
+
+def test_the_next_stage_s_worker_starts_when_a_job_ends_and_leaves_room(ray_cluster, media, tmp_path) -> None:
+    """On two CPUs, one held by another title's job: shots (1 CPU) does not fit beside a running
+    probe (0.5), so it cannot start ahead when the probe starts; once the probe has finished, its
+    idle worker makes room and shots' worker starts then, before any shots job asks for it."""
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[OneCPUSleepsStage.__module__])  # workers cannot import tests
+    runner = RayRunner()
+    pid_file = tmp_path / "pid"
+    sleeper = threading.Thread(target=runner.run, args=(StageJob(
+        OneCPUSleepsStage, {"seconds": 8.0, "pid_file": str(pid_file)}, str(tmp_path / "sleeps.parquet"), "other",
+        rows=({"title_id": "other"},)),))
+    sleeper.start()
+    try:
+        while not pid_file.exists():
+            time.sleep(0.05)
+        runner.run(StageJob(ProbeStage, {}, str(tmp_path / "titles.parquet"), "t",
+                            rows=({"title_id": "t", "mode": "dub", "source_url": str(media["two_shots"])},)),
+                   next_stage=ShotsStage)
+        assert sleeper.is_alive()  # the other title's job still holds its CPU
+        assert sorted(w.pool[0].name for w in runner._workers) == ["shots", "sleeps_on_one_cpu"]
+    finally:
+        sleeper.join()
+        runner.shutdown()
+
+
 class PassesThroughStage(SleepsStage):
     """SleepsStage whose jobs pass through unless given ``seconds`` (as enhance does without weights)."""
 

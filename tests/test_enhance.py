@@ -32,9 +32,11 @@ from PIL import Image
 from dubline.schemas.manifest_io import read_rows, write_manifest
 from dubline.schemas.manifests import EXPRESSION_NAMES, FACE_TRACKS, FRAME_CHUNK, MESH_POINTS, RENDERED_TRACKS
 from dubline.stages.base import StageJob, run_job
-from dubline.stages.enhance import SKIPPED_NO_WEIGHTS, EnhanceStage, GFPGANv1Clean, load_gfpgan
+from dubline.stages.enhance import SKIPPED_NO_WEIGHTS, EnhanceStage
+from dubline.stages.enhance.gfpgan import GFPGANv1Clean, load_gfpgan
 from dubline.stages.chunk_images import decode_rgba
-from dubline.stages.enhance.stage import CROP_TEMPLATE, FFHQ_TEMPLATE_512, blend_enhanced, crop_to_ffhq
+from dubline.stages.enhance.restore import CROP_TEMPLATE, DTYPES, FFHQ_TEMPLATE_512, blend_enhanced, crop_to_ffhq
+from dubline.stages.enhance.stage import PRECISIONS
 
 SDISTS = {"gfpgan": "1.3.8", "basicsr": "1.4.2"}
 CACHE = Path(os.environ.get("DUBLINE_CACHE", Path.home() / ".cache" / "dubline")) / "gfpgan-reference"
@@ -356,5 +358,6 @@ def test_parameters_are_checked():
         EnhanceStage(batch_size=0)
     with pytest.raises(ValueError, match="precision"):
         EnhanceStage(precision="fp8")
+    assert set(PRECISIONS) == {"auto", *DTYPES}  # every precision the stage accepts names a dtype
     with pytest.raises(TypeError, match="unknown parameters"):
         EnhanceStage(enhancer="gfpgan")

@@ -132,3 +132,19 @@ def test_every_subpackage_is_in_the_distribution():
     found = {"dubline"} | {".".join(("dubline", *p.parent.relative_to(REPO).parts))
                            for package in PACKAGES for p in (REPO / package).rglob("__init__.py")}
     assert listed == found
+
+
+def test_the_flows_driver_does_not_import_the_stages_heavy_libraries():
+    """The driver (``dubline dub``'s process) plans jobs and reads manifests, and runs the enhance
+    stage when it passes through (no weights); the models run in the stages' workers
+    (``Stage.setup``). PyTorch, matplotlib, librosa and scipy.interpolate cost ~3 s of every
+    command's start-up when the driver imports them."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "matplotlib", "librosa", "scipy.interpolate")
+    code = ("import sys, dubline.flows.cli, dubline.flows.localize; "
+            "from dubline.stages.enhance import EnhanceStage; EnhanceStage().setup(); "
+            f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert found == []

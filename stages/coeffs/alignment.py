@@ -21,7 +21,7 @@ import numpy as np
 
 from dubline.stages.coeffs.phonetics import VisemeUnit
 from dubline.stages.coeffs.visemes import VISEME_CLASSES
-from dubline.stages.speech.speech_encoder import STATE_RATE
+from dubline.stages.speech.features import STATE_RATE
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dubline.stages.coeffs import WEIGHTS
 from dubline.stages.coeffs.visemes import MOUTH_COEFFS, VISEME_CLASSES
 from dubline.stages.speech.speech_encoder import SpeechEncoder
 from dubline.stages.speech.whisper_models import BASE_PACKAGED
 
-WEIGHTS = Path(__file__).parent / "weights" / "mouthnet.safetensors"
 #: Whisper encoder layers MouthNet listens to, side by side (``SpeechEncoder``): the middle one
 #: keeps more of how a sound is articulated, the last what was said. Chosen on held-out training
 #: clips (model card); weights record their own in their metadata.

@@ -17,9 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import librosa
 import numpy as np
-from scipy.interpolate import CubicSpline
 from scipy.ndimage import gaussian_filter1d
 
 SAMPLE_RATE = 16_000
@@ -86,6 +84,8 @@ def prosody(samples16k: np.ndarray, fps: float, frames: int) -> np.ndarray:
         raise ValueError(f"samples must be mono (1-D), got shape {y.shape}")
     if len(y) == 0 or frames == 0:
         return np.zeros((frames, 2))
+    import librosa  # avatar mode only: ~0.5 s of imports that no dub needs
+
     power = librosa.feature.rms(y=y, frame_length=_ENERGY_WINDOW, hop_length=_ENERGY_HOP, center=True)[0] ** 2
     power = _frame_means(power, np.ones(len(power), bool), SAMPLE_RATE / _ENERGY_HOP, fps, frames)
     energy_db = 10 * np.log10(np.nan_to_num(power, nan=0.0) + 1e-10)  # past the audio's end: silence
@@ -146,6 +146,8 @@ def _wander(rng: np.random.Generator, t: np.ndarray, rms: float, tempo: float, s
     gain[0] = 0.0
     series = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) * gain, n)
     series *= rms / series.std()
+    from scipy.interpolate import CubicSpline  # avatar mode only (scipy.interpolate: ~0.5 s of imports)
+
     return CubicSpline(np.arange(n) / _WANDER_GRID_HZ, series)(t)
 
 

@@ -18,17 +18,19 @@ A mouth shows before its sound: the coeffs stage hears the dub ``MOUTH_LEAD_S`` 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from dubline.stages.coeffs.alignment import Alignment
-from dubline.stages.coeffs.model import SpeechAnalysis
 from dubline.stages.coeffs.phonetics import espeak_voice
 from dubline.stages.coeffs.timeline import TextSpan, align_spans
 from dubline.stages.coeffs.visemes import MOUTH_COEFFS, VISEMES
-from dubline.stages.speech.speech_encoder import STATE_RATE, on_frame_clock
+from dubline.stages.speech.features import STATE_RATE, on_frame_clock
+
+if TYPE_CHECKING:  # the model module imports PyTorch, which the flow's driver does not need
+    from dubline.stages.coeffs.model import SpeechAnalysis
 
 #: Temporal smoothing of the network's mouth (s): real mouths are smoother than 20 ms steps.
 _SMOOTH_S = 0.04

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -31,9 +31,9 @@ from dubline.schemas.catalogue import SPEAKER_NONE, SpeakerBinding, read_speaker
 from dubline.schemas.manifest_io import read_rows
 from dubline.schemas.manifests import AUDIO_TRACKS, DRIVEN_COEFFS, EXPRESSION_NAMES, FACE_TRACKS, TITLES
 from dubline.stages.base import Resources, Stage, TitleError
+from dubline.stages.coeffs import WEIGHTS
 from dubline.stages.job_rows import JobRow, Upstream
 from dubline.stages.coeffs.calibration import MOUTH_COLUMNS, Calibration, fit_calibration, measured_mouth
-from dubline.stages.coeffs.model import WEIGHTS, SpeechToMouth
 from dubline.stages.coeffs.motion import blinks_from_reference, generate_blinks, generate_pose, pose_from_reference, prosody
 from dubline.stages.coeffs.mouth import DrivenMouth, DubText, drive_mouth, heard_early, mouth_curve, timed_early
 from dubline.stages.coeffs.reference import reference_motion
@@ -47,6 +47,9 @@ from dubline.stages.speech.fit import fit_samples
 from dubline.stages.speech.script import ScriptCue
 from dubline.stages.speech.transcribe import speech_segments
 from dubline.stages.speech.whisper_models import BASE_PACKAGED
+
+if TYPE_CHECKING:  # PyTorch: loaded by the stage's workers (``setup``), never by the flow's driver
+    from dubline.stages.coeffs.model import SpeechToMouth
 
 #: Coefficients whose measured motion follows the original speech: held at rest in a dub.
 _SPEECH_COUPLED = [EXPRESSION_NAMES.index(n) for n in ("upper_lip_raise", "lower_lip_depress")]
@@ -103,6 +106,8 @@ class CoeffsStage(Stage):
                 "min_alignment_score": 0.3, "min_word_probability": 0.3}
 
     def setup(self) -> None:
+        from dubline.stages.coeffs.model import SpeechToMouth
+
         self._speech = SpeechToMouth(self.params["weights"], self.params["encoder_model"])
         self._landmarker: FaceLandmarker | None = None  # only for reference videos, made on first use
 

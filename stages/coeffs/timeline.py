@@ -16,14 +16,17 @@ import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dubline.stages.coeffs.alignment import AlignedUnit, Alignment, align
-from dubline.stages.coeffs.model import SpeechAnalysis
 from dubline.stages.coeffs.phonetics import viseme_units
+from dubline.stages.speech.features import STATE_RATE
 from dubline.stages.speech.script import ScriptCue
-from dubline.stages.speech.speech_encoder import STATE_RATE
+
+if TYPE_CHECKING:  # the model module imports PyTorch, which the flow's driver does not need
+    from dubline.stages.coeffs.model import SpeechAnalysis
 
 _MARGIN_S = 0.4  # a stretch's window reaches this far beyond its own times
 _MAX_GAP_S = 0.35  # a pause this long between transcript words starts a new stretch

@@ -1,6 +1,5 @@
 """enhance: GFPGAN v1.4 (our own network, official weights) on the re-rendered mouth region."""
 
-from dubline.stages.enhance.gfpgan import GFPGANv1Clean, load_gfpgan
 from dubline.stages.enhance.stage import SKIPPED_NO_WEIGHTS, EnhanceStage
 
-__all__ = ["SKIPPED_NO_WEIGHTS", "EnhanceStage", "GFPGANv1Clean", "load_gfpgan"]
+__all__ = ["SKIPPED_NO_WEIGHTS", "EnhanceStage"]

@@ -23,7 +23,6 @@ from dubline.schemas.manifests import AUDIO_TRACKS, DRIVEN_COEFFS, FACE_TRACKS, 
 from dubline.stages.base import Resources, Stage
 from dubline.stages.job_rows import JobRow, Place, Upstream
 from dubline.stages.face_model.landmarks import FaceLandmarker
-from dubline.stages.report import plots
 from dubline.stages.report.mouth import measure_mouths, pearson
 
 
@@ -54,7 +53,10 @@ class ReportStage(Stage):
     published = ("html_url", "json_url")
 
     def setup(self) -> None:
+        from dubline.stages.report import plots  # matplotlib: in the report's workers, not the flow's driver
+
         self._landmarker = FaceLandmarker()
+        self._plots = plots
 
     def process_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [self._report(row) for row in rows]
@@ -110,6 +112,7 @@ class ReportStage(Stage):
                 "subtitles": [u for u in (audio["srt_url"], audio["vtt_url"]) if u],
             },
         }
+        plots = self._plots
         energy = np.asarray(audio["loudness_db"], dtype=np.float32)
         figures = {
             **({} if avatar else {"Who speaks when": plots.speaker_timeline(

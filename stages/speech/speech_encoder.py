@@ -18,11 +18,10 @@ import numpy as np
 import torch
 from faster_whisper.feature_extractor import FeatureExtractor
 
-from dubline.stages.speech.features import SAMPLE_RATE
+from dubline.stages.speech.features import SAMPLE_RATE, STATE_RATE
 from dubline.stages.speech.whisper_encoder import WhisperEncoder
 from dubline.stages.speech.whisper_models import BASE_PACKAGED, resolve_model
 
-STATE_RATE = 50  # encoder states per second (one per 20 ms)
 _WINDOW_S = 30
 _OVERLAP_S = 5
 _SAMPLES_PER_STATE = SAMPLE_RATE // STATE_RATE
@@ -107,15 +106,3 @@ class SpeechEncoder:
 def native_cpu_bfloat16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); emulated, it would be slower."""
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
-def on_frame_clock(states: np.ndarray, fps: float, frames: int) -> np.ndarray:
-    """Encoder states (N×D at 50 per s) -> frames×D, each video frame the mean of its 20 ms states.
-
-    Frames past the end of the states repeat the last state (the audio was padded with silence).
-    """
-    edges = np.round(np.arange(frames + 1) / fps * STATE_RATE).astype(int)
-    edges = np.clip(edges, 0, len(states) - 1)
-    cumulative = np.vstack([np.zeros((1, states.shape[1])), np.cumsum(states, axis=0, dtype=np.float64)])
-    stops = np.maximum(edges[1:], edges[:-1] + 1)
-    return ((cumulative[stops] - cumulative[edges[:-1]]) / (stops - edges[:-1])[:, None]).astype(np.float32)

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dubline.stages.speech.features import SAMPLE_RATE
-from dubline.stages.speech.speech_encoder import STATE_RATE, SpeechEncoder
+from dubline.stages.speech.features import SAMPLE_RATE, STATE_RATE
+from dubline.stages.speech.speech_encoder import SpeechEncoder
 
 _GAP_S = 0.4
 _PACK_S = 28.0

@@ -40,9 +40,9 @@ from dubline.stages.coeffs.training.corpus import HELD_OUT_VOICES, Example, augm
 from dubline.stages.coeffs.training.encode import encode_all
 from dubline.stages.coeffs.training.real_clips import RealClip, load_clip
 from dubline.stages.coeffs.visemes import MOUTH_COEFFS, VISEME_CLASSES
-from dubline.stages.speech.features import SAMPLE_RATE
+from dubline.stages.speech.features import SAMPLE_RATE, STATE_RATE
 from dubline.stages.speech.script import ScriptCue, read_script_cues
-from dubline.stages.speech.speech_encoder import STATE_RATE, SpeechEncoder
+from dubline.stages.speech.speech_encoder import SpeechEncoder
 from dubline.stages.speech.transcribe import Transcriber, speech_segments
 from dubline.stages.speech.whisper_models import BASE_PACKAGED
 
