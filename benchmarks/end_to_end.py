@@ -8,9 +8,10 @@ Both run in this process's machine, one after the other, `--repeats` times each 
 - dubline: `dubline dub CLIP AUDIO` in a fresh run folder each time (Prefect flow, local Ray,
   every stage), timed from the command's start to its exit, and its stages' own seconds from run.json.
 Prints frames/s of each, the ratio, and the per-stage time breakdown of the median dubline run,
-with its fixed cost: start-up (the command's start to the start of its first stage job, the
-probe: imports, Prefect's temporary server, Ray) and shutdown (the last stage seen done to the
-command's exit), from the stages' ``finished_at`` in run.json.
+with its fixed cost: start-up (the command's start to when the probe's worker began its job:
+imports, Prefect's temporary server, Ray, the flow run's creation, the probe worker's start)
+and shutdown (the last stage seen done by the driver to the command's exit), from the stages'
+``finished_at`` in run.json.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ given each stage's declared resources; idle workers of other stages are retired 
 a small cluster moves from stage to stage instead of deadlocking on actors that hold CPUs. Workers
 are only started where they fit now, so Ray's autoscaler never sees them pending: while jobs wait
 for room, the runner asks it for nodes explicitly (``request_resources``). While a job runs, the
-worker of the title's next stage is started if it fits, so that starting its process and loading
+worker of the title's next stage is started if it fits, and again when the job ends and no other
+job of its stage runs (its idle worker may make room), so that starting its process and loading
 its models overlap the work (a job that only passes its input on runs in the driver instead).
 
 Every job has a time limit (``cluster.policy.job_timeout_s``: generous, scaled by the title's

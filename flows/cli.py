@@ -41,9 +41,12 @@ def _run_flow(catalogue: str, out: str, options: dict) -> dict:
                 from dubline.flows import services
 
                 started = services.start_early(options["executor"], options["ray_address"])
-                from dubline.flows.localize import localize_catalogue  # Prefect, Ray: import-time warnings to the log
-
-                started.wait()
+                try:
+                    from dubline.flows.localize import localize_catalogue  # Prefect, Ray: import-time warnings to the log
+                except BaseException:
+                    started.wait(start_ray=False)  # the server still stops at exit
+                    raise
+                started.wait()  # starts Ray; from then on, both stop at exit
 
                 with progress.bars(show_bars, terminal), progress.lines(None if quiet else click.echo):
                     summary = localize_catalogue(catalogue=catalogue, out=out, **options)

@@ -5,11 +5,14 @@ Prefect's temporary API server (a subprocess: ~6 s of CPU to import the server a
 database) and a private local Ray (``cluster.connect``: GCS and raylet processes, ~4 s). The flow
 would start them one after the other, after the driver's own imports. ``start_early`` starts
 Prefect's server in a background thread at the command's start, and ``EarlyServices.wait``
-starts Ray while that server's process boots on another core; ``stop`` ends both at once at exit.
+starts Ray while that server's process boots on another core; ``stop`` ends both together at exit.
 
 Ray is started from the main thread: Ray's processes die with the thread that started them
-(``PR_SET_PDEATHSIG``). It is started after Prefect's server process, which therefore never sees
-the private cluster's token in its environment (``cluster.connect``).
+(``PR_SET_PDEATHSIG``). It is started after Prefect's server process, which therefore does not
+have the private cluster's token in its environment (``cluster.connect``). One exception: when
+the port Prefect picked is taken by someone else before its server binds it, Prefect starts the
+server again on another port, and that second process inherits the token. It is a process of the
+same user (who alone can read its environment) and ends with the command.
 
 Nothing here changes what runs: Prefect's own ``SubprocessASGIServer`` is the server the flow's
 client finds (it is a per-process singleton), and the flow's ``cluster.connect`` finds Ray
@@ -19,6 +22,7 @@ already initialised.
 from __future__ import annotations
 
 import atexit
+import contextvars
 import os
 import threading
 import time
@@ -38,7 +42,9 @@ class EarlyServices:
             from prefect.server.api.server import SubprocessASGIServer
 
             self._server = SubprocessASGIServer()
-            self._thread = threading.Thread(target=self._start_server, name="start-prefect-server", daemon=True)
+            context = contextvars.copy_context()  # the caller's Prefect settings, e.g. temporary_settings
+            self._thread = threading.Thread(target=context.run, args=(self._start_server,), name="start-prefect-server",
+                                            daemon=True)
             self._thread.start()
 
     def _start_server(self) -> None:
@@ -47,12 +53,12 @@ class EarlyServices:
         except BaseException as exc:  # raised in the main thread by ``wait``
             self._error = exc
 
-    def wait(self) -> None:
-        """Start the private Ray (once Prefect's server process exists) and wait until Prefect's
-        server answers. Raises what either start raised; from then on, what started here is
-        stopped at exit by ``stop``."""
+    def wait(self, start_ray: bool = True) -> None:
+        """Start the private Ray (once Prefect's server process exists; not when ``start_ray`` is
+        False: the command is failing) and wait until Prefect's server answers. Raises what either
+        start raised; from then on, what started here is stopped at exit by ``stop``."""
         try:
-            if self._private_ray:
+            if self._private_ray and start_ray:
                 import ray
 
                 from dubline.cluster.connect import connect
@@ -72,28 +78,33 @@ class EarlyServices:
             atexit.register(self.stop)
 
     def stop(self) -> None:
-        """Stop what started here: Prefect's server and Ray at the same time (each would otherwise
-        stop in its own exit handler, one after the other)."""
-        stopping = None
-        if self._server is not None:
-            stopping = threading.Thread(target=self._server.stop, name="stop-prefect-server")
-            stopping.start()
-        if self._ray_started:
-            from dubline.cluster.connect import disconnect
-
-            disconnect()
-        if stopping is not None:
-            stopping.join()
+        """Stop what started here: Prefect's server is told to stop first, so that it shuts down
+        while Ray does (each would otherwise stop in its own exit handler, one after the other).
+        No thread: none may start during the interpreter's exit (Python 3.12)."""
+        server, ray_started = self._server, self._ray_started
         self._server, self._ray_started = None, False
+        process = server.server_process if server is not None else None
+        if process is not None and process.poll() is None:
+            process.terminate()
+        try:
+            if ray_started:
+                from dubline.cluster.connect import disconnect
+
+                disconnect()
+        finally:
+            if server is not None:
+                server.stop()  # waits for the process (kills it after 5 s)
 
 
 def start_early(executor: str, ray_address: str | None) -> EarlyServices:
     """Start, in the background, what this command's flow will need and nobody else provides:
-    Prefect's temporary server when no ``PREFECT_API_URL`` is set, and the private local Ray when
+    Prefect's temporary server when no ``PREFECT_API_URL`` is set and Prefect's settings allow one
+    (``PREFECT_SERVER_EPHEMERAL_ENABLED``, on in its default profile), and the private local Ray when
     ``executor`` is "ray" and no ``ray_address`` (nor ``$RAY_ADDRESS``) is given. Call after
     ``console.prepare_env`` (both read the environment it sets), and ``EarlyServices.wait`` before
     the flow runs (it starts Ray)."""
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
     private_ray = executor == "ray" and not (ray_address or os.environ.get("RAY_ADDRESS"))
-    return EarlyServices(prefect_server=not PREFECT_API_URL.value(), private_ray=private_ray)
+    prefect_server = not PREFECT_API_URL.value() and bool(PREFECT_SERVER_EPHEMERAL_ENABLED.value())
+    return EarlyServices(prefect_server=prefect_server, private_ray=private_ray)

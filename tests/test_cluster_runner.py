@@ -195,9 +195,16 @@ def test_the_next_stage_s_worker_starts_when_a_job_ends_and_leaves_room(ray_clus
     cloudpickle.register_pickle_by_value(sys.modules[OneCPUSleepsStage.__module__])  # workers cannot import tests
     runner = RayRunner()
     pid_file = tmp_path / "pid"
-    sleeper = threading.Thread(target=runner.run, args=(StageJob(
-        OneCPUSleepsStage, {"seconds": 8.0, "pid_file": str(pid_file)}, str(tmp_path / "sleeps.parquet"), "other",
-        rows=({"title_id": "other"},)),))
+    sleeper_errors: list[BaseException] = []
+
+    def sleep() -> None:
+        try:
+            runner.run(StageJob(OneCPUSleepsStage, {"seconds": 12.0, "pid_file": str(pid_file)},
+                                str(tmp_path / "sleeps.parquet"), "other", rows=({"title_id": "other"},)))
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            sleeper_errors.append(exc)
+
+    sleeper = threading.Thread(target=sleep)
     sleeper.start()
     try:
         while not pid_file.exists():
@@ -210,6 +217,7 @@ def test_the_next_stage_s_worker_starts_when_a_job_ends_and_leaves_room(ray_clus
     finally:
         sleeper.join()
         runner.shutdown()
+    assert sleeper_errors == []
 
 
 class PassesThroughStage(SleepsStage):

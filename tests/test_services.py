@@ -41,8 +41,10 @@ print(json.dumps(report))
 """
 
 
-def test_prefect_and_ray_start_together_and_the_ray_token_stays_out_of_prefect():
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+def test_prefect_and_ray_start_together_and_the_ray_token_stays_out_of_prefect(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_API_URL", "PREFECT_PROFILE", "RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    env["PREFECT_HOME"] = str(tmp_path)  # Prefect's default profile and a database of its own
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=200)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
