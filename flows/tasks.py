@@ -20,6 +20,7 @@ from dubline.flows import progress
 from dubline.flows.run_folder import RunFolder, in_pipeline_order, stage_key
 from dubline.schemas import storage
 from dubline.schemas.manifest_io import read_rows, write_manifest
+from dubline.schemas.catalogue import OPTION_DEFAULTS
 from dubline.schemas.manifests import TITLES
 from dubline.stages.audio.stage import AudioStage
 from dubline.stages.base import Stage, StageJob, StageStats, TitleError, join_metrics
@@ -61,7 +62,11 @@ def open_session(out_url: str, executor: str = "ray", ray_address: str | None = 
         from dubline.cluster.ray_runner import RayRunner
 
         connect(ray_address)
-        runner: Runner = RayRunner()
+        ray_runner = RayRunner()
+        # Every title starts with probe: its worker (for the default background) starts while
+        # Prefect creates the flow runs, ~1 s before the first probe job asks for it.
+        ray_runner.prepare(ProbeStage, {"background": OPTION_DEFAULTS["background"]})
+        runner: Runner = ray_runner
     elif executor == "local":
         runner = SequentialRunner()
     else:

@@ -303,3 +303,12 @@ def test_a_job_past_its_time_limit_fails_its_title_and_its_worker_is_ended(ray_c
     assert stuck_pid != int((tmp_path / "after.pid").read_text())
     with contextlib.suppress(psutil.NoSuchProcess):
         psutil.Process(stuck_pid).wait(timeout=30)  # its process was ended (raises TimeoutExpired if not)
+
+
+def test_a_ray_session_starts_the_probe_worker_before_any_title_asks(ray_cluster, tmp_path) -> None:
+    """Every title starts with probe: its worker (default background) starts with the session."""
+    from dubline.flows import tasks
+
+    with tasks.open_session(str(tmp_path / "run"), "ray") as session:
+        (worker,) = session.runner._workers
+        assert worker.pool == (ProbeStage, json.dumps({"background": OPTION_DEFAULTS["background"]}, sort_keys=True))
