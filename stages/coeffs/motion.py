@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-SAMPLE_RATE = 16_000
+from dubline.stages.speech.features import SAMPLE_RATE
+
 _ENERGY_HOP, _ENERGY_WINDOW = 160, 400  # 10 ms hop, 25 ms window: same framing as the log-mel
 # pyin at a 20 ms hop: a quarter of the cost of 10 ms and still finer than any video frame
 # rate's need for an intonation contour (measured: ~0.04× real time on one core).
