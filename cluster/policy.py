@@ -32,9 +32,9 @@ POLICIES: dict[str, StagePolicy] = {
     # probe demuxes and hashes the source before any duration is known: its base alone bounds it
     "probe": StagePolicy(max_workers=4, timeout_per_media_s=0.0),
     "shots": StagePolicy(max_workers=4),
-    # ranges of whole one-minute track segments (FacesJob.segment_frames), so a range links the
+    # ranges of whole 30 s track segments (FacesJob.segment_frames), so a range links the
     # tracks one job would; the crops are cut in one join job
-    "faces": StagePolicy(max_workers=8, range_s=60.0),
+    "faces": StagePolicy(max_workers=8, range_s=30.0),
     # ~15 s per job: a minute of video keeps four workers busy; planning a range cost 0.34 s of a
     # 10 s range (844², 2-core VM)
     "render": StagePolicy(max_workers=8, range_s=15.0),

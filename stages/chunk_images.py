@@ -24,7 +24,9 @@ def encode_rgba(rgba: np.ndarray, quality: int | None = None) -> bytes:
     or lossy at ``quality`` (0..100), where the RGB under alpha 0 is dropped."""
     buffer = io.BytesIO()
     if quality is None:
-        Image.fromarray(rgba, "RGBA").save(buffer, format="WEBP", lossless=True, exact=True, quality=80, method=2)
+        # Least effort (method 0, quality 0): on a 300×200 mouth box 2.2 ms against 26 ms at
+        # method 2 and 10 ms for lossy q92, files ~1.2× larger than method 2's; the pixels are the same.
+        Image.fromarray(rgba, "RGBA").save(buffer, format="WEBP", lossless=True, exact=True, quality=0, method=0)
     else:
         # Encoder method 2 of 6: as small as the default 4 on face crops, in half the time.
         Image.fromarray(rgba, "RGBA").save(buffer, format="WEBP", quality=int(quality), method=2)

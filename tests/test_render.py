@@ -233,10 +233,10 @@ def test_render_frame_ranges_are_equal_parts_of_about_fifteen_seconds(frames, fp
 
 
 @pytest.mark.parametrize(("frames", "fps", "expected"), [
-    (1500, 25.0, [(0, 1500)]),  # one minute: one job
-    (3000, 25.0, [(0, 1500), (1500, 3000)]),  # two minutes: a segment each
-    (3600, 30.0, [(0, 1500), (1500, 3600)]),  # two minutes at 30 fps: ranges start on segments
-    (9000, 25.0, [(0, 1500), (1500, 3000), (3000, 4500), (4500, 6000), (6000, 7500), (7500, 9000)]),
+    (750, 25.0, [(0, 750)]),  # half a minute: one job
+    (1489, 25.0, [(0, 750), (750, 1489)]),  # the 60 s benchmark title: a segment each
+    (1800, 30.0, [(0, 750), (750, 1800)]),  # one minute at 30 fps: ranges start on segments
+    (4500, 25.0, [(0, 750), (750, 1500), (1500, 2250), (2250, 3000), (3000, 3750), (3750, 4500)]),
 ])
 def test_face_ranges_start_on_track_segments(frames, fps, expected):
-    assert frame_ranges("faces", frames, fps, align=1500) == expected
+    assert frame_ranges("faces", frames, fps, align=750) == expected

@@ -10,9 +10,9 @@ empty are passed through without running the network. By default the new chunks 
 that keeps the RGB under transparent pixels (``exact``): bit-identical outside the alpha and no
 second generation of lossy compression inside it.
 
-What the network sees (x): GFPGAN restores a *whole* aligned face, but the render's lossy WebP
-does not keep the RGB where alpha is 0 (libwebp replaces transparent pixels by whatever
-compresses best: smeared rows, not the eyes and nose), and it stores only the changed region.
+What the network sees (x): GFPGAN restores a *whole* aligned face, but the render stores only the
+changed region (and, when its ``webp_quality`` makes it lossy, libwebp replaces transparent
+pixels by whatever compresses best: smeared rows, not the eyes and nose).
 When the input row names the faces stage's ``faces_url``, each rendered region is put back into
 the original aligned crop of its frame, so the network sees the full face with the new mouth.
 

@@ -5,7 +5,7 @@ the mesh on every frame and links faces into tracks per shot; after each track's
 fitted, the second cuts the aligned crops of the dubbable tracks into frame chunks.
 
 Tracks never cross a shot boundary, nor a multiple of ``FacesJob.segment_frames`` counted from
-the title's first frame (a *segment*: by default one minute at 25 fps). That bounds memory, and it
+the title's first frame (a *segment*: by default 30 s at 25 fps). That bounds memory, and it
 lets a long title's first pass run in frame ranges made of whole segments
 (``FacesJob.frame_range``), one job each, which link exactly the tracks one job would. A join job
 (``FacesJob.ranges``) numbers the ranges' tracks in order and cuts their crops. A face that goes
@@ -36,9 +36,11 @@ from dubline.stages.faces.tracking import TrackLinker, distinct, iou
 from dubline.stages.media import rgb_frames
 
 
-#: Frames of a track segment (one minute at 25 fps): memory stays bounded by it, not by the
-#: title's length, and frame ranges of whole segments link the tracks one job would.
-SEGMENT_FRAMES = 1500
+#: Frames of a track segment (30 s at 25 fps): memory stays bounded by it, not by the title's
+#: length, and frame ranges of whole segments link the tracks one job would. Half a minute, so
+#: that a one-minute title's analysis is two jobs (one job of the 60 s benchmark title: 36.6 s);
+#: a track's own footage (its mouth model, its donors) is then at most this long.
+SEGMENT_FRAMES = 750
 
 
 class FacesJob(JobRow):
