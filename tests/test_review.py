@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from dubline.flows.cli import main
 from dubline.flows.localize import REVIEW_THRESHOLD, localize_catalogue, review_reason
-from dubline.stages.report.stage import ReportStage
+from dubline.stages.report.stage import ReportStage, sampled_frames
 
 SMALL = "face too small (median height 57 px < 64)"
 
@@ -133,3 +133,17 @@ def test_a_published_video_overwritten_since_is_made_again(dubbed) -> None:
     summary = localize_catalogue(catalogue=str(catalogue), out=str(out), executor="local")
     assert summary["invocation"]["stages_executed"] == {"composite": 1}
     assert video.read_bytes() == original  # the same job, the same bytes
+
+
+@pytest.mark.parametrize(("driven", "measured", "first_skipped"), [
+    (150, 150, None),  # a short title: every driven frame
+    (750, 750, None),
+    (1489, 750, 50),  # the one-minute benchmark title: windows of 50 frames, one in two
+    (3000, 750, 50),  # two minutes: one window in four
+    (180_000, 45_000, 50),  # a two-hour film: a quarter (one window in four)
+])
+def test_the_self_check_measures_windows_of_a_long_title(driven: int, measured: int, first_skipped: int | None) -> None:
+    frames = list(range(1000, 1000 + driven))
+    sampled = sampled_frames(frames)
+    assert len(sampled) == measured and set(frames[:50]) <= sampled
+    assert first_skipped is None or frames[first_skipped] not in sampled

@@ -241,9 +241,9 @@ class RenderStage(Stage):
                 scale = iod(source)
                 outside.append(float(np.linalg.norm(target[list(_FACE_OVAL)] - source[list(_FACE_OVAL)], axis=1).max()) / scale)
                 # Only the changed region is stored: its box, with the affine moved to match.
-                ys, xs = np.nonzero(alpha > 0)
-                y0, y1, x0, x1 = (ys.min(), ys.max() + 1, xs.min(), xs.max() + 1) if len(ys) else (0, 1, 0, 1)
-                rgba = np.dstack([image, (alpha * 255).astype(np.uint8)])[y0:y1, x0:x1]
+                x0, y0, width, height = cv2.boundingRect((alpha > 0).astype(np.uint8))
+                y0, y1, x0, x1 = (y0, y0 + height, x0, x0 + width) if width else (0, 1, 0, 1)
+                rgba = np.dstack([image[y0:y1, x0:x1], (alpha[y0:y1, x0:x1] * 255).astype(np.uint8)])
                 to_frame = np.asarray(row["affine"], dtype=np.float64).reshape(2, 3)
                 to_frame[:, 2] += to_frame[:, :2] @ [x0, y0]
                 index = driven["frame_index"][i] if avatar else row["frame_index"]
