@@ -33,7 +33,7 @@ POLICIES: dict[str, StagePolicy] = {
     "probe": StagePolicy(max_workers=4, timeout_per_media_s=0.0),
     "shots": StagePolicy(max_workers=4),
     # ranges of whole 30 s track segments (FacesJob.segment_frames), so a range links the
-    # tracks one job would; the crops are cut in one join job
+    # tracks one job would and cuts their crops; a join job numbers the tracks
     "faces": StagePolicy(max_workers=8, range_s=30.0),
     # ~15 s per job: a minute of video keeps four workers busy; planning a range cost 0.34 s of a
     # 10 s range (844², 2-core VM)

@@ -259,7 +259,7 @@ def shots(run_url: str, title_id: str, titles_url: str) -> str:
 @task(name="faces", task_run_name="faces-{title_id}")
 def faces(run_url: str, title_id: str, titles_url: str, shots_url: str) -> str:
     """Face tracks and crops; a title longer than the faces policy's ``range_s`` is analysed in
-    ranges of whole track segments, and one join job numbers the tracks and cuts the crops."""
+    ranges of whole track segments, each with its crops, and one join job numbers the tracks."""
     row = {"title_id": title_id, "titles_url": titles_url, "shots_url": shots_url,
            "segment_frames": faces_stage.SEGMENT_FRAMES}
     ranges = _title_ranges(FaceStage, titles_url, seekable=True, align=row["segment_frames"])

@@ -178,7 +178,7 @@ def test_a_title_is_analysed_and_rendered_on_two_ray_workers_and_composited_in_f
                                           "dub_audio": str(media["dub_fr"])}]))
     summary = localize_catalogue(catalogue=str(catalogue), out=str(tmp_path / "run"))
     assert summary["titles"]["long"]["status"] == "done"
-    assert summary["invocation"]["stages_executed"]["faces"] == 5  # four ranges and the join that cuts the crops
+    assert summary["invocation"]["stages_executed"]["faces"] == 5  # four ranges and the join that numbers the tracks
     state = json.loads((tmp_path / "run" / "run.json").read_text())["titles"]["long"]
     faces = state["stages"]["faces"]
     assert faces["ranges"] == 4 and faces["rows_out"] == 4 and faces["metrics"]["tracks"] == 4

@@ -6,9 +6,10 @@ fitted, the second cuts the aligned crops of the dubbable tracks into frame chun
 
 Tracks never cross a shot boundary, nor a multiple of ``FacesJob.segment_frames`` counted from
 the title's first frame (a *segment*: by default 30 s at 25 fps). That bounds memory, and it
-lets a long title's first pass run in frame ranges made of whole segments
-(``FacesJob.frame_range``), one job each, which link exactly the tracks one job would. A join job
-(``FacesJob.ranges``) numbers the ranges' tracks in order and cuts their crops. A face that goes
+lets a long title run in frame ranges made of whole segments (``FacesJob.frame_range``), one job
+each, which link exactly the tracks one job would and cut their crops. A join job
+(``FacesJob.ranges``) numbers the ranges' tracks in order and files their crops under those
+numbers (the images are copied, not encoded again). A face that goes
 on across a segment's first frame becomes a new track there: it is found again by the detector
 and fitted and smoothed afresh (a piece shorter than ``min_track_frames`` is left as filmed).
 """
@@ -31,7 +32,7 @@ from dubline.stages.face_model import geometry
 from dubline.stages.face_model.crop import crop_face, crop_transforms
 from dubline.stages.face_model.landmarks import FaceLandmarker
 from dubline.stages.face_model.smoothing import jitter, lag_frames, one_euro_zero_phase
-from dubline.stages.faces.chunks import ChunkWriter
+from dubline.stages.faces.chunks import ChunkWriter, renumbered_chunk
 from dubline.stages.faces.tracking import TrackLinker, distinct, iou
 from dubline.stages.media import rgb_frames
 
@@ -51,11 +52,11 @@ class FacesJob(JobRow):
     #: row, not the stage's parameters, so that every job of a title is given the segments its
     #: ranges were cut on.
     segment_frames: int = SEGMENT_FRAMES
-    #: [start, end) clock frames, whole segments (multiples of ``segment_frames``): only the
-    #: first pass over these frames; the tracks come out without crops and numbered from 0.
+    #: [start, end) clock frames, whole segments (multiples of ``segment_frames``): the tracks of
+    #: these frames, numbered from 0, with their crops.
     frame_range: tuple[int, int] | None = None
-    #: The range jobs' ``face_tracks`` manifests, in order: this job numbers their tracks and cuts
-    #: the crops instead of analysing frames.
+    #: The range jobs' ``face_tracks`` manifests, in order: this job numbers their tracks and files
+    #: their crops instead of analysing frames.
     ranges: list[Upstream] = []
 
 class FaceStage(Stage):
@@ -64,8 +65,9 @@ class FaceStage(Stage):
     name = "faces"
     # 5: frames as shown (upright, on the frame clock, SDR view for analysis); 6: detector score per
     # track; 7: tracks cut at multiples of segment_frames from the title's start, not per track;
-    # 8: landmarks and crop windows smoothed forwards and backwards (no lag behind fast moves)
-    version = "8"
+    # 8: landmarks and crop windows smoothed forwards and backwards (no lag behind fast moves);
+    # 9: a range job cuts its own crops
+    version = "9"
     resources = Resources(cpus=1.0, memory_gb=2.0)
     output_schema = FACE_TRACKS
     job_row = FacesJob
@@ -112,8 +114,7 @@ class FaceStage(Stage):
         for track_id, track in enumerate(analysed):
             track["track_id"] = track_id
         analysis_s = time.perf_counter() - started
-        if not row.get("frame_range"):
-            self._write_crops(title, analysed, row["chunks_url"])
+        self._write_crops(title, analysed, row["chunks_url"])
         dubbable = [t for t in analysed if t["dubbable"]]
         weights = [len(t["frame_index"]) for t in analysed] or [1]
         self.count_work(frames=frames)
@@ -126,17 +127,19 @@ class FaceStage(Stage):
             jitter_smoothed_px=np.average([t.pop("_jitter_smoothed") for t in analysed] or [0], weights=weights),
             reprojection_px=np.average([t.pop("_reprojection") for t in analysed] or [0], weights=weights),
             smoothing_lag_frames_max=max([t.pop("_lag") for t in analysed] or [0]),
-            **({} if row.get("frame_range") else {"crops_s": time.perf_counter() - started - analysis_s}),
+            crops_s=time.perf_counter() - started - analysis_s,
         )
         return [{k: v for k, v in t.items() if not k.startswith("_")} for t in analysed]
 
     def _join(self, title: dict[str, Any], ranges: list[str], chunks_url: str) -> list[dict[str, Any]]:
-        """The range jobs' tracks, numbered in range order as one job numbers them, with crops."""
+        """The range jobs' tracks, numbered in range order as one job numbers them, with their
+        crops filed under the new numbers (the chunks one job writes, image for image)."""
         tracks = [track for url in ranges for track in read_rows(url, FACE_TRACKS)]
+        started = time.perf_counter()
         for track_id, track in enumerate(tracks):
             track["track_id"] = track_id
-        started = time.perf_counter()
-        self._write_crops(title, tracks, chunks_url)
+            track["chunk_urls"] = [renumbered_chunk(url, f"{chunks_url}/track{track_id:04d}_{k:04d}.parquet", track_id)
+                                   for k, url in enumerate(track["chunk_urls"])]
         self.report(crops_s=time.perf_counter() - started)
         return tracks
 
@@ -243,7 +246,8 @@ class FaceStage(Stage):
         return landmarks[:, geometry.LOWER_LIP_INNER, 1] - landmarks[:, geometry.UPPER_LIP_INNER, 1]
 
     def _write_crops(self, title: dict[str, Any], tracks: list[dict[str, Any]], chunks_url: str) -> None:
-        """Pass 2: aligned crops of the dubbable tracks, streamed into frame chunks."""
+        """Pass 2: aligned crops of the dubbable tracks, streamed into frame chunks (decoded from
+        the keyframe before the first frame with a crop)."""
         size = self.params["crop_size"]
         due: dict[int, list[tuple[ChunkWriter, np.ndarray]]] = defaultdict(list)
         writers = []
@@ -260,7 +264,7 @@ class FaceStage(Stage):
             last = max(due)
             # Crops hold the source's own code values (for HDR: not the SDR view), as they are
             # pasted back into the source's own picture.
-            for index, rgb in rgb_frames(title, view="rgb"):
+            for index, rgb in rgb_frames(title, view="rgb", start=min(due)):
                 for writer, to_crop in due.pop(index, ()):
                     writer.add(index, crop_face(rgb, to_crop, size), to_crop)
                 if index >= last:
