@@ -73,7 +73,8 @@ def main() -> None:
     figure.canvas.draw()
     plot = np.asarray(figure.canvas.buffer_rgba())[..., :3]
 
-    faces = [t for t in read_rows(str(next((args.after / "manifests" / "faces" / args.title).glob("*.parquet"))), FACE_TRACKS)
+    faces_key = json.loads((args.after / "run.json").read_text())["titles"][args.title]["stages"]["faces"]["key"]
+    faces = [t for t in read_rows(str(args.after / "manifests" / "faces" / args.title / f"{faces_key}.parquet"), FACE_TRACKS)
              if t["dubbable"]]
     face = next(t for t in faces if t["track_id"] == tracks[1]["track_id"] and t["shot_index"] == tracks[1]["shot_index"])
     landmarks = np.asarray(face["landmarks"]).reshape(len(face["frame_index"]), -1, 3)

@@ -15,7 +15,7 @@ def decode_rgb(image: bytes) -> np.ndarray:
 
     OpenCV, not Pillow: the same pixels from the same libjpeg-turbo, 1.6 ms against 2.5 ms for a
     512² crop. Raises ValueError for bytes it cannot decode."""
-    bgr = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    bgr = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if image else None
     if bgr is None:
         raise ValueError("frame chunk image could not be decoded")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

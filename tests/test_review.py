@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from dubline.flows.cli import main
 from dubline.flows.localize import REVIEW_THRESHOLD, localize_catalogue, review_reason
-from dubline.stages.report.stage import ReportStage, sampled_frames
+from dubline.stages.report.stage import ReportStage, sampled_frames, sampling_stride
 
 SMALL = "face too small (median height 57 px < 64)"
 
@@ -135,15 +135,24 @@ def test_a_published_video_overwritten_since_is_made_again(dubbed) -> None:
     assert video.read_bytes() == original  # the same job, the same bytes
 
 
-@pytest.mark.parametrize(("driven", "measured", "first_skipped"), [
-    (150, 150, None),  # a short title: every driven frame
-    (750, 750, None),
-    (1489, 750, 50),  # the one-minute benchmark title: windows of 50 frames, one in two
-    (3000, 750, 50),  # two minutes: one window in four
-    (180_000, 45_000, 50),  # a two-hour film: a quarter (one window in four)
+@pytest.mark.parametrize(("driven", "every", "measured"), [
+    (150, 1, 150),  # a short title: every driven frame
+    (999, 1, 999),
+    (1000, 2, 500),  # from 40 s at 25 fps: windows of 50 frames, one in two
+    (1489, 2, 750),  # the one-minute benchmark title
+    (2626, 4, 676),  # a quarter, never fewer than 500
+    (180_000, 4, 45_000),  # a two-hour film: a quarter
 ])
-def test_the_self_check_measures_windows_of_a_long_title(driven: int, measured: int, first_skipped: int | None) -> None:
+def test_the_self_check_measures_windows_of_a_long_title(driven: int, every: int, measured: int) -> None:
     frames = list(range(1000, 1000 + driven))
-    sampled = sampled_frames(frames)
-    assert len(sampled) == measured and set(frames[:50]) <= sampled
-    assert first_skipped is None or frames[first_skipped] not in sampled
+    sampled = sampled_frames(frames, sampling_stride(driven))
+    assert sampling_stride(driven) == every and len(sampled) == measured and sampled[:50] == frames[:50]
+    assert every == 1 or frames[50] not in sampled
+
+
+def test_every_dubbed_track_has_its_first_window_measured() -> None:
+    """Windows are counted per track: a short turn is never skipped whole."""
+    every = sampling_stride(10_000)
+    assert every == 4
+    assert sampled_frames(list(range(5000, 5030)), every) == list(range(5000, 5030))
+    assert len(sampled_frames(list(range(0, 400)), every)) == 100  # windows 0 and 4 of eight

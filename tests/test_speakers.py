@@ -22,6 +22,7 @@ from dubline.stages.coeffs.mouth import MOUTH_LEAD_S
 from dubline.stages.coeffs.speakers import (
     NO_FACE,
     NOBODY,
+    ActiveSpeakers,
     FaceMouth,
     av_offset,
     bind_stems,
@@ -220,6 +221,22 @@ def test_stems_bind_to_the_face_speaking_in_their_speech_and_a_manual_binding_wi
     turns = stem_turns({"S1": [(10, 90)], "S2": [(110, 190)]}, {0: {0: "S2"}}, faces, len(audio))
     assert [(t.track_id, t.voice) for t in turns] == [(None, "S1"), (0, "S2")]
     assert turns[0].reason == "speaker S1 has no face in the shot"
+
+
+def test_a_stem_drives_both_pieces_of_a_face_cut_at_a_track_segment():
+    """The faces stage cuts a face's track at every multiple of ``segment_frames``: one speaker's
+    stem drives the pieces (never on screen together), not a second face beside its own."""
+    frames = 200
+    pieces = [face(0, np.zeros(100), first=0), face(1, np.zeros(100), first=100), face(2, np.zeros(frames))]
+    speaking = np.zeros(frames)
+    speaking[20:180] = 0.9
+    speakers = ActiveSpeakers({0: speaking[:100], 1: speaking[100:], 2: np.full(frames, 0.6)},
+                              np.full(frames, NOBODY), np.ones(frames, bool), {})
+    stem = np.zeros(frames, bool)
+    stem[20:180] = True
+    assert bind_stems({"S1": stem}, speakers, pieces) == {0: {0: "S1", 1: "S1"}}
+    turns = stem_turns({"S1": [(20, 180)]}, {0: {0: "S1", 1: "S1"}}, pieces, frames)
+    assert [(t.start, t.stop, t.track_id) for t in turns] == [(20, 100, 0), (100, 180, 1)]
 
 
 def test_two_faces_saying_the_same_words_are_both_speakers_through_the_pauses():

@@ -334,7 +334,10 @@ def bind_stems(stem_speech: Mapping[str, np.ndarray], speakers: ActiveSpeakers, 
 
     ``stem_speech``: speaker -> T bool voice activity of the stem. Shots in ``bound`` (a manual
     binding) keep it. Elsewhere each stem goes to the face whose mean speaking probability during
-    the stem's speech is highest (at least ``MIN_BIND_SHARE``), one stem per face, best pairs first.
+    the stem's speech is highest (at least ``MIN_BIND_SHARE``), one stem per face, best pairs first;
+    a stem may also drive tracks that are never on screen at the same time as its face, such as
+    the pieces of one face cut at a track segment's first frame (the faces stage's
+    ``segment_frames``).
     """
     bound = bound or {}
     binding: dict[int, dict[int, str]] = {}
@@ -343,6 +346,7 @@ def bind_stems(stem_speech: Mapping[str, np.ndarray], speakers: ActiveSpeakers, 
             binding[shot] = dict(bound[shot])
             continue
         pairs = []
+        spans = {f.track_id: (f.first, f.stop) for f in faces if f.shot_index == shot}
         for face in (f for f in faces if f.shot_index == shot):
             for speaker, speech in stem_speech.items():
                 active = speech[face.first : face.stop]
@@ -350,7 +354,9 @@ def bind_stems(stem_speech: Mapping[str, np.ndarray], speakers: ActiveSpeakers, 
                     pairs.append((float(speakers.probability[face.track_id][active].mean()), face.track_id, speaker))
         binding[shot] = {}
         for share, track, speaker in sorted(pairs, reverse=True):
-            if share >= MIN_BIND_SHARE and track not in binding[shot] and speaker not in binding[shot].values():
+            (first, stop) = spans[track]
+            beside = any(s == speaker and spans[t][0] < stop and first < spans[t][1] for t, s in binding[shot].items())
+            if share >= MIN_BIND_SHARE and track not in binding[shot] and not beside:
                 binding[shot][track] = speaker
     return binding
 

@@ -116,7 +116,7 @@ class RenderStage(Stage):
     output_schema = RENDERED_TRACKS
     job_row = RenderJob
     # None: lossless WebP (encode_rgba), 2.2 ms a crop, no second generation of loss in composite;
-    # lossy q92 took 10 ms (a sixth of the render's time) for files ~2.5× smaller
+    # lossy q92 took 10 ms (a sixth of the render's time) for files ~3× smaller
     defaults = {"webp_quality": None}
     counted_metrics = ("frames_rendered",)
 

@@ -77,10 +77,11 @@ class ReportStage(Stage):
                                                         d["driven_weight"]) if w > 0}
             for d in driven
         }
-        driven_frames = sorted({f for b in boxes.values() for f in b}) if boxes else []
-        sampled = sampled_frames(driven_frames)
+        driven_frames = sum(len(b) for b in boxes.values()) if boxes else 0
         if boxes:
-            boxes = {track: {f: box for f, box in b.items() if f in sampled} for track, b in boxes.items()}
+            every = sampling_stride(driven_frames)
+            boxes = {track: {f: b[f] for f in sampled_frames(sorted(b), every)} for track, b in boxes.items()}
+        measured_frames = sum(len(b) for b in boxes.values()) if boxes else 0
         measured = measure_mouths(self._landmarker, output["video_url"], boxes)
         tracks = [self._track(d, faces[d["track_id"]], measured[0 if avatar else d["track_id"]], avatar) for d in driven]
         weights = [t["frames_measured"] for t in tracks if np.isfinite(t["lipsync_r"])]
@@ -99,7 +100,7 @@ class ReportStage(Stage):
                                               "audio_source_s", "faces_dubbed")},
             "lipsync_r": lipsync_r,
             # frames of the title the dub drives, and how many of them the self-check measured
-            "self_check_frames": None if avatar else {"driven": len(driven_frames), "measured": len(sampled)},
+            "self_check_frames": None if avatar else {"driven": driven_frames, "measured": measured_frames},
             "tracks": [{**{k: v for k, v in t.items() if not k.startswith("_")}, "curves": _rounded(t["curves"])}
                        for t in tracks],
             "tracks_skipped": skipped,
@@ -139,7 +140,7 @@ class ReportStage(Stage):
         storage.write_text(json_url, json.dumps(plain_json(summary), indent=1, allow_nan=False))
         storage.write_text(html_url, render_html(summary, figures))
         self.report(tracks_measured=len(tracks), **({"lipsync_r": lipsync_r} if lipsync_r is not None else {}),
-                    **({"self_check_share": len(sampled) / len(driven_frames)} if driven_frames else {}))
+                    **({"self_check_share": measured_frames / driven_frames} if driven_frames else {}))
         return {
             "title_id": row["title_id"],
             "language": row["language"],
@@ -195,21 +196,27 @@ class ReportStage(Stage):
         return rows
 
 
-#: The self-check measures every driven frame of a title and language up to this many (30 s at
-#: 25 fps); beyond, windows of ``SELF_CHECK_WINDOW`` frames spread evenly, about half of the frames
-#: for a one-minute title and never less than ``SELF_CHECK_SHARE`` of them. The face mesh on the
-#: output is most of the report's cost (~9 ms a frame at 844², 2-core VM): measuring all of a
-#: 2-hour film would cost about what the faces stage's mesh does.
-SELF_CHECK_ALL_UP_TO = 750
+#: The self-check measures every driven frame of a title and language (the dubbed tracks' frames
+#: added up) below twice this many (40 s at 25 fps); beyond, one window of ``SELF_CHECK_WINDOW``
+#: frames in every ``sampling_stride`` of each track, from its first frame: at least this many
+#: frames and at least ``SELF_CHECK_SHARE`` of them (half of a one-minute title, a quarter of a long
+#: one). The face mesh on the output is most of the report's cost (~9 ms a frame at 844², 2-core
+#: VM): measuring all of a 2-hour film would cost about what the faces stage's mesh does.
+SELF_CHECK_MIN_FRAMES = 500
 SELF_CHECK_SHARE = 0.25
 SELF_CHECK_WINDOW = 50  # 2 s at 25 fps: contiguous, so the curves and the correlation keep their timing
 
 
-def sampled_frames(frames: list[int]) -> set[int]:
-    """The frames the self-check measures among ``frames`` (a title's driven frames, sorted)."""
-    wanted = max(SELF_CHECK_ALL_UP_TO, SELF_CHECK_SHARE * len(frames))
-    every = max(1, round(len(frames) / wanted))  # one window measured in every ``every``
-    return {f for position, f in enumerate(frames) if (position // SELF_CHECK_WINDOW) % every == 0}
+def sampling_stride(driven_frames: int) -> int:
+    """One window measured in every this many, for a title with ``driven_frames`` in all (≥ 1)."""
+    wanted = max(SELF_CHECK_MIN_FRAMES, SELF_CHECK_SHARE * driven_frames)
+    return max(1, int(driven_frames // wanted))
+
+
+def sampled_frames(frames: list[int], every: int) -> list[int]:
+    """The frames of one track (its driven ``frames``, sorted) the self-check measures: the first
+    window of ``SELF_CHECK_WINDOW`` frames, then one in every ``every``."""
+    return [f for position, f in enumerate(frames) if (position // SELF_CHECK_WINDOW) % every == 0]
 
 
 #: Why a dubbable face was not dubbed at all: active speaker detection (or the speaker binding) never
