@@ -79,8 +79,8 @@ class ReportStage(Stage):
         }
         driven_frames = sum(len(b) for b in boxes.values()) if boxes else 0
         if boxes:
-            every = sampling_stride(driven_frames)
-            boxes = {track: {f: b[f] for f in sampled_frames(sorted(b), every)} for track, b in boxes.items()}
+            stride = sampling_stride(driven_frames)
+            boxes = {track: {f: b[f] for f in sampled_frames(sorted(b), stride)} for track, b in boxes.items()}
         measured_frames = sum(len(b) for b in boxes.values()) if boxes else 0
         measured = measure_mouths(self._landmarker, output["video_url"], boxes)
         tracks = [self._track(d, faces[d["track_id"]], measured[0 if avatar else d["track_id"]], avatar) for d in driven]
