@@ -263,12 +263,10 @@ def faces(run_url: str, title_id: str, titles_url: str, shots_url: str) -> str:
     row = {"title_id": title_id, "titles_url": titles_url, "shots_url": shots_url,
            "segment_frames": faces_stage.SEGMENT_FRAMES}
     ranges = _title_ranges(FaceStage, titles_url, seekable=True, align=row["segment_frames"])
-    # coeffs runs next once the dub audio is analysed too (it ran beside shots and faces): its
-    # worker loads torch while faces ends (1.5-2 s of a 60 s title's run)
     if len(ranges) <= 1:
-        return _execute(run_url, FaceStage, title_id, rows=(row,), with_chunks=True, next_stage=CoeffsStage)
+        return _execute(run_url, FaceStage, title_id, rows=(row,), with_chunks=True)
     return _execute_ranges_and_join(run_url, FaceStage, title_id, ranges, language=None, row=row, joined_by="ranges",
-                                    next_stage=CoeffsStage)
+                                    next_stage=None)
 
 
 @task(name="audio", task_run_name="audio-{title_id}-{language}")
