@@ -114,7 +114,8 @@ def test_catalogue_flow_dubs_titles_and_reports_bad_ones(first_run):
     assert page.count("data:image/png;base64,") == 3  # speaker timeline, lip sync, the one dubbed track's coefficients
     details = json.loads(Path(report["html"]).with_suffix(".json").read_text())
     assert [t["track_id"] for t in details["tracks"]] == [1] and details["lipsync_r"] == report["lipsync_r"]
-    assert details["self_check_frames"]["measured"] == details["self_check_frames"]["driven"] > 0  # a short title: all
+    frames = details["self_check_frames"]
+    assert frames["measured"] == frames["driven"] > 0 and frames["every"] == 1  # a short title: all of it
     assert details["tracks_skipped"][0]["reason"].startswith("face too small")  # the 57 px astronaut
     assert {s["shot_index"]: s["tracks_dubbed"] for s in details["shots"]} == {0: 0, 1: 1}
     assert list(details["stages"]) == ["probe", "shots", "faces", "audio", "coeffs", "render", "enhance", "composite"]

@@ -26,7 +26,8 @@ def lipsync_figure(fps: float, energy: np.ndarray, speech: list[tuple[float, flo
     """Dub audio energy with speech shaded, above each dubbed track's mouth: driven, measured on
     the output, and measured on the source.
 
-    ``tracks``: dicts with label, frame_index, driven, output (NaN where unmeasured), source (or None).
+    ``tracks``: dicts with label, frame_index, driven, output (NaN where unmeasured: frames the dub
+    does not drive, and on a long title those between the self-check's windows), source (or None).
     """
     rows = 1 + max(1, min(len(tracks), _MAX_TRACK_PANELS))
     figure, axes = plt.subplots(rows, 1, figsize=(11, 1.9 * rows), sharex=True, squeeze=False)
@@ -44,7 +45,7 @@ def lipsync_figure(fps: float, energy: np.ndarray, speech: list[tuple[float, flo
         if track.get("source") is not None:
             axis.plot(t, track["source"], color="#bbb", lw=1, label="source (filmed)")
         axis.plot(t, track["driven"], color="#1f77b4", lw=1.2, label="driven (from dub audio)")
-        axis.plot(t, track["output"], color="#d62728", lw=1, ls="--", label="measured on output")
+        axis.plot(t, track["output"], color="#d62728", lw=1, label="measured on output (gaps: not measured)")
         axis.set_ylabel(track["label"], fontsize=8)
         axis.legend(loc="upper right", fontsize=7, ncol=3, frameon=False)
     axes[-1].set_xlabel("time (s)")

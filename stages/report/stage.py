@@ -78,8 +78,8 @@ class ReportStage(Stage):
             for d in driven
         }
         driven_frames = sum(len(b) for b in boxes.values()) if boxes else 0
+        stride = sampling_stride(driven_frames) if driven_frames else 1
         if boxes:
-            stride = sampling_stride(driven_frames)
             boxes = {track: {f: b[f] for f in sampled_frames(sorted(b), stride)} for track, b in boxes.items()}
         measured_frames = sum(len(b) for b in boxes.values()) if boxes else 0
         measured = measure_mouths(self._landmarker, output["video_url"], boxes)
@@ -100,7 +100,9 @@ class ReportStage(Stage):
                                               "audio_source_s", "faces_dubbed")},
             "lipsync_r": lipsync_r,
             # frames of the title the dub drives, and how many of them the self-check measured
-            "self_check_frames": None if avatar else {"driven": driven_frames, "measured": measured_frames},
+            # windows of ``window`` frames, one in every ``every`` of each track (1: all measured)
+            "self_check_frames": None if avatar else {"driven": driven_frames, "measured": measured_frames,
+                                                      "window": SELF_CHECK_WINDOW, "every": stride},
             "tracks": [{**{k: v for k, v in t.items() if not k.startswith("_")}, "curves": _rounded(t["curves"])}
                        for t in tracks],
             "tracks_skipped": skipped,
@@ -300,7 +302,8 @@ def render_html(summary: dict[str, Any], figures: dict[str, bytes]) -> str:
         f"<p class='big'>Lip-sync self-check: r = {_cell(r)} between the driven mouth opening and the one "
         f"measured on the output ({len(summary['tracks'])} dubbed track(s), {len(summary['tracks_skipped'])} skipped"
         + (f"; {frames['measured']} of the {frames['driven']} driven frames measured, in windows of "
-           f"{SELF_CHECK_WINDOW} frames" if (frames := summary["self_check_frames"]) and frames["measured"] < frames["driven"]
+           f"{frames['window']} frames, one in every {frames['every']} of each track"
+           if (frames := summary["self_check_frames"]) and frames["measured"] < frames["driven"]
            else "") + ").</p>",
         f"<p>Output: <a href='{html.escape(summary['video_url'])}'>{html.escape(summary['video_url'])}</a> — "
         + html.escape(_cell(summary["output"])) + "</p>",
