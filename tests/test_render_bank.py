@@ -31,6 +31,7 @@ from dubline.stages.chunk_images import decode_rgb, decode_rgba
 from dubline.stages.face_model.landmarks import FaceLandmarker
 from dubline.stages.media import rgb_frames
 from dubline.stages.render import RenderStage
+from dubline.stages.render.bank import SHUT_JAW, Blend, choose_donors, crossfades
 from dubline.stages.render.warp import INNER_LIPS, OUTER_LIPS
 from dubline.stages.sequential import SequentialRunner
 from tests.test_render import driven_row
@@ -183,3 +184,18 @@ def test_a_frame_whose_landmarks_are_off_its_lips_lends_no_mouth(speaker):
     assert stage._agreeing(stage._donors(moved, starts, [shut, open_frame], landmarks[..., :2])) == [1]
     # The unmoved track keeps both: the mesh on each crop agrees with the faces stage's.
     assert stage._agreeing(stage._donors(track, starts, [shut, open_frame], original)) == [0, 1]
+
+
+def test_a_one_frame_closure_takes_a_shut_donor_at_once():
+    """A bilabial closure in fast speech lasts a frame: the donor path goes to shut lips for it (an
+    open donor warped shut showed pale lips and dark corners), and the change is not faded in."""
+    donors = np.zeros((2, 8))
+    donors[:, 0] = [0.0, 0.04]  # jaw_open: a shut frame and a slightly open one
+    target = np.zeros((11, 8))
+    target[:, 0] = 0.04
+    target[5, 0] = 0.0
+    path = choose_donors(target, np.zeros((11, 6)), donors, np.zeros((2, 6)))
+    assert path.tolist() == [1] * 5 + [0] + [1] * 5
+    blends = crossfades(path, crisp=target[:, 0] <= SHUT_JAW)
+    assert blends[5] == Blend((0,), (1.0,)) and blends[6] == Blend((0, 1), (0.75, 0.25))
+    assert crossfades(path)[5] == Blend((1, 0), (0.75, 0.25)), "without crisp frames the change fades in"

@@ -23,6 +23,11 @@ from dubline.schemas.manifests import EXPRESSION_NAMES
 _SHAPE = {"jaw_open": 0.02, "lip_width": 0.05, "lip_pucker": 0.02, "lip_press": 0.03, "smile": 0.03,
           "upper_lip_raise": 0.08, "lower_lip_depress": 0.08}
 _UNDER_OPEN = 3.0  # a donor less open than the target costs this many times more than one more open
+#: A target this shut (jaw_open, IOD) wants shut lips: a more open donor costs ``_OVER_SHUT`` times
+#: more there, since its teeth and dark mouth corners show through a closed warp, and the change to
+#: it is not cross-faded (a closure lasts a frame or two in speech; a fade would miss it).
+SHUT_JAW = 0.01
+_OVER_SHUT = 3.0
 _COLUMNS = [EXPRESSION_NAMES.index(name) for name in _SHAPE]
 _SCALE = np.array(list(_SHAPE.values()))
 _POSE_DEGREES = 8.0  # yaw/pitch difference that costs as much as one unit of shape mismatch
@@ -68,7 +73,8 @@ def choose_donors(target: np.ndarray, target_pose: np.ndarray, donors: np.ndarra
     difference; ``switch_cost`` per change of donor.
     """
     mismatch = shape_features(target)[:, None] - shape_features(donors)[None]  # T×D×7
-    mismatch[..., 0] *= np.where(mismatch[..., 0] > 0, np.sqrt(_UNDER_OPEN), 1.0)
+    shut = (np.asarray(target)[:, 0] <= SHUT_JAW)[:, None]
+    mismatch[..., 0] *= np.where(mismatch[..., 0] > 0, np.sqrt(_UNDER_OPEN), np.where(shut, np.sqrt(_OVER_SHUT), 1.0))
     unary = (mismatch**2).sum(axis=2)
     turn = (np.asarray(target_pose)[:, None, :2] - np.asarray(donor_pose)[None, :, :2]) / _POSE_DEGREES
     unary += (turn**2).sum(axis=2)
@@ -96,13 +102,14 @@ class Blend:
     weights: tuple[float, ...]
 
 
-def crossfades(path: np.ndarray, frames: int = CROSSFADE) -> list[Blend]:
-    """Per frame, the path's donor blended with the previous one for ``frames`` frames after a change."""
+def crossfades(path: np.ndarray, frames: int = CROSSFADE, crisp: np.ndarray | None = None) -> list[Blend]:
+    """Per frame, the path's donor blended with the previous one for ``frames`` frames after a
+    change; at ``crisp`` frames (T bool, e.g. shut targets) the path's donor alone."""
     blends, previous, since = [], int(path[0]), frames
     for t, donor in enumerate(path.tolist()):
         if t and donor != path[t - 1]:
             previous, since = int(path[t - 1]), 0
         since += 1
-        fade = since / (frames + 1)
+        fade = 1.0 if crisp is not None and crisp[t] else since / (frames + 1)
         blends.append(Blend((donor,), (1.0,)) if fade >= 1 else Blend((previous, donor), (1 - fade, fade)))
     return blends

@@ -46,7 +46,7 @@ from dubline.stages.chunk_images import decode_rgb, encode_rgba
 from dubline.stages.face_model import geometry
 from dubline.stages.face_model.geometry import project
 from dubline.stages.face_model.landmarks import FaceLandmarker
-from dubline.stages.render.bank import Blend, choose_donors, crossfades, pick_candidates
+from dubline.stages.render.bank import SHUT_JAW, Blend, choose_donors, crossfades, pick_candidates
 from dubline.stages.render.mouth import Donor, inner_gap, iod, mouth_box, mouth_layer, mouth_region, region_triangles
 from dubline.stages.render.shape import MouthModel, driven_landmarks, lower_face_weights, mouth_model
 from dubline.stages.render.warp import box_grid, lower_face_grid, remap
@@ -110,8 +110,9 @@ class RenderStage(Stage):
 
     name = "render"
     # 7: only driven frames, alpha faded with the driven weight; 8: frame ranges; 9: steady donors,
-    # seam only when shut; 10: donors checked against the mesh on their own crops; 11: lossless crops
-    version = "11"
+    # seam only when shut; 10: donors checked against the mesh on their own crops; 11: lossless crops;
+    # 12: shut targets take shut donors at once
+    version = "12"
     resources = Resources(cpus=1.0, memory_gb=2.0)  # OpenCV warps on a box around the mouth: no GPU
     output_schema = RENDERED_TRACKS
     job_row = RenderJob
@@ -192,8 +193,9 @@ class RenderStage(Stage):
         kept = self._agreeing(crops)
         positions = np.array(candidates)[kept]
         path = choose_donors(np.asarray(driven["expression"]), pose, expression[positions], pose[positions])
+        shut = np.asarray(driven["expression"])[:, 0] <= SHUT_JAW
         used, path = np.unique(path, return_inverse=True)
-        return TrackPlan(targets, list(range(frames)), weights > 0, _BAND_DUB, crossfades(path),
+        return TrackPlan(targets, list(range(frames)), weights > 0, _BAND_DUB, crossfades(path, crisp=shut),
                          [crops[kept[u]] for u in used], model)
 
     def _render_track(self, track: dict[str, Any], driven: dict[str, Any], prefix: str,
