@@ -5,7 +5,8 @@ Candidates are a spread of the track's own frames in mouth-shape space (the trac
 expression coefficients). Each output frame wants the candidate whose mouth shape is closest to
 its *driven* coefficients, with the head turned alike; a Viterbi pass over the whole track adds a
 cost to every change of donor, so donors hold for a while instead of flickering between near
-ties, and each remaining change is cross-faded over a few frames.
+ties, and each remaining change is cross-faded over a few frames, except into a shut target,
+which takes its donor at once.
 """
 
 from __future__ import annotations
