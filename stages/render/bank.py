@@ -65,6 +65,11 @@ def pick_candidates(expression: np.ndarray, count: int = CANDIDATES) -> np.ndarr
     return np.array(sorted(chosen))
 
 
+def shut_targets(expression: np.ndarray) -> np.ndarray:
+    """T×8 expression coefficients -> T bool: the frames whose jaw_open is at most ``SHUT_JAW``."""
+    return np.asarray(expression)[:, 0] <= SHUT_JAW
+
+
 def choose_donors(target: np.ndarray, target_pose: np.ndarray, donors: np.ndarray, donor_pose: np.ndarray,
                   switch_cost: float = SWITCH_COST) -> np.ndarray:
     """Viterbi donor path: T indices into the D donors.
@@ -74,7 +79,7 @@ def choose_donors(target: np.ndarray, target_pose: np.ndarray, donors: np.ndarra
     difference; ``switch_cost`` per change of donor.
     """
     mismatch = shape_features(target)[:, None] - shape_features(donors)[None]  # T×D×7
-    shut = (np.asarray(target)[:, 0] <= SHUT_JAW)[:, None]
+    shut = shut_targets(target)[:, None]
     mismatch[..., 0] *= np.where(mismatch[..., 0] > 0, np.sqrt(_UNDER_OPEN), np.where(shut, np.sqrt(_OVER_SHUT), 1.0))
     unary = (mismatch**2).sum(axis=2)
     turn = (np.asarray(target_pose)[:, None, :2] - np.asarray(donor_pose)[None, :, :2]) / _POSE_DEGREES

@@ -46,7 +46,7 @@ from dubline.stages.chunk_images import decode_rgb, encode_rgba
 from dubline.stages.face_model import geometry
 from dubline.stages.face_model.geometry import project
 from dubline.stages.face_model.landmarks import FaceLandmarker
-from dubline.stages.render.bank import SHUT_JAW, Blend, choose_donors, crossfades, pick_candidates
+from dubline.stages.render.bank import Blend, choose_donors, crossfades, pick_candidates, shut_targets
 from dubline.stages.render.mouth import Donor, inner_gap, iod, mouth_box, mouth_layer, mouth_region, region_triangles
 from dubline.stages.render.shape import MouthModel, driven_landmarks, lower_face_weights, mouth_model
 from dubline.stages.render.warp import box_grid, lower_face_grid, remap
@@ -193,9 +193,9 @@ class RenderStage(Stage):
         kept = self._agreeing(crops)
         positions = np.array(candidates)[kept]
         path = choose_donors(np.asarray(driven["expression"]), pose, expression[positions], pose[positions])
-        shut = np.asarray(driven["expression"])[:, 0] <= SHUT_JAW
         used, path = np.unique(path, return_inverse=True)
-        return TrackPlan(targets, list(range(frames)), weights > 0, _BAND_DUB, crossfades(path, crisp=shut),
+        blends = crossfades(path, crisp=shut_targets(driven["expression"]))  # a closure is not faded into
+        return TrackPlan(targets, list(range(frames)), weights > 0, _BAND_DUB, blends,
                          [crops[kept[u]] for u in used], model)
 
     def _render_track(self, track: dict[str, Any], driven: dict[str, Any], prefix: str,
