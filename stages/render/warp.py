@@ -84,17 +84,35 @@ def triangle_map(source: np.ndarray, target: np.ndarray, box: Box, grid: np.ndar
         cv2.fillConvexPoly(ids, triangle, i + 1, lineType=cv2.LINE_8, shift=4)
     ys, xs = np.nonzero(ids)
     index = ids[ys, xs] - 1
-    a, b, c = target[index, 0], target[index, 1], target[index, 2]
-    p = np.stack([xs + x0, ys + y0], axis=1).astype(np.float64)
-    v0, v1, v2 = b - a, c - a, p - a
+    # Per triangle, the barycentric weights (wb, wc) and the mapped point are affine in the pixel:
+    # one F×4×3 table, then a single product per pixel instead of the weights' arithmetic.
+    to_weights = _barycentric_affine(target)
+    to_source = np.einsum("fkd,fkj->fdj", source[:, 1:] - source[:, :1], to_weights)
+    to_source[:, :, 2] += source[:, 0]
+    pixels = np.stack([xs + x0, ys + y0, np.ones_like(xs)], axis=1).astype(np.float64)
+    mapped = np.einsum("pij,pj->pi", np.concatenate([to_weights, to_source], axis=1)[index], pixels)
+    wb, wc, points = mapped[:, 0], mapped[:, 1], mapped[:, 2:]
+    # Rasterised pixel centres on an edge may lie just outside their triangle: their weights are
+    # clamped, so a sliver triangle (a shut mouth's opening) never maps them far away.
+    (edge,) = np.nonzero((wb < 0) | (wc < 0) | (wb + wc > 1))
+    if len(edge):
+        weights = np.clip(np.stack([1 - wb[edge] - wc[edge], wb[edge], wc[edge]], axis=1), 0.0, 1.0)
+        weights /= weights.sum(axis=1, keepdims=True)
+        points[edge] = np.einsum("pk,pkd->pd", weights, source[index[edge]])
+    grid[ys, xs] = points
+    return ids > 0
+
+
+def _barycentric_affine(triangles: np.ndarray) -> np.ndarray:
+    """F×2×3 affine maps from a point (x, y, 1) to its barycentric weights (wb, wc) in each of the
+    F×3×2 ``triangles`` (wa = 1 − wb − wc); a degenerate triangle's area is taken as 1e-9."""
+    a = triangles[:, 0]
+    v0, v1 = triangles[:, 1] - a, triangles[:, 2] - a
     den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
     den = np.where(np.abs(den) < 1e-9, 1e-9, den)
-    wb = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
-    wc = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
-    weights = np.clip(np.stack([1 - wb - wc, wb, wc], axis=1), 0.0, 1.0)  # pixel centres on an edge
-    weights /= weights.sum(axis=1, keepdims=True)
-    grid[ys, xs] = np.einsum("pk,pkd->pd", weights, source[index])
-    return ids > 0
+    linear = np.stack([np.stack([v1[:, 1], -v1[:, 0]], axis=1), np.stack([-v0[:, 1], v0[:, 0]], axis=1)], axis=1)
+    linear /= den[:, None, None]
+    return np.concatenate([linear, -(linear @ a[:, :, None])], axis=2)
 
 
 def lower_face_grid(source: np.ndarray, target: np.ndarray, moving: np.ndarray, band: float,
