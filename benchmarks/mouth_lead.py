@@ -28,7 +28,7 @@ def clip_lead(clip: Path) -> tuple[float, int, float, float]:
     from dubline.stages.coeffs.speakers import frame_mask
     from dubline.stages.face_model.landmarks import FaceLandmarker
     from dubline.stages.media import read_audio
-    from dubline.stages.report.mouth import best_lag, measure_mouths
+    from dubline.stages.lipsync.mouth import best_lag, measure_mouths
     from dubline.stages.speech.features import SAMPLE_RATE
     from dubline.stages.speech.fit import fit_samples
     from dubline.stages.speech.transcribe import speech_segments

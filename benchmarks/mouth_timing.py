@@ -29,7 +29,7 @@ def main() -> None:
     from dubline.stages.coeffs.mouth import drive_mouth
     from dubline.stages.coeffs.training.corpus import HELD_OUT_VOICES, espeak_examples
     from dubline.stages.coeffs.training.encode import encode_all
-    from dubline.stages.report.mouth import best_lag
+    from dubline.stages.lipsync.mouth import best_lag
     from dubline.stages.speech.whisper_models import BASE_PACKAGED
 
     speech = SpeechToMouth(WEIGHTS, BASE_PACKAGED)

@@ -26,7 +26,7 @@ def raw_meshes(video: Path, limit: int) -> tuple[np.ndarray, float]:
     from dubline.stages.face_model import geometry
     from dubline.stages.face_model.landmarks import FaceLandmarker
     from dubline.stages.media import describe, frames
-    from dubline.stages.report.mouth import follow_largest_face
+    from dubline.stages.lipsync.mouth import follow_largest_face
 
     description = describe(str(video))
     landmarker, previous, meshes = FaceLandmarker(), None, []

@@ -38,7 +38,7 @@ from dubline.schemas.manifest_io import read_rows
 from dubline.schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS
 from dubline.stages.face_model.landmarks import FaceLandmarker
 from dubline.stages.media import open_media, read_audio, stream_rate
-from dubline.stages.report.mouth import best_lag, measure_mouths, pearson
+from dubline.stages.lipsync.mouth import best_lag, measure_mouths, pearson
 from dubline.stages.report.stage import plain_json
 from dubline.stages.speech.espeak import Speech
 

@@ -42,6 +42,8 @@ POLICIES: dict[str, StagePolicy] = {
     "enhance": StagePolicy(max_workers=1, timeout_per_media_s=600.0),
     # segments of ~15 s, each from the keyframe before it, joined without a second encode
     "composite": StagePolicy(max_workers=8, range_s=15.0),
+    # the face mesh on the output's dubbed faces (a sample of them on a long title), ~30 s per job
+    "selfcheck": StagePolicy(max_workers=8, range_s=30.0),
 }
 
 

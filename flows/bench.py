@@ -38,7 +38,7 @@ from dubline.stages.coeffs.speakers import MAX_AV_OFFSET_S
 from dubline.stages.coeffs.stage import own_audio_mouth
 from dubline.stages.face_model.landmarks import FaceLandmarker
 from dubline.stages.media import audio_duration, describe, read_audio, rgb_frames
-from dubline.stages.report.mouth import MouthCurve, best_lag, measure_mouths
+from dubline.stages.lipsync.mouth import MouthCurve, best_lag, measure_mouths
 from dubline.stages.report.stage import plain_json
 from dubline.stages.speech.espeak import Speech, write_wav
 from dubline.stages.speech.fit import fit_samples

@@ -5,8 +5,8 @@ concurrently; each title runs its stages as Prefect tasks that pass manifest URL
 failing title is recorded in run.json and the summary, and never stops the other titles.
 
 A finished dub whose report's lip-sync self-check is below ``review_threshold``, that has no
-dubbed face, or whose report failed, is marked "needs_review" with the reason instead of "done":
-its video is kept and it is not a failure.
+dubbed face, or whose self-check or report failed, is marked "needs_review" with the reason
+instead of "done": its video is kept and it is not a failure.
 """
 
 from __future__ import annotations
@@ -96,20 +96,23 @@ def _language(run_url: str, title_id: str, language: str, titles_url: str, shots
     faces_out = tasks.enhance(run_url, title_id, language, render_url, faces_url, enhancer_weights)
     outputs_url = tasks.composite(run_url, title_id, language, titles_url, dub, options, faces_out, faces_url)
     run = tasks.session_for(run_url).run
+    step = "selfcheck"
     try:
+        selfcheck_url = tasks.selfcheck(run_url, title_id, language, titles_url, faces_url, coeffs_url, outputs_url)
+        step = "report"
         report_url = tasks.report(run_url, title_id, language, {
             "titles": titles_url, "shots": shots_url, "faces": faces_url, "audio": audio_url, "coeffs": coeffs_url,
-            "outputs": outputs_url,
+            "outputs": outputs_url, "selfcheck": selfcheck_url,
         })
         (report,) = read_rows(report_url, REPORTS)
         run.update_language(title_id, language, report=report["html_url"], lipsync_r=report["lipsync_r"])
         skipped = (json.loads(storage.read_text(report["json_url"]))["tracks_skipped"]
                    if report["tracks_skipped"] and not report["tracks_dubbed"] else [])
         reason = review_reason(report, [t["reason"] for t in skipped], review_threshold)
-    except Exception as exc:  # noqa: BLE001 - the report describes a finished dub; it never undoes it
-        run.log(f"report {title_id} [{language}] failed: {exc}")
+    except Exception as exc:  # noqa: BLE001 - the self-check describes a finished dub; it never undoes it
+        run.log(f"{step} {title_id} [{language}] failed: {exc}")
         get_run_logger().warning("no report for %s [%s]: %s", title_id, language, exc)
-        reason = f"no lip-sync self-check: the report failed ({exc})"
+        reason = f"no lip-sync self-check: the {step} stage failed ({exc})"
     return run.output_url(title_id, language), reason
 
 

@@ -50,7 +50,8 @@ from dubline.stages.base import Stage, StageStats
 
 RUN_STATE_VERSION = 1
 #: Stages in pipeline order, for people reading a run's state.
-PIPELINE_ORDER = ("probe", "shots", "faces", "audio", "coeffs", "render", "enhance", "composite", "report")
+PIPELINE_ORDER = ("probe", "shots", "faces", "audio", "coeffs", "render", "enhance", "composite", "selfcheck",
+                  "report")
 
 
 def in_pipeline_order(stages: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -33,6 +33,7 @@ from dubline.stages.job_rows import key_inputs, manifest_key
 from dubline.stages.probe import ProbeStage
 from dubline.stages.render import RenderStage
 from dubline.stages.report import ReportStage
+from dubline.stages.selfcheck import SelfCheckStage
 from dubline.stages.sequential import SequentialRunner
 from dubline.stages.shots import ShotsStage
 from dubline.stages.speech.script import read_script
@@ -158,6 +159,11 @@ def _title_ranges(stage: type[Stage], titles_url: str, seekable: bool = False, a
     return frame_ranges(stage.name, title["frame_count"], title["fps"], align)
 
 
+def _writes_chunks(stage: type[Stage]) -> bool:
+    """Whether ``stage``'s jobs write frame chunks (their row has a ``chunks_url``)."""
+    return "chunks_url" in stage.job_row.model_fields
+
+
 def _run_ranges(run_url: str, stage: type[Stage], title_id: str, ranges: list[tuple[int, int]], *,
                 language: str | None, row: dict[str, Any], next_stage: type[Stage] | None
                 ) -> list[tuple[str, str, dict[str, Any], bool]]:
@@ -168,7 +174,8 @@ def _run_ranges(run_url: str, stage: type[Stage], title_id: str, ranges: list[tu
     at_once = min(len(ranges), policy_for(stage.name).max_workers)  # more would only wait for a worker
     with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix=f"{stage.name}-ranges") as pool:
         futures = [pool.submit(_job, run_url, stage, title_id, language=language,
-                               rows=({**row, "frame_range": frame_range},), with_chunks=True, next_stage=next_stage,
+                               rows=({**row, "frame_range": frame_range},), with_chunks=_writes_chunks(stage),
+                               next_stage=next_stage,
                                part=f"range {i + 1}/{len(ranges)} (frames {frame_range[0]}-{frame_range[1] - 1})")
                    for i, frame_range in enumerate(ranges)]
         wait(futures)
@@ -196,7 +203,7 @@ def _execute_ranges(run_url: str, stage: type[Stage], title_id: str, titles_url:
     its URL. A short title (or a still) is one job."""
     ranges = _title_ranges(stage, titles_url)
     if len(ranges) <= 1:
-        return _execute(run_url, stage, title_id, language=language, rows=(row,), with_chunks=True,
+        return _execute(run_url, stage, title_id, language=language, rows=(row,), with_chunks=_writes_chunks(stage),
                         next_stage=next_stage)
     started = time.perf_counter()
     parts = _run_ranges(run_url, stage, title_id, ranges, language=language, row=row, next_stage=next_stage)
@@ -337,10 +344,10 @@ def composite(
     }
     ranges = _title_ranges(CompositeStage, titles_url, seekable=True)
     if len(ranges) <= 1:
-        return _execute(run_url, CompositeStage, title_id, language=language, rows=(row,), next_stage=ReportStage)
+        return _execute(run_url, CompositeStage, title_id, language=language, rows=(row,), next_stage=SelfCheckStage)
     # Segments per range, then one job that joins them with the audio into the output.
     return _execute_ranges_and_join(run_url, CompositeStage, title_id, ranges, language=language, row=row,
-                                    joined_by="segments", next_stage=ReportStage)
+                                    joined_by="segments", next_stage=SelfCheckStage)
 
 
 def _execute_ranges_and_join(run_url: str, stage: type[Stage], title_id: str, ranges: list[tuple[int, int]], *,
@@ -364,10 +371,20 @@ def _execute_ranges_and_join(run_url: str, stage: type[Stage], title_id: str, ra
     return url
 
 
+@task(name="selfcheck", task_run_name="selfcheck-{title_id}-{language}")
+def selfcheck(run_url: str, title_id: str, language: str, titles_url: str, faces_url: str, coeffs_url: str,
+              outputs_url: str) -> str:
+    """The face meshes of the dubbed faces on the output video, in frame ranges on a long title."""
+    row = {"title_id": title_id, "language": language, "titles_url": titles_url, "faces_url": faces_url,
+           "coeffs_url": coeffs_url, "outputs_url": outputs_url}
+    return _execute_ranges(run_url, SelfCheckStage, title_id, titles_url, language=language, row=row,
+                           join=SelfCheckStage.join_ranges, next_stage=ReportStage)
+
+
 @task(name="report", task_run_name="report-{title_id}-{language}")
 def report(run_url: str, title_id: str, language: str, upstream: dict[str, str]) -> str:
     """The per-language report; ``upstream`` holds the manifest URLs of titles, shots, faces,
-    audio, coeffs and outputs (composite)."""
+    audio, coeffs, outputs (composite) and selfcheck."""
     run = session_for(run_url).run
     title_state = run.state["titles"].get(title_id, {})
     stages = {**title_state.get("stages", {}), **title_state.get("languages", {}).get(language, {}).get("stages", {})}

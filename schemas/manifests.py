@@ -296,6 +296,18 @@ OUTPUTS = ManifestSchema(
     ),
 )
 
+MOUTH_MESHES = ManifestSchema(
+    "mouth_meshes",
+    1,
+    (
+        pa.field("title_id", pa.string(), nullable=False),
+        pa.field("language", pa.string(), nullable=False),
+        pa.field("track_id", pa.int32(), nullable=False),  # 0 for an avatar's followed face
+        pa.field("frame_index", pa.list_(pa.int64()), nullable=False),  # output frames where a face was found
+        pa.field("landmarks", _per_frame(MESH_POINTS * 3), nullable=False),  # x, y, z per point, output px
+    ),
+)
+
 REPORTS = ManifestSchema(
     "reports",
     1,
@@ -315,5 +327,5 @@ REPORTS = ManifestSchema(
 ALL_SCHEMAS: dict[str, ManifestSchema] = {
     s.name: s
     for s in (CATALOGUE, TITLES, SHOTS, FACE_TRACKS, AUDIO_TRACKS, DRIVEN_COEFFS, FRAME_CHUNK, RENDERED_TRACKS, OUTPUTS,
-              REPORTS)
+              MOUTH_MESHES, REPORTS)
 }

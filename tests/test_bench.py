@@ -39,7 +39,7 @@ from dubline.flows.demo import astronaut, grace_hopper, write_clip, write_portra
 from dubline.stages.coeffs.model import WEIGHTS, SpeechToMouth
 from dubline.stages.face_model.landmarks import FaceLandmarker
 from dubline.stages.media import read_audio
-from dubline.stages.report.mouth import MouthCurve, best_lag, measure_mouths, pearson
+from dubline.stages.lipsync.mouth import MouthCurve, best_lag, measure_mouths, pearson
 from dubline.stages.speech.whisper_models import BASE_PACKAGED
 from dubline.stages.speech.espeak import Speech, synthesize
 

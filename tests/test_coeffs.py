@@ -26,7 +26,7 @@ from dubline.stages.coeffs.training.train import TrainingItem, _item, _synthetic
 from dubline.stages.faces import FaceStage
 from dubline.stages.media import read_audio
 from dubline.stages.probe import ProbeStage
-from dubline.stages.report.mouth import best_lag
+from dubline.stages.lipsync.mouth import best_lag
 from dubline.stages.sequential import SequentialRunner
 from dubline.stages.shots import ShotsStage
 from dubline.stages.speech.espeak import synthesize, write_wav

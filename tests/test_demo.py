@@ -105,7 +105,8 @@ def test_a_changed_option_reruns_only_what_depends_on_it_and_a_failed_title_exit
     # A driving option: the coefficients and everything after them; faces and audio are reused.
     done, after = rerun({"expression_scale": 0.5})
     assert done.exit_code == 0, done.output
-    assert after["invocations"][-1]["stages_executed"] == {s: 1 for s in ("coeffs", "render", "enhance", "composite", "report")}
+    assert after["invocations"][-1]["stages_executed"] == {
+        s: 1 for s in ("coeffs", "render", "enhance", "composite", "selfcheck", "report")}
     assert after["invocations"][-1]["stages_skipped"] == {s: 1 for s in ("probe", "shots", "faces", "audio")}
     scaled, size_scaled = after["titles"]["video"]["languages"]["fr"]["stages"], output.stat().st_size
 
@@ -115,7 +116,7 @@ def test_a_changed_option_reruns_only_what_depends_on_it_and_a_failed_title_exit
     assert done.exit_code == 1, done.output
     assert "  broken: failed" in done.output and "  video: done" in done.output
     invocation = after["invocations"][-1]
-    assert invocation["stages_executed"] == {"composite": 1, "report": 1}
+    assert invocation["stages_executed"] == {"composite": 1, "selfcheck": 1, "report": 1}
     assert invocation["stages_skipped"] == {s: 1 for s in ("probe", "shots", "faces", "audio", "coeffs", "render", "enhance")}
     assert invocation["stages_failed"] == {"probe": 1} and "no video stream" in after["titles"]["broken"]["error"]
     encoded = after["titles"]["video"]["languages"]["fr"]["stages"]

@@ -26,10 +26,13 @@ from dubline.flows.localize import localize_catalogue
 from dubline.flows.run_folder import RunFolder
 from dubline.schemas import storage
 from dubline.schemas.manifest_io import read_rows
-from dubline.schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS
+from dubline.schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS, MOUTH_MESHES
+from dubline.stages.base import StageJob
 from dubline.stages.face_model.geometry import LOWER_LIP_INNER, UPPER_LIP_INNER
 from dubline.stages.face_model.landmarks import FaceLandmarker
 from dubline.stages.faces import stage as faces_stage
+from dubline.stages.selfcheck import SelfCheckStage
+from dubline.stages.sequential import SequentialRunner
 from dubline.stages.speech.espeak import synthesize, write_wav
 from tests.conftest import CLIP_FPS, CLIP_SIZE, SHOT_SECONDS
 
@@ -104,7 +107,7 @@ def test_catalogue_flow_dubs_titles_and_reports_bad_ones(first_run):
     invocation = state["invocations"][-1]
     assert invocation["dubs_needing_review"] == 1
     assert invocation["stages_executed"] == {"probe": 2, "shots": 2, "faces": 2, "audio": 3, "coeffs": 3, "render": 3,
-                                             "enhance": 3, "composite": 3, "report": 3}
+                                             "enhance": 3, "composite": 3, "selfcheck": 3, "report": 3}
     assert invocation["stages_failed"] == {"probe": 1}
 
     # The per-language report: the mouth measured on the output follows the driven mouth.
@@ -118,7 +121,8 @@ def test_catalogue_flow_dubs_titles_and_reports_bad_ones(first_run):
     assert frames["measured"] == frames["driven"] > 0 and frames["every"] == 1  # a short title: all of it
     assert details["tracks_skipped"][0]["reason"].startswith("face too small")  # the 57 px astronaut
     assert {s["shot_index"]: s["tracks_dubbed"] for s in details["shots"]} == {0: 0, 1: 1}
-    assert list(details["stages"]) == ["probe", "shots", "faces", "audio", "coeffs", "render", "enhance", "composite"]
+    assert list(details["stages"]) == ["probe", "shots", "faces", "audio", "coeffs", "render", "enhance", "composite",
+                                       "selfcheck"]
     printed = CliRunner().invoke(main, ["report", str(run)])
     assert printed.exit_code == 0 and f"portraits [fr]: {report['html']}" in printed.output
     (still_line,) = [line for line in printed.output.splitlines() if line.startswith("still [fr]: ")]
@@ -142,10 +146,10 @@ def test_second_run_recomputes_nothing_and_a_lost_stage_is_redone(first_run):
         second = localize_catalogue(catalogue=str(catalogue), out=str(run))
     assert second["invocation"]["stages_executed"] == {}
     assert second["invocation"]["stages_skipped"] == {"probe": 2, "shots": 2, "faces": 2, "audio": 3, "coeffs": 3,
-                                                      "render": 3, "enhance": 3, "composite": 3, "report": 3}
-    # Planned: 3 titles × 3 title stages + 4 (title, language) pairs × 6 stages; not_a_video stops at probe.
+                                                      "render": 3, "enhance": 3, "composite": 3, "selfcheck": 3, "report": 3}
+    # Planned: 3 titles × 3 title stages + 4 (title, language) pairs × 7 stages; not_a_video stops at probe.
     counts = display.counts()
-    assert counts["overall"] == (15 + 9 + 1, 3 * 3 + 4 * 6)  # portraits, still, not_a_video
+    assert counts["overall"] == (18 + 9 + 1, 3 * 3 + 4 * 7)  # portraits, still, not_a_video
     assert counts["probe"] == (3, 3) and counts["shots"] == (2, 3) and counts["report"] == (3, 4)
     assert storage.fingerprint(video) == before
 
@@ -162,7 +166,7 @@ def test_changed_dub_audio_recomputes_only_that_language(first_run, media):
     (catalogue.parent / "dub.fr.wav").write_bytes(media["dub_de"].read_bytes())
     again = localize_catalogue(catalogue=str(catalogue), out=str(run))
     assert again["invocation"]["stages_executed"] == {"audio": 1, "coeffs": 1, "render": 1, "enhance": 1, "composite": 1,
-                                                     "report": 1}
+                                                     "selfcheck": 1, "report": 1}
     assert again["titles"]["portraits"]["status"] == "done"
 
 
@@ -171,7 +175,7 @@ def test_a_title_is_analysed_and_rendered_on_two_ray_workers_and_composited_in_f
     # frames, so each range links a track segment of its own; the second shot's face is large
     # enough to dub. The policy and the segment length are read in the driver (the jobs' rows
     # carry the segment length to the workers).
-    for stage in ("faces", "render", "composite"):
+    for stage in ("faces", "render", "composite", "selfcheck"):
         monkeypatch.setitem(POLICIES, stage, dataclasses.replace(POLICIES[stage], range_s=0.6))
     monkeypatch.setattr(faces_stage, "SEGMENT_FRAMES", 15)
     catalogue = tmp_path / "catalogue.yaml"
@@ -197,6 +201,23 @@ def test_a_title_is_analysed_and_rendered_on_two_ray_workers_and_composited_in_f
     assert summary["invocation"]["stages_executed"]["composite"] == 5  # four segments and their join
     with av.open(summary["titles"]["long"]["outputs"]["fr"]) as video:
         assert sum(1 for _ in video.decode(video=0)) == 60 and video.streams.audio
+    # The self-check's four ranges, each decoded from the output's keyframe before it, joined: the
+    # meshes one job measures over the whole output.
+    selfcheck = state["languages"]["fr"]["stages"]["selfcheck"]
+    assert selfcheck["ranges"] == 4 and selfcheck["rows_out"] >= 1
+    run = RunFolder(str(tmp_path / "run"))
+    joined = read_rows(run.manifest_url("selfcheck", "long", selfcheck["key"]), MOUTH_MESHES)
+    stages = {**state["stages"], **state["languages"]["fr"]["stages"]}
+    upstream = {f"{field}_url": run.manifest_url(stage, "long", stages[stage]["key"])
+                for field, stage in (("titles", "probe"), ("faces", "faces"), ("coeffs", "coeffs"), ("outputs", "composite"))}
+    one_job = StageJob(SelfCheckStage, {}, str(tmp_path / "selfcheck.parquet"), "long",
+                       rows=({"title_id": "long", "language": "fr", **upstream},))
+    SequentialRunner().run(one_job)
+    single = read_rows(one_job.output_url, MOUTH_MESHES)
+    assert [(r["track_id"], r["frame_index"]) for r in joined] == [(r["track_id"], r["frame_index"]) for r in single]
+    assert sum(len(r["frame_index"]) for r in joined) >= 20  # the dubbed face of the second shot, found on the output
+    for ranged, whole in zip(joined, single):
+        np.testing.assert_array_equal(np.asarray(ranged["landmarks"]), np.asarray(whole["landmarks"]))
 
 
 def test_avatar_mode_makes_a_talking_video_whose_mouth_follows_the_speech(tmp_path):
@@ -251,7 +272,7 @@ def test_cli_script_reaches_the_audio_job_and_a_changed_script_recomputes_from_a
     assert second.exit_code == 0, second.output
     state = json.loads((tmp_path / "out.dubline" / "run.json").read_text())
     assert state["invocations"][-1]["stages_executed"] == {"audio": 1, "coeffs": 1, "render": 1, "enhance": 1,
-                                                           "composite": 1, "report": 1}
+                                                           "composite": 1, "selfcheck": 1, "report": 1}
     assert keys(state)[0] == faces_key and keys(state)[1] != audio_key
 
     # A script that is not text fails its dub with a message naming the title, language and file.

@@ -12,7 +12,9 @@ from click.testing import CliRunner
 
 from dubline.flows.cli import main
 from dubline.flows.localize import REVIEW_THRESHOLD, localize_catalogue, review_reason
-from dubline.stages.report.stage import ReportStage, sampled_frames, sampling_stride
+from dubline.stages.lipsync.sample import sampled_frames, sampling_stride
+from dubline.stages.report.stage import ReportStage
+from dubline.stages.selfcheck.stage import SelfCheckStage
 
 SMALL = "face too small (median height 57 px < 64)"
 
@@ -98,21 +100,22 @@ def test_a_dub_below_the_threshold_needs_review_everywhere_and_exits_0(dubbed) -
 
 
 @pytest.mark.timeout(300)
-def test_a_dub_whose_report_failed_needs_review(dubbed, monkeypatch) -> None:
+@pytest.mark.parametrize("stage, method", [(SelfCheckStage, "_measure"), (ReportStage, "_report")])
+def test_a_dub_whose_self_check_failed_needs_review(dubbed, monkeypatch, stage, method) -> None:
     catalogue, out = dubbed
-    for marker in (out / "manifests" / "report" / "portraits").glob("*.done"):
+    for marker in (out / "manifests" / stage.name / "portraits").glob("*.done"):
         marker.unlink()
 
     def broken(self, row):
         raise RuntimeError("face mesh model missing")
 
-    monkeypatch.setattr(ReportStage, "_report", broken)
+    monkeypatch.setattr(stage, method, broken)
     summary = localize_catalogue(catalogue=str(catalogue), out=str(out), executor="local")
     title = summary["titles"]["portraits"]
     assert title["status"] == "done" and title["outputs"]["fr"].endswith("portraits.fr.mp4")
-    assert title["needs_review"]["fr"] == "no lip-sync self-check: the report failed (face mesh model missing)"
+    assert title["needs_review"]["fr"] == f"no lip-sync self-check: the {stage.name} stage failed (face mesh model missing)"
     assert title["reports"]["fr"] == {"html": None, "lipsync_r": None}  # not the last run's report
-    assert summary["invocation"]["stages_failed"] == {"report": 1}
+    assert summary["invocation"]["stages_failed"] == {stage.name: 1}
 
 
 def test_a_threshold_that_is_no_correlation_is_refused(tmp_path) -> None:

@@ -46,7 +46,7 @@ from dubline.stages.faces import FaceStage
 from dubline.stages.media import open_media, read_audio
 from dubline.stages.probe import ProbeStage
 from dubline.stages.render import RenderStage
-from dubline.stages.report.mouth import measure_mouths, pearson
+from dubline.stages.lipsync.mouth import measure_mouths, pearson
 from dubline.stages.sequential import SequentialRunner
 from dubline.stages.shots import ShotsStage
 from dubline.stages.speech.espeak import Speech, synthesize, write_wav
@@ -563,7 +563,7 @@ def test_cli_stems_and_binding_reach_the_coeffs_job_and_a_changed_binding_recomp
     assert second.exit_code == 0, second.output
     state = json.loads((out / "run.json").read_text())
     assert state["invocations"][-1]["stages_executed"] == {"coeffs": 1, "render": 1, "enhance": 1, "composite": 1,
-                                                           "report": 1}
+                                                           "selfcheck": 1, "report": 1}
     inspected = CliRunner().invoke(main, ["inspect", str(out), "--title", "dialogue", "--frames", "3", "--speakers"])
     timeline = out / "inspect" / "dialogue.fr.speakers.png"
     assert inspected.exit_code == 0 and inspected.output.splitlines()[1] == str(timeline)

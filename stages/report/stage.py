@@ -1,10 +1,10 @@
 """report: what a finished dub looks like, per title and language (HTML with plots, and JSON).
 
-The lip-sync self-check measures the mouth on the *output* video with the face mesh, inside each
-dubbed track's boxes, and correlates it with the jaw_open the coefficient stage asked for: a
-renderer or compositor that lost the motion shows up here even when every stage "succeeded".
-Only the frames the dub drives count (a listener, or a speaker between turns, keeps the filmed
-mouth); the speaker timeline shows who speaks when.
+The lip-sync self-check correlates the mouth opening measured on the *output* video (the face
+meshes of the ``selfcheck`` stage, inside each dubbed track's boxes) with the jaw_open the
+coefficient stage asked for: a renderer or compositor that lost the motion shows up here even when
+every stage "succeeded". Only the frames the dub drives count (a listener, or a speaker between
+turns, keeps the filmed mouth); the speaker timeline shows who speaks when.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from dubline.schemas.manifest_io import read_rows
 from dubline.schemas.manifests import AUDIO_TRACKS, DRIVEN_COEFFS, FACE_TRACKS, OUTPUTS, REPORTS, SHOTS, TITLES
 from dubline.stages.base import Resources, Stage
 from dubline.stages.job_rows import JobRow, Place, Upstream
-from dubline.stages.face_model.landmarks import FaceLandmarker
-from dubline.stages.report.mouth import measure_mouths, pearson
+from dubline.stages.lipsync.mouth import MouthCurve, mouth_curve, pearson
+from dubline.stages.lipsync.sample import SELF_CHECK_WINDOW, measured_curves, sampled_boxes
 
 
 class ReportJob(JobRow):
@@ -34,6 +34,7 @@ class ReportJob(JobRow):
     audio_url: Upstream
     coeffs_url: Upstream
     outputs_url: Upstream
+    selfcheck_url: Upstream  # the face meshes measured on the output
     report_url: str  # path without extension
     #: the run's stage records of this title and language (timings, counts): for the record only
     stages_json: Place
@@ -46,7 +47,7 @@ class ReportStage(Stage):
     """
 
     name = "report"
-    version = "3"  # 2: who speaks when; only driven frames are measured; 3: windows of a long title
+    version = "4"  # 2: who speaks when; only driven frames are measured; 3: windows of a long title; 4: meshes from selfcheck
     resources = Resources(cpus=1.0, memory_gb=1.0)
     output_schema = REPORTS
     job_row = ReportJob
@@ -55,7 +56,6 @@ class ReportStage(Stage):
     def setup(self) -> None:
         from dubline.stages.report import plots  # matplotlib: in the report's workers, not the flow's driver
 
-        self._landmarker = FaceLandmarker()
         self._plots = plots
 
     def process_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -72,18 +72,11 @@ class ReportStage(Stage):
         avatar = title["mode"] == "avatar"
         fps = output["fps"]
 
-        boxes = None if avatar else {
-            d["track_id"]: {f: box for f, box, w in zip(faces[d["track_id"]]["frame_index"], faces[d["track_id"]]["bbox"],
-                                                        d["driven_weight"]) if w > 0}
-            for d in driven
-        }
-        driven_frames = sum(len(b) for b in boxes.values()) if boxes else 0
-        stride = sampling_stride(driven_frames) if driven_frames else 1
-        if boxes:
-            boxes = {track: {f: b[f] for f in sampled_frames(sorted(b), stride)} for track, b in boxes.items()}
-        measured_frames = sum(len(b) for b in boxes.values()) if boxes else 0
-        measured = measure_mouths(self._landmarker, output["video_url"], boxes)
-        tracks = [self._track(d, faces[d["track_id"]], measured[0 if avatar else d["track_id"]], avatar) for d in driven]
+        sample = None if avatar else sampled_boxes(faces, driven)
+        measured = measured_curves(row["selfcheck_url"])
+        nothing = mouth_curve([])  # a dubbed track on whose sampled frames the mesh found no face
+        tracks = [self._track(d, faces[d["track_id"]], measured.get(0 if avatar else d["track_id"], nothing), avatar)
+                  for d in driven]
         weights = [t["frames_measured"] for t in tracks if np.isfinite(t["lipsync_r"])]
         lipsync_r = (float(np.average([t["lipsync_r"] for t in tracks if np.isfinite(t["lipsync_r"])], weights=weights))
                      if weights and sum(weights) else None)
@@ -101,8 +94,8 @@ class ReportStage(Stage):
             "lipsync_r": lipsync_r,
             # frames of the title the dub drives, and how many of them the self-check measured
             # windows of ``window`` frames, one in every ``every`` of each track (1: all measured)
-            "self_check_frames": None if avatar else {"driven": driven_frames, "measured": measured_frames,
-                                                      "window": SELF_CHECK_WINDOW, "every": stride},
+            "self_check_frames": None if sample is None else {"driven": sample.driven, "measured": sample.measured,
+                                                              "window": SELF_CHECK_WINDOW, "every": sample.every},
             "tracks": [{**{k: v for k, v in t.items() if not k.startswith("_")}, "curves": _rounded(t["curves"])}
                        for t in tracks],
             "tracks_skipped": skipped,
@@ -142,7 +135,7 @@ class ReportStage(Stage):
         storage.write_text(json_url, json.dumps(plain_json(summary), indent=1, allow_nan=False))
         storage.write_text(html_url, render_html(summary, figures))
         self.report(tracks_measured=len(tracks), **({"lipsync_r": lipsync_r} if lipsync_r is not None else {}),
-                    **({"self_check_share": measured_frames / driven_frames} if driven_frames else {}))
+                    **({"self_check_share": sample.measured / sample.driven} if sample and sample.driven else {}))
         return {
             "title_id": row["title_id"],
             "language": row["language"],
@@ -155,7 +148,7 @@ class ReportStage(Stage):
         }
 
     @staticmethod
-    def _track(driven: dict[str, Any], face: dict[str, Any], measured, avatar: bool) -> dict[str, Any]:
+    def _track(driven: dict[str, Any], face: dict[str, Any], measured: MouthCurve, avatar: bool) -> dict[str, Any]:
         frames = np.asarray(driven["frame_index"])
         jaw = np.asarray(driven["expression"])[:, 0]
         on_output = measured.at(frames)  # NaN where not driven: those frames are the filmed ones
@@ -196,29 +189,6 @@ class ReportStage(Stage):
                                         for t in in_shot if t["track_id"] not in dubbed)),
             })
         return rows
-
-
-#: The self-check measures every driven frame of a title and language (the dubbed tracks' frames
-#: added up) below twice this many (40 s at 25 fps); beyond, one window of ``SELF_CHECK_WINDOW``
-#: frames in every ``sampling_stride`` of each track, from its first frame: at least this many
-#: frames and at least ``SELF_CHECK_SHARE`` of them (half of a one-minute title, a quarter of a long
-#: one). The face mesh on the output is most of the report's cost (~9 ms a frame at 844², 2-core
-#: VM): measuring all of a 2-hour film would cost about what the faces stage's mesh does.
-SELF_CHECK_MIN_FRAMES = 500
-SELF_CHECK_SHARE = 0.25
-SELF_CHECK_WINDOW = 50  # 2 s at 25 fps: contiguous, so the curves and the correlation keep their timing
-
-
-def sampling_stride(driven_frames: int) -> int:
-    """One window measured in every this many, for a title with ``driven_frames`` in all (≥ 1)."""
-    wanted = max(SELF_CHECK_MIN_FRAMES, SELF_CHECK_SHARE * driven_frames)
-    return max(1, int(driven_frames // wanted))
-
-
-def sampled_frames(frames: list[int], every: int) -> list[int]:
-    """The frames of one track (its driven ``frames``, sorted) the self-check measures: the first
-    window of ``SELF_CHECK_WINDOW`` frames, then one in every ``every``."""
-    return [f for position, f in enumerate(frames) if (position // SELF_CHECK_WINDOW) % every == 0]
 
 
 #: Why a dubbable face was not dubbed at all: active speaker detection (or the speaker binding) never

@@ -50,20 +50,35 @@ def measure_mouths(
     boxes_by_track: dict[int, dict[int, np.ndarray]] | None = None,
     keep_hulls: bool = False,
 ) -> dict[int, MouthCurve]:
-    """Measure mouth opening on ``video_url`` in one decoding pass.
+    """Measure mouth opening on ``video_url`` in one decoding pass (``measure_meshes``, then a
+    rigid fit per track: ``mouth_curve``). ``keep_hulls`` keeps each frame's lower-face polygon
+    (the region dubbing may change)."""
+    meshes = measure_meshes(landmarker, video_url, boxes_by_track)
+    return {track: mouth_curve(found, keep_hulls) for track, found in meshes.items()}
+
+
+def measure_meshes(
+    landmarker: FaceLandmarker,
+    video_url: str,
+    boxes_by_track: dict[int, dict[int, np.ndarray]] | None = None,
+    start: int = 0,
+) -> dict[int, list[tuple[int, np.ndarray]]]:
+    """The face mesh on ``video_url``, per track: (frame, 478×3 float32 px) where a face was found.
 
     ``boxes_by_track`` gives, per track id, where its face is (frame -> x0, y0, x1, y1), e.g. the
-    dubbed tracks' boxes; each track is measured on its own frames. Without it the largest face is
-    followed from frame to frame (re-detected when lost) and returned as track 0. ``keep_hulls``
-    keeps each frame's lower-face polygon (the region dubbing may change).
+    dubbed tracks' boxes; each track is measured on its own frames, and decoding stops after the
+    last of them. Without it the largest face is followed from frame to frame (re-detected when
+    lost) and returned as track 0. ``start``: the first frame to decode (from the keyframe before
+    it, ``media.frames``); boxes before it are not measured.
     """
     follow = boxes_by_track is None
     wanted = {0: {}} if follow else boxes_by_track
     meshes: dict[int, list[tuple[int, np.ndarray]]] = {track: [] for track in wanted}
-    hulls: dict[int, dict[int, np.ndarray]] = {track: {} for track in wanted}
     last_frame = None if follow else max((max(b) for b in wanted.values() if b), default=-1)
+    if last_frame is not None and last_frame < start:
+        return meshes
     previous: np.ndarray | None = None
-    for index, frame in enumerate(frames(describe(video_url))):  # as shown, on its clock, SDR
+    for index, frame in enumerate(frames(describe(video_url), start=start), start=start):  # as shown, on its clock, SDR
         if last_frame is not None and index > last_frame:
             break
         due = [0] if follow else [track for track, boxes in wanted.items() if index in boxes]
@@ -76,12 +91,9 @@ def measure_mouths(
                 previous = geometry.mesh_box(mesh) if mesh is not None else None
             else:
                 mesh = landmarker.mesh(rgb, wanted[track][index])
-            if mesh is None:
-                continue
-            meshes[track].append((index, mesh.astype(np.float32)))
-            if keep_hulls:
-                hulls[track][index] = _lower_face_hull(mesh)
-    return {track: _curve(meshes[track], hulls[track]) for track in wanted}
+            if mesh is not None:
+                meshes[track].append((index, mesh.astype(np.float32)))
+    return meshes
 
 
 def follow_largest_face(landmarker: FaceLandmarker, rgb: np.ndarray, previous: np.ndarray | None) -> np.ndarray | None:
@@ -96,11 +108,14 @@ def follow_largest_face(landmarker: FaceLandmarker, rgb: np.ndarray, previous: n
     return mesh
 
 
-def _curve(meshes: list[tuple[int, np.ndarray]], hulls: dict[int, np.ndarray]) -> MouthCurve:
+def mouth_curve(meshes: list[tuple[int, np.ndarray]], keep_hulls: bool = False) -> MouthCurve:
+    """One track's mouth opening from its (frame, 478×3 mesh px) in frame order: ``jaw_open`` on
+    the pose-free mesh of one rigid fit over all of them (so it depends on the whole set)."""
     if not meshes:
-        return MouthCurve(np.zeros(0, np.int64), np.zeros(0, np.float32), hulls)
+        return MouthCurve(np.zeros(0, np.int64), np.zeros(0, np.float32))
     fit = geometry.fit_pose(np.stack([m for _, m in meshes]).astype(np.float64))
     jaw = geometry.expression_coefficients(fit.canonical)[:, 0]
+    hulls = {index: _lower_face_hull(mesh) for index, mesh in meshes} if keep_hulls else {}
     return MouthCurve(np.array([i for i, _ in meshes], np.int64), jaw, hulls)
 
 
