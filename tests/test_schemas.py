@@ -204,6 +204,12 @@ def _sample_rows() -> dict[str, list[dict[str, Any]]]:
                 "audio_source_s": 1439.5, "audio_fit": "padded", "faces_dubbed": 4,
             }
         ],
+        "mouth_meshes": [
+            {"title_id": "ep01", "language": "fr", "track_id": 3, "frame_index": list(range(T)),
+             "landmarks": _frames(MESH_POINTS * 3)},
+            {"title_id": "ep01", "language": "fr", "track_id": 5, "frame_index": [40, 90],
+             "landmarks": _frames(MESH_POINTS * 3, 2)},
+        ],
         "reports": [
             {
                 "title_id": "ep01", "language": "fr", "html_url": "/run/outputs/ep01/ep01.fr.report.html",

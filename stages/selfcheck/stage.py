@@ -71,9 +71,8 @@ class SelfCheckStage(Stage):
         rows = [{"title_id": row["title_id"], "language": row["language"], "track_id": track,
                  "frame_index": [index for index, _ in found], "landmarks": [mesh.reshape(-1) for _, mesh in found]}
                 for track, found in sorted(meshes.items()) if found]
-        measured = sum(len(r["frame_index"]) for r in rows)
-        self.count_work(frames=measured)
-        self.report(frames_measured=measured)
+        self.count_work(frames=len({index for r in rows for index in r["frame_index"]}))
+        self.report(frames_measured=sum(len(r["frame_index"]) for r in rows))  # faces × frames
         return rows
 
     @staticmethod
