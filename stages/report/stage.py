@@ -47,7 +47,9 @@ class ReportStage(Stage):
     """
 
     name = "report"
-    version = "4"  # 2: who speaks when; only driven frames are measured; 3: windows of a long title; 4: meshes from selfcheck
+    # 2: who speaks when; only driven frames are measured; 3: windows of a long title; 4: the meshes
+    # come from the selfcheck stage
+    version = "4"
     resources = Resources(cpus=1.0, memory_gb=1.0)
     output_schema = REPORTS
     job_row = ReportJob

@@ -3,12 +3,14 @@
 The report correlates the mouth opening measured here with the jaw_open the coefficient stage asked
 for, so a renderer or compositor that lost the motion shows up even when every stage "succeeded".
 Only the frames the dub drives are measured, inside each dubbed track's boxes; on a long title, a
-sample of windows of them (``lipsync.sample.sampled_boxes``). An avatar's one face is followed instead (track 0).
+sample of windows of them (``lipsync.sample.sampled_boxes``). An avatar's one face is followed
+instead (track 0).
 
 A long title is measured in frame ranges (``SelfCheckJob.frame_range``), one job each, every one
 decoding the output from its keyframe before the range; ``join_ranges`` gives the single job's
 rows. The rows hold meshes, not mouth openings: the opening comes from one rigid fit over a
-track's whole set of meshes (``lipsync.mouth.mouth_curve``, in the report), which a range cannot make.
+track's whole set of meshes (``lipsync.mouth.mouth_curve``, in the report), which a range cannot
+make.
 """
 
 from __future__ import annotations
