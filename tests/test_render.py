@@ -159,6 +159,32 @@ def test_paste_leaves_everything_outside_the_mask_bit_identical():
     assert (frame[inside] != original[inside]).any()
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_paste_is_the_alpha_blend_with_the_seam_colour_matched(dtype):
+    """The blend, pixel by pixel: frame·(1−a) + (crop·peak/255 + seam shift)·a, rounded, where the
+    shift is the mean frame − crop difference over the feathered seam (0.05 < a < 0.95)."""
+    import cv2
+
+    rng = np.random.default_rng(1)
+    peak = np.iinfo(dtype).max
+    frame = (rng.integers(128, 256, size=(200, 260, 3)) * (peak // 255)).astype(dtype)
+    crop = rng.integers(0, 128, size=(80, 90, 4), dtype=np.uint8)  # darker: the seam shift matters
+    crop[..., 3] = cv2.GaussianBlur(np.pad(np.full((60, 70), 255, np.uint8), 10), (0, 0), 4)
+    to_frame = np.array([[1.3, 0.2, 70.0], [-0.2, 1.3, 40.0]])
+    pasted = frame.copy()
+    region = paste(pasted, crop, to_frame)
+
+    warped = cv2.warpAffine(crop, to_frame, (260, 200), borderValue=(0, 0, 0, 0))
+    alpha = warped[..., 3:4].astype(np.float64) / 255
+    layer = warped[..., :3] * (peak / 255)
+    seam = ((alpha > 0.05) & (alpha < 0.95))[..., 0]
+    shift = (frame[seam] - layer[seam]).mean(axis=0)
+    expected = np.round(np.clip(frame * (1 - alpha) + (layer + shift) * alpha, 0, peak))
+    assert np.array_equal(region, alpha[..., 0] > 0) and seam.sum() > 20
+    assert np.abs(pasted.astype(np.float64) - expected).max() <= 1  # float32 in the stage
+    assert np.array_equal(pasted[~region], frame[~region])
+
+
 def test_avatar_framings(analysed):
     from dubline.stages.composite.stage import _avatar_framing
 

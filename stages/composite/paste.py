@@ -21,20 +21,32 @@ def paste(frame: np.ndarray, rgba: np.ndarray, to_frame: np.ndarray) -> np.ndarr
     values are scaled to its range. Colour is matched on the feathered seam: the pasted pixels are
     shifted by the mean difference between frame and crop where alpha is partial, so a mouth
     borrowed from another frame carries no lighting step at its edge. Pixels where the warped
-    alpha is 0 are not written, so they stay bit-identical.
+    alpha is 0 keep their values bit for bit.
     """
     height, width = frame.shape[:2]
     peak = float(np.iinfo(frame.dtype).max)
     warped = cv2.warpAffine(rgba, to_frame, (width, height), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
     region = warped[..., 3] > 0
-    alpha = warped[region, 3:4].astype(np.float32) / 255.0
-    pixels = warped[region, :3].astype(np.float32) * (peak / 255.0)
-    original = frame[region].astype(np.float32)
-    seam = ((alpha > 0.05) & (alpha < 0.95))[:, 0]
+    x, y, w, h = cv2.boundingRect(region.view(np.uint8))
+    if not w:
+        return region
+    # The blend runs on the crop's bounding window, not on the gathered region's pixels (~2x
+    # faster): where alpha is 0 it gives the frame's own value back exactly (x * 1.0 + p * 0.0).
+    window, layers = frame[y : y + h, x : x + w], warped[y : y + h, x : x + w]
+    alpha = layers[..., 3:4].astype(np.float32) / 255.0
+    pixels = cv2.cvtColor(layers, cv2.COLOR_RGBA2RGB).astype(np.float32)
+    if peak != 255.0:
+        pixels *= peak / 255.0
+    original = window.astype(np.float32)
+    seam = ((alpha > 0.05) & (alpha < 0.95))[..., 0]
     if seam.sum() > 20:
-        pixels += (original[seam] - pixels[seam]).mean(axis=0)
-    frame[region] = np.round(np.clip(original * (1.0 - alpha) + pixels * alpha, 0, peak)).astype(frame.dtype)
+        pixels += (original - pixels)[seam].mean(axis=0)
+    original *= 1.0 - alpha
+    pixels *= alpha
+    original += pixels
+    np.clip(original, 0, peak, out=original)
+    window[...] = np.round(original, out=original)
     return region
 
 
