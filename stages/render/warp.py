@@ -92,15 +92,25 @@ def triangle_map(source: np.ndarray, target: np.ndarray, box: Box, grid: np.ndar
     pixels = np.stack([xs + x0, ys + y0, np.ones_like(xs)], axis=1).astype(np.float64)
     mapped = np.einsum("pij,pj->pi", np.concatenate([to_weights, to_source], axis=1)[index], pixels)
     wb, wc, points = mapped[:, 0], mapped[:, 1], mapped[:, 2:]
-    # Rasterised pixel centres on an edge may lie just outside their triangle: their weights are
-    # clamped, so a sliver triangle (a shut mouth's opening) never maps them far away.
-    (edge,) = np.nonzero((wb < 0) | (wc < 0) | (wb + wc > 1))
-    if len(edge):
-        weights = np.clip(np.stack([1 - wb[edge] - wc[edge], wb[edge], wc[edge]], axis=1), 0.0, 1.0)
-        weights /= weights.sum(axis=1, keepdims=True)
-        points[edge] = np.einsum("pk,pkd->pd", weights, source[index[edge]])
+    # Rasterised pixel centres on an edge may lie just outside their triangle, and a sliver's table
+    # (entries ~1/area) loses precision: their weights are taken pixel by pixel and clamped, so a
+    # sliver triangle (a shut mouth's opening) never maps them far away.
+    sliver = np.abs(_doubled_area(target)) < SLIVER_AREA
+    (exact,) = np.nonzero((wb < 0) | (wc < 0) | (wb + wc > 1) | sliver[index])
+    if len(exact):
+        points[exact] = _clamped_barycentric(pixels[exact, :2], target[index[exact]], source[index[exact]])
     grid[ys, xs] = points
     return ids > 0
+
+
+#: Twice a triangle's area (px²) below which its pixels are mapped one by one (``triangle_map``).
+SLIVER_AREA = 1e-3
+
+
+def _doubled_area(triangles: np.ndarray) -> np.ndarray:
+    """F signed doubled areas (px²) of F×3×2 ``triangles``."""
+    v0, v1 = triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0]
+    return v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
 
 
 def _barycentric_affine(triangles: np.ndarray) -> np.ndarray:
@@ -108,11 +118,26 @@ def _barycentric_affine(triangles: np.ndarray) -> np.ndarray:
     F×3×2 ``triangles`` (wa = 1 − wb − wc); a degenerate triangle's area is taken as 1e-9."""
     a = triangles[:, 0]
     v0, v1 = triangles[:, 1] - a, triangles[:, 2] - a
-    den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
+    den = _doubled_area(triangles)
     den = np.where(np.abs(den) < 1e-9, 1e-9, den)
     linear = np.stack([np.stack([v1[:, 1], -v1[:, 0]], axis=1), np.stack([-v0[:, 1], v0[:, 0]], axis=1)], axis=1)
     linear /= den[:, None, None]
     return np.concatenate([linear, -(linear @ a[:, :, None])], axis=2)
+
+
+def _clamped_barycentric(points: np.ndarray, targets: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """P×2 ``points`` (px) carried from their P×3×2 ``targets`` triangles into the ``sources``
+    ones by barycentric weights clamped to [0, 1] and renormalised (a point outside its triangle
+    goes to the nearest corner or edge; a degenerate triangle's area is taken as 1e-9)."""
+    a = targets[:, 0]
+    v0, v1, v2 = targets[:, 1] - a, targets[:, 2] - a, points - a
+    den = _doubled_area(targets)
+    den = np.where(np.abs(den) < 1e-9, 1e-9, den)
+    wb = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / den
+    wc = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / den
+    weights = np.clip(np.stack([1 - wb - wc, wb, wc], axis=1), 0.0, 1.0)
+    weights /= weights.sum(axis=1, keepdims=True)
+    return np.einsum("pk,pkd->pd", weights, sources)
 
 
 def lower_face_grid(source: np.ndarray, target: np.ndarray, moving: np.ndarray, band: float,
