@@ -87,8 +87,8 @@ def _language(run_url: str, title_id: str, language: str, titles_url: str, shots
               audio_url: str, entry: dict[str, Any], enhancer_weights: str | None,
               review_threshold: float) -> tuple[str, str | None]:
     """One dub of a title, once its audio is analysed (``audio_url``): driven coefficients,
-    rendering, enhancement (with GFPGAN weights), composite, report. Returns the video URL and
-    why it needs review (or None)."""
+    rendering, enhancement (with GFPGAN weights), composite, lip-sync self-check, report. Returns
+    the video URL and why it needs review (or None)."""
     dub_entry = CatalogueEntry.from_row(entry)
     options, dub = dub_entry.options, dub_entry.dub_audio_url
     coeffs_url = tasks.coeffs(run_url, title_id, language, titles_url, faces_url, audio_url, options)

@@ -140,6 +140,18 @@ def join_metrics(parts: list[dict[str, float]], counted: tuple[str, ...] = ()) -
     return joined
 
 
+def join_track_rows(parts: list[list[dict[str, Any]]], columns: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One job's per-track rows from those of the jobs over its title's frame ranges (in range
+    order): each track's list ``columns`` concatenated, the other fields from its first range,
+    tracks sorted by ``track_id`` (as one job writes them)."""
+    joined: dict[int, dict[str, Any]] = {}
+    for row in (row for part in parts for row in part):
+        track = joined.setdefault(row["track_id"], {**row, **{name: [] for name in columns}})
+        for name in columns:
+            track[name] = [*track[name], *row[name]]
+    return sorted(joined.values(), key=lambda row: row["track_id"])
+
+
 @dataclass(frozen=True)
 class StageJob:
     """One stage over one title's rows: inline ``rows`` or an ``input_url`` manifest."""

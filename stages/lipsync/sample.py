@@ -48,14 +48,16 @@ class SelfCheckSample:
         return sum(len(b) for b in self.boxes.values())
 
 
-def sampled_boxes(faces: dict[int, dict[str, Any]], driven: list[dict[str, Any]]) -> SelfCheckSample:
-    """The sample of a dub's ``driven`` coefficient rows (those with a driven frame) on their face
-    tracks (``faces``: track id -> face_tracks row, ``bbox`` and ``frame_index`` read)."""
+def sampled_boxes(faces: dict[int, dict[str, Any]], coeffs: list[dict[str, Any]]) -> SelfCheckSample:
+    """The sample of the frames a dub drives (``driven_weight`` > 0), track by track, from its
+    ``coeffs`` rows on their face tracks (``faces``: track id -> face_tracks row, ``bbox`` and
+    ``frame_index`` read); tracks the dub never drives are left out."""
     boxes = {
         d["track_id"]: {f: box for f, box, w in zip(faces[d["track_id"]]["frame_index"], faces[d["track_id"]]["bbox"],
                                                     d["driven_weight"]) if w > 0}
-        for d in driven
+        for d in coeffs
     }
+    boxes = {track: b for track, b in boxes.items() if b}
     driven_frames = sum(len(b) for b in boxes.values())
     every = sampling_stride(driven_frames) if driven_frames else 1
     return SelfCheckSample({track: {f: b[f] for f in sampled_frames(sorted(b), every)} for track, b in boxes.items()},

@@ -40,7 +40,7 @@ import numpy as np
 
 from dubline.schemas.manifest_io import count_rows, read_rows, write_manifest
 from dubline.schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS, FRAME_CHUNK, RENDERED_TRACKS
-from dubline.stages.base import Resources, Stage
+from dubline.stages.base import Resources, Stage, join_track_rows
 from dubline.stages.job_rows import JobRow, Place, Upstream
 from dubline.stages.chunk_images import decode_rgb, encode_rgba
 from dubline.stages.face_model import geometry
@@ -53,7 +53,7 @@ from dubline.stages.render.warp import box_grid, lower_face_grid, remap
 
 _AVATAR_CHUNK = 48  # frames per rendered chunk of an avatar
 #: IOD beyond the moving points where the warp has faded out. In dub mode it is inside the region
-#: dubbing may change (the lower face grown by 0.35 IOD from its centre, ``report.mouth``); an
+#: dubbing may change (the lower face grown by 0.35 IOD from its centre, ``lipsync.mouth``); an
 #: avatar's whole head moves with the generated pose, so the neck follows over a wider band.
 _BAND_DUB, _BAND_AVATAR = 0.1, 0.5
 #: IOD by which a donor candidate's smoothed inner-lip gap may differ from the one the face mesh
@@ -159,12 +159,7 @@ class RenderStage(Stage):
         """The output of one job over the whole title from its frame ranges' outputs (in range
         order): each track's frames and chunks concatenated, tracks in the single job's order
         (the coefficients', by track id)."""
-        joined: dict[int, dict[str, Any]] = {}
-        for row in (row for part in parts for row in part):
-            track = joined.setdefault(row["track_id"], {**row, "frame_index": [], "chunk_urls": [], "chunk_index": []})
-            for name in ("frame_index", "chunk_urls", "chunk_index"):
-                track[name] = [*track[name], *row[name]]
-        return sorted(joined.values(), key=lambda row: row["track_id"])
+        return join_track_rows(parts, ("frame_index", "chunk_urls", "chunk_index"))
 
     def _plan(self, track: dict[str, Any], driven: dict[str, Any], starts: list[int]) -> TrackPlan:
         """Target shapes and donors of a track (see the module docstring); ``starts``: each

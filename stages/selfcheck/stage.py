@@ -17,11 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from dubline.schemas.manifest_io import read_rows
 from dubline.schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS, MOUTH_MESHES, OUTPUTS, TITLES
-from dubline.stages.base import Resources, Stage
+from dubline.stages.base import Resources, Stage, join_track_rows
 from dubline.stages.face_model.landmarks import FaceLandmarker
 from dubline.stages.job_rows import JobRow, Upstream
 from dubline.stages.lipsync.mouth import measure_meshes
@@ -66,9 +64,8 @@ class SelfCheckStage(Stage):
             boxes = None
         else:
             faces = {t["track_id"]: t for t in read_rows(row["faces_url"], FACE_TRACKS, without=("landmarks",))}
-            driven = [d for d in read_rows(row["coeffs_url"], DRIVEN_COEFFS) if np.any(d["driven_weight"] > 0)]
             boxes = {track: {f: box for f, box in b.items() if start <= f < end}
-                     for track, b in sampled_boxes(faces, driven).boxes.items()}
+                     for track, b in sampled_boxes(faces, read_rows(row["coeffs_url"], DRIVEN_COEFFS)).boxes.items()}
         meshes = measure_meshes(self._landmarker, output["video_url"], boxes, start=start)
         rows = [{"title_id": row["title_id"], "language": row["language"], "track_id": track,
                  "frame_index": [index for index, _ in found], "landmarks": [mesh.reshape(-1) for _, mesh in found]}
@@ -81,9 +78,4 @@ class SelfCheckStage(Stage):
     def join_ranges(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
         """The output of one job over the whole title from its frame ranges' outputs (in range
         order): each track's frames and meshes concatenated, tracks by id (as one job writes them)."""
-        joined: dict[int, dict[str, Any]] = {}
-        for row in (row for part in parts for row in part):
-            track = joined.setdefault(row["track_id"], {**row, "frame_index": [], "landmarks": []})
-            for name in ("frame_index", "landmarks"):
-                track[name] = [*track[name], *row[name]]
-        return sorted(joined.values(), key=lambda row: row["track_id"])
+        return join_track_rows(parts, ("frame_index", "landmarks"))
