@@ -361,7 +361,7 @@ def _execute_ranges_and_join(run_url: str, stage: type[Stage], title_id: str, ra
     try:
         url, key, record, executed = _job(run_url, stage, title_id, language=language, next_stage=next_stage,
                                           rows=({**row, joined_by: [part_url for part_url, *_ in parts]},),
-                                          with_chunks=True, part="join")
+                                          with_chunks=_writes_chunks(stage), part="join")
     except Exception:
         progress.advance(stage.name)
         raise
@@ -377,8 +377,11 @@ def selfcheck(run_url: str, title_id: str, language: str, titles_url: str, faces
     """The face meshes of the dubbed faces on the output video, in frame ranges on a long title."""
     row = {"title_id": title_id, "language": language, "titles_url": titles_url, "faces_url": faces_url,
            "coeffs_url": coeffs_url, "outputs_url": outputs_url}
-    return _execute_ranges(run_url, SelfCheckStage, title_id, titles_url, language=language, row=row,
-                           join=SelfCheckStage.join_ranges, next_stage=ReportStage)
+    ranges = _title_ranges(SelfCheckStage, titles_url)
+    if len(ranges) <= 1:
+        return _execute(run_url, SelfCheckStage, title_id, language=language, rows=(row,), next_stage=ReportStage)
+    return _execute_ranges_and_join(run_url, SelfCheckStage, title_id, ranges, language=language, row=row,
+                                    joined_by="ranges", next_stage=ReportStage)
 
 
 @task(name="report", task_run_name="report-{title_id}-{language}")

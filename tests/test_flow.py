@@ -201,10 +201,11 @@ def test_a_title_is_analysed_and_rendered_on_two_ray_workers_and_composited_in_f
     assert summary["invocation"]["stages_executed"]["composite"] == 5  # four segments and their join
     with av.open(summary["titles"]["long"]["outputs"]["fr"]) as video:
         assert sum(1 for _ in video.decode(video=0)) == 60 and video.streams.audio
-    # The self-check's four ranges, each decoded from the output's keyframe before it, joined: the
-    # meshes one job measures over the whole output.
+    # The self-check's four ranges, each decoded from the output's keyframe before it, joined by a
+    # fifth job: the meshes one job measures over the whole output.
     selfcheck = state["languages"]["fr"]["stages"]["selfcheck"]
     assert selfcheck["ranges"] == 4 and selfcheck["rows_out"] >= 1
+    assert summary["invocation"]["stages_executed"]["selfcheck"] == 5  # and the join, a worker's job
     run = RunFolder(str(tmp_path / "run"))
     joined = read_rows(run.manifest_url("selfcheck", "long", selfcheck["key"]), MOUTH_MESHES)
     stages = {**state["stages"], **state["languages"]["fr"]["stages"]}

@@ -7,10 +7,10 @@ sample of windows of them (``lipsync.sample.sampled_boxes``). An avatar's one fa
 instead (track 0).
 
 A long title is measured in frame ranges (``SelfCheckJob.frame_range``), one job each, every one
-decoding the output from its keyframe before the range; ``join_ranges`` gives the single job's
-rows. The rows hold meshes, not mouth openings: the opening comes from one rigid fit over a
-track's whole set of meshes (``lipsync.mouth.mouth_curve``, in the report), which a range cannot
-make.
+decoding the output from its keyframe before the range; a join job (``SelfCheckJob.ranges``)
+gives the single job's rows. The rows hold meshes, not mouth openings: the opening comes from one
+rigid fit over a track's whole set of meshes (``lipsync.mouth.mouth_curve``, in the report), which
+a range cannot make.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ class SelfCheckJob(JobRow):
     outputs_url: Upstream
     #: Output frames [start, end) this job measures; None: all.
     frame_range: tuple[int, int] | None = None
+    #: The range jobs' ``mouth_meshes`` manifests, in order: this job joins them instead of
+    #: measuring (in a worker: a long title's meshes never pass through the driver).
+    ranges: list[Upstream] = []
 
 
 class SelfCheckStage(Stage):
@@ -54,7 +57,8 @@ class SelfCheckStage(Stage):
         self._landmarker = FaceLandmarker()
 
     def process_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [out for row in rows for out in self._measure(row)]
+        return [out for row in rows
+                for out in (self._join(row["ranges"]) if row.get("ranges") else self._measure(row))]
 
     def _measure(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         (title,) = read_rows(row["titles_url"], TITLES)
@@ -75,7 +79,7 @@ class SelfCheckStage(Stage):
         return rows
 
     @staticmethod
-    def join_ranges(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-        """The output of one job over the whole title from its frame ranges' outputs (in range
-        order): each track's frames and meshes concatenated, tracks by id (as one job writes them)."""
-        return join_track_rows(parts, ("frame_index", "landmarks"))
+    def _join(ranges: list[str]) -> list[dict[str, Any]]:
+        """The rows one job over the whole title writes, from its frame ranges' ``mouth_meshes``
+        manifests (in range order): each track's frames and meshes concatenated, tracks by id."""
+        return join_track_rows([read_rows(url, MOUTH_MESHES) for url in ranges], ("frame_index", "landmarks"))
