@@ -245,6 +245,9 @@ FRAME_CHUNK = ManifestSchema(
     (
         pa.field("title_id", pa.string(), nullable=False),
         pa.field("shot_index", pa.int32(), nullable=False),
+        # The track's number in the job that wrote the chunk: the title's, except in the crops of
+        # a faces range job, which numbers its own tracks from 0 (the face_tracks row that lists
+        # the chunk has the title's number).
         pa.field("track_id", pa.int32(), nullable=False),
         pa.field("frame_index", pa.int64(), nullable=False),
         pa.field("image", pa.binary(), nullable=False),  # encoded crop (PNG/JPEG/WebP)

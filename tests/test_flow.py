@@ -26,7 +26,7 @@ from dubline.flows.localize import localize_catalogue
 from dubline.flows.run_folder import RunFolder
 from dubline.schemas import storage
 from dubline.schemas.manifest_io import read_rows
-from dubline.schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS, MOUTH_MESHES
+from dubline.schemas.manifests import DRIVEN_COEFFS, FACE_TRACKS, FRAME_CHUNK, MOUTH_MESHES, RENDERED_TRACKS
 from dubline.stages.base import StageJob
 from dubline.stages.face_model.geometry import LOWER_LIP_INNER, UPPER_LIP_INNER
 from dubline.stages.face_model.landmarks import FaceLandmarker
@@ -198,6 +198,10 @@ def test_a_title_is_analysed_and_rendered_on_two_ray_workers_and_composited_in_f
     render = state["languages"]["fr"]["stages"]["render"]
     assert render["ranges"] == 4 and render["rows_in"] == 4 and render["rows_out"] >= 1
     assert len(render["worker"].split(", ")) == 2, f"the ranges ran on one worker: {render['worker']}"
+    # The dubbed tracks' crops were cut by the face ranges, each numbering its own tracks from 0 (the
+    # join does not copy them); the rendered crops carry the title's numbers.
+    for track in read_rows(RunFolder(str(tmp_path / "run")).manifest_url("render", "long", render["key"]), RENDERED_TRACKS):
+        assert {r["track_id"] for url in track["chunk_urls"] for r in read_rows(url, FRAME_CHUNK)} == {track["track_id"]}
     assert summary["invocation"]["stages_executed"]["composite"] == 5  # four segments and their join
     with av.open(summary["titles"]["long"]["outputs"]["fr"]) as video:
         assert sum(1 for _ in video.decode(video=0)) == 60 and video.streams.audio

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import pyarrow as pa
 
-from dubline.schemas.manifest_io import read_manifest, write_manifest
+from dubline.schemas.manifest_io import write_manifest
 from dubline.schemas.manifests import FRAME_CHUNK
 
 
@@ -45,11 +44,3 @@ class ChunkWriter:
             self.urls.append(url)
             self._rows = []
 
-
-def renumbered_chunk(url: str, to_url: str, track_id: int) -> str:
-    """A copy of the frame chunk at ``url`` at ``to_url``, its rows given ``track_id`` (the images
-    are copied as they are); returns ``to_url``."""
-    table = read_manifest(url, FRAME_CHUNK)
-    column = table.schema.get_field_index("track_id")
-    table = table.set_column(column, table.schema.field(column), pa.array([track_id] * table.num_rows, pa.int32()))
-    return write_manifest(table, FRAME_CHUNK, to_url)

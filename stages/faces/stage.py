@@ -8,8 +8,8 @@ Tracks never cross a shot boundary, nor a multiple of ``FacesJob.segment_frames`
 the title's first frame (a *segment*: by default 30 s at 25 fps). That bounds memory, and it
 lets a long title run in frame ranges made of whole segments (``FacesJob.frame_range``), one job
 each, which link exactly the tracks one job would and cut their crops. A join job
-(``FacesJob.ranges``) numbers the ranges' tracks in order and files their crops under those
-numbers (the images are copied, not encoded again). A face that goes
+(``FacesJob.ranges``) numbers the ranges' tracks in order; their crops stay where the range jobs
+wrote them (not copied: a chunk's own ``track_id`` is its range job's number). A face that goes
 on across a segment's first frame becomes a new track there: it is found again by the detector
 and fitted and smoothed afresh (a piece shorter than ``min_track_frames`` is left as filmed).
 """
@@ -32,7 +32,7 @@ from dubline.stages.face_model import geometry
 from dubline.stages.face_model.crop import crop_face, crop_transforms
 from dubline.stages.face_model.landmarks import FaceLandmarker
 from dubline.stages.face_model.smoothing import jitter, lag_frames, one_euro_zero_phase
-from dubline.stages.faces.chunks import ChunkWriter, renumbered_chunk
+from dubline.stages.faces.chunks import ChunkWriter
 from dubline.stages.faces.tracking import TrackLinker, distinct, iou
 from dubline.stages.media import rgb_frames
 
@@ -66,8 +66,8 @@ class FaceStage(Stage):
     # 5: frames as shown (upright, on the frame clock, SDR view for analysis); 6: detector score per
     # track; 7: tracks cut at multiples of segment_frames from the title's start, not per track;
     # 8: landmarks and crop windows smoothed forwards and backwards (no lag behind fast moves);
-    # 9: a range job cuts its own crops
-    version = "9"
+    # 9: a range job cuts its own crops; 10: the join keeps the ranges' chunks where they are
+    version = "10"
     resources = Resources(cpus=1.0, memory_gb=2.0)
     output_schema = FACE_TRACKS
     job_row = FacesJob
@@ -100,7 +100,7 @@ class FaceStage(Stage):
     def _title(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         (title,) = read_rows(row["titles_url"], TITLES)
         if row.get("ranges"):
-            return self._join(title, row["ranges"], row["chunks_url"])
+            return self._join(row["ranges"])
         shots = read_rows(row["shots_url"], SHOTS)
         start, end = row.get("frame_range") or (0, title["frame_count"])
         segment = row["segment_frames"]
@@ -131,16 +131,12 @@ class FaceStage(Stage):
         )
         return [{k: v for k, v in t.items() if not k.startswith("_")} for t in analysed]
 
-    def _join(self, title: dict[str, Any], ranges: list[str], chunks_url: str) -> list[dict[str, Any]]:
-        """The range jobs' tracks, numbered in range order as one job numbers them, with their
-        crops filed under the new numbers (the chunks one job writes, image for image)."""
+    def _join(self, ranges: list[str]) -> list[dict[str, Any]]:
+        """The range jobs' tracks, numbered in range order as one job numbers them. Their crops
+        stay in the range jobs' chunks (a long title's crops are neither read nor written again)."""
         tracks = [track for url in ranges for track in read_rows(url, FACE_TRACKS)]
-        started = time.perf_counter()
         for track_id, track in enumerate(tracks):
             track["track_id"] = track_id
-            track["chunk_urls"] = [renumbered_chunk(url, f"{chunks_url}/track{track_id:04d}_{k:04d}.parquet", track_id)
-                                   for k, url in enumerate(track["chunk_urls"])]
-        self.report(crops_s=time.perf_counter() - started)
         return tracks
 
     def _link_and_analyse(self, title: dict[str, Any], shots: list[dict[str, Any]], start: int, end: int,

@@ -245,7 +245,9 @@ class RenderStage(Stage):
                 to_frame[:, 2] += to_frame[:, :2] @ [x0, y0]
                 index = driven["frame_index"][i] if avatar else row["frame_index"]
                 rendered.append(int(index))
-                out_rows.append({**row, "frame_index": index, "image": encode_rgba(rgba, self.params["webp_quality"]),
+                # The title's track number: a faces range job numbered its own crops' tracks.
+                out_rows.append({**row, "track_id": track["track_id"], "frame_index": index,
+                                 "image": encode_rgba(rgba, self.params["webp_quality"]),
                                  "image_format": "webp", "affine": to_frame.astype(np.float32).ravel().tolist()})
                 flicker_in.add(_lower_face(crop, alpha))
                 flicker_out.add(_lower_face(image, alpha))
