@@ -55,8 +55,8 @@ class FacesJob(JobRow):
     #: [start, end) clock frames, whole segments (multiples of ``segment_frames``): the tracks of
     #: these frames, numbered from 0, with their crops.
     frame_range: tuple[int, int] | None = None
-    #: The range jobs' ``face_tracks`` manifests, in order: this job numbers their tracks and files
-    #: their crops instead of analysing frames.
+    #: The range jobs' ``face_tracks`` manifests, in order: this job numbers their tracks (their
+    #: crops stay in the ranges' chunks) instead of analysing frames.
     ranges: list[Upstream] = []
 
 class FaceStage(Stage):
