@@ -3,9 +3,9 @@
     python benchmarks/memory.py [--minutes 1 10] [--work /tmp/dubline-memory]
 
 Generates each title (a real portrait moving in a 1280×720 frame, espeak-ng speech as the dub),
-then runs the stages one after the other with the sequential runner, each in a fresh process as
-each stage is its own worker on Ray, and reports every stage's peak resident memory (ru_maxrss)
-and time. The dub's peak is the largest stage's; memory that is flat in length gives a ratio near 1.
+then runs the stages (probe to report) one after the other with the sequential runner, each in a
+fresh process as each stage is its own worker on Ray, and reports every stage's peak resident
+memory (ru_maxrss) and time. The dub's peak is the largest stage's; memory that is flat in length gives a ratio near 1.
 """
 
 from __future__ import annotations
@@ -76,10 +76,15 @@ def stage_jobs(video: Path, audio: Path, work: Path) -> list:
     from dubline.stages.faces import FaceStage
     from dubline.stages.probe import ProbeStage
     from dubline.stages.render import RenderStage
+    from dubline.stages.report.stage import ReportStage
+    from dubline.stages.selfcheck import SelfCheckStage
     from dubline.stages.shots import ShotsStage
 
     options = json.dumps(OPTION_DEFAULTS)
-    u = {n: str(work / f"{n}.parquet") for n in ("titles", "shots", "faces", "audio", "coeffs", "render", "outputs")}
+    u = {n: str(work / f"{n}.parquet")
+         for n in ("titles", "shots", "faces", "audio", "coeffs", "render", "outputs", "selfcheck", "report")}
+    dub = {"title_id": "m", "language": "en", "titles_url": u["titles"], "faces_url": u["faces"], "coeffs_url": u["coeffs"],
+           "outputs_url": u["outputs"]}
     return [
         StageJob(ProbeStage, {}, u["titles"], "m", rows=({"title_id": "m", "mode": "dub", "source_url": str(video)},)),
         StageJob(ShotsStage, {}, u["shots"], "m", input_url=u["titles"]),
@@ -88,6 +93,10 @@ def stage_jobs(video: Path, audio: Path, work: Path) -> list:
         StageJob(CoeffsStage, {}, u["coeffs"], "m", rows=({"title_id": "m", "language": "en", "titles_url": u["titles"], "faces_url": u["faces"], "audio_url": u["audio"], "options_json": options},)),
         StageJob(RenderStage, {}, u["render"], "m", rows=({"title_id": "m", "language": "en", "faces_url": u["faces"], "coeffs_url": u["coeffs"], "chunks_url": str(work / "render")},)),
         StageJob(CompositeStage, {}, u["outputs"], "m", rows=({"title_id": "m", "language": "en", "titles_url": u["titles"], "dub_audio_url": str(audio), "output_url": str(work / "out.mp4"), "options_json": options, "render_url": u["render"]},)),
+        StageJob(SelfCheckStage, {}, u["selfcheck"], "m", rows=(dub,)),
+        StageJob(ReportStage, {}, u["report"], "m", rows=({**dub, "shots_url": u["shots"], "audio_url": u["audio"],
+                                                            "selfcheck_url": u["selfcheck"], "report_url": str(work / "m.en"),
+                                                            "stages_json": "{}"},)),
     ]
 
 
