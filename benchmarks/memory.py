@@ -5,7 +5,8 @@
 Generates each title (a real portrait moving in a 1280×720 frame, espeak-ng speech as the dub),
 then runs the stages (probe to report) one after the other with the sequential runner, each in a
 fresh process as each stage is its own worker on Ray, and reports every stage's peak resident
-memory (ru_maxrss) and time. The dub's peak is the largest stage's; memory that is flat in length gives a ratio near 1.
+memory (ru_maxrss) and time. The dub's peak is the largest stage's; memory that is flat in length
+gives a ratio near 1.
 """
 
 from __future__ import annotations

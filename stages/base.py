@@ -147,8 +147,8 @@ def join_track_rows(parts: list[list[dict[str, Any]]], columns: tuple[str, ...])
     joined: dict[int, dict[str, Any]] = {}
     for row in (row for part in parts for row in part):
         track = joined.setdefault(row["track_id"], {**row, **{name: [] for name in columns}})
-        for name in columns:
-            track[name] = [*track[name], *row[name]]
+        for name in columns:  # the lists are the join's own (made above): extended in place
+            track[name].extend(row[name])
     return sorted(joined.values(), key=lambda row: row["track_id"])
 
 
