@@ -190,7 +190,9 @@ def _http_get(port: int, path: str = "/") -> tuple[int, str] | None:
 def _answer_without_token(port: int, process_name: str) -> str:
     """What a port of the cluster does for a client without the token: "refused" (gRPC
     UNAUTHENTICATED, HTTP 401/403), "metrics" (a read-only Prometheus page), "closed" (a worker
-    that has ended since the sockets were listed), else "OPEN: <what>"."""
+    that has ended since the sockets were listed, before or during the probes: a Ray Data worker
+    ending as its pool drains answered gRPC UNAVAILABLE, then refused connections), else
+    "OPEN: <what>"."""
     try:
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
     except ConnectionRefusedError:
@@ -206,6 +208,11 @@ def _answer_without_token(port: int, process_name: str) -> str:
         return "refused"
     if answer is not None and answer[0] == 200 and "# TYPE " in answer[1]:
         return "metrics"
+    if answer is None and codes and set(codes) == {"UNAVAILABLE"}:  # the transport failed: ended since?
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        except ConnectionRefusedError:
+            return "closed"
     return f"OPEN: gRPC {codes}, HTTP {answer}"
 
 
