@@ -5,8 +5,12 @@
 Generates each title (a real portrait moving in a 1280×720 frame, espeak-ng speech as the dub),
 then runs the stages (probe to report) one after the other with the sequential runner, each in a
 fresh process as each stage is its own worker on Ray, and reports every stage's peak resident
-memory (ru_maxrss) and time. The dub's peak is the largest stage's; memory that is flat in length
-gives a ratio near 1.
+memory and time. The dub's peak is the largest stage's; memory that is flat in length gives a
+ratio near 1.
+
+The peak is the child's ``VmHWM`` (Linux ``/proc/self/status``), which starts afresh at exec.
+``ru_maxrss`` does not: Linux keeps it across ``execve``, so each child would report at least the
+parent's resident size when it forked (the parent holds the generated title's libraries).
 """
 
 from __future__ import annotations
@@ -101,6 +105,16 @@ def stage_jobs(video: Path, audio: Path, work: Path) -> list:
     ]
 
 
+def peak_rss_mb() -> int:
+    """This process's peak resident set size, MB: ``VmHWM``, or ``ru_maxrss`` where /proc is absent."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
 def run_stage(video: Path, audio: Path, work: Path, index: int) -> dict:
     """The ``index``-th stage job, in this process; returns its name, peak RSS (MB) and seconds."""
     from dubline.stages.sequential import SequentialRunner
@@ -109,7 +123,7 @@ def run_stage(video: Path, audio: Path, work: Path, index: int) -> dict:
     started = time.perf_counter()
     SequentialRunner().run(job)
     return {"stage": job.stage.name, "seconds": round(time.perf_counter() - started, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def main() -> None:

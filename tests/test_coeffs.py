@@ -64,6 +64,21 @@ def test_analysis_is_deterministic_and_sized(speech):
     np.testing.assert_allclose(np.exp(first.log_posteriors).sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_long_audio_is_analysed_window_by_window(speech):
+    """Past 30 s, MouthNet runs on each encoder window alone (memory flat in length); up to 30 s,
+    on the whole audio at once, as before."""
+    (example,) = espeak_examples(["en"], {"en": [HELD_OUT_VOICES["en"]]}, 1, seed=5, augment=False)
+    short = example.audio[: 20 * 16000]
+    whole = speech.analyse_states(speech.encoder.encode(short))
+    np.testing.assert_array_equal(speech.analyse(short).mouth, whole.mouth)
+    long = np.tile(example.audio, -(-40 * 16000 // len(example.audio)))[: 40 * 16000]
+    windowed = speech.analyse(long)
+    expected = [w.owned(speech.analyse_states(states).mouth) for w, states in speech.encoder.encode_windows(long)]
+    assert len(expected) == 2
+    np.testing.assert_array_equal(windowed.mouth, np.concatenate(expected))
+    assert len(windowed.log_posteriors) == len(windowed.mouth) == 2000
+
+
 def test_training_runs_and_weights_round_trip(tmp_path, speech):
     examples = espeak_examples(["en"], None, 1, seed=0, augment=True)[:3]
     items = [_item(e, s) for e, s in zip(examples, encode_all(speech.encoder, [e.audio for e in examples]))]

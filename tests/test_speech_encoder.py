@@ -12,7 +12,7 @@ import torch
 from faster_whisper import WhisperModel
 
 from dubline.stages.speech.ctranslate2_weights import read_variables
-from dubline.stages.speech.speech_encoder import SpeechEncoder
+from dubline.stages.speech.speech_encoder import SpeechEncoder, state_windows
 from dubline.stages.speech.whisper_encoder import WhisperEncoder
 from dubline.stages.speech.whisper_models import TINY_EN_PACKAGED, resolve_model
 
@@ -46,6 +46,28 @@ def test_chosen_layers_come_side_by_side(samples):
     assert not np.allclose(both[:, :384], last, atol=0.1)  # an inner layer is not the output
     with pytest.raises(ValueError, match="encoder layers"):
         SpeechEncoder(TINY_EN_PACKAGED, device="cpu", layers=(5,))
+
+
+@pytest.mark.parametrize("count", [1, 1499, 1500, 1501, 2750, 2751, 30000])
+def test_windows_own_every_state_once(count):
+    """30 s windows (1500 states) every 25 s; each owns up to half-way into its overlaps."""
+    windows = state_windows(count)
+    assert [w.lo for w in windows][0] == 0 and windows[-1].hi == count
+    assert all(a.hi == b.lo for a, b in zip(windows, windows[1:]))  # the owned ranges tile [0, count)
+    assert all(w.start <= w.lo < w.hi <= w.stop <= min(w.start + 1500, count) for w in windows)
+    if count > 1500:  # no owned state within 2.5 s (125 states, half the overlap) of an inner window edge
+        assert all(w.lo - w.start >= 125 for w in windows[1:]) and all(w.stop - w.hi >= 125 for w in windows[:-1])
+
+
+def test_encode_is_its_windows_owned_states():
+    """40 s: two windows, stitched where each owns its states (the window edges never used)."""
+    t = np.arange(40 * 16000) / 16000
+    samples = (0.1 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    encoder = SpeechEncoder(TINY_EN_PACKAGED, device="cpu")
+    windows = list(encoder.encode_windows(samples))
+    assert [(w.start, w.stop, w.lo, w.hi) for w, _ in windows] == [(0, 1500, 0, 1375), (1250, 2000, 1375, 2000)]
+    assert [len(states) for _, states in windows] == [1500, 750]
+    np.testing.assert_array_equal(encoder.encode(samples), np.concatenate([w.owned(s) for w, s in windows]))
 
 
 def test_an_unknown_binary_version_is_refused(tmp_path):

@@ -102,8 +102,19 @@ class SpeechToMouth:
         self.model.to(self.device).eval()
 
     def analyse(self, samples: np.ndarray) -> SpeechAnalysis:
-        """Mono 16 kHz float samples (N) -> ``SpeechAnalysis`` of ceil(N / 320) states."""
-        return self.analyse_states(self.encoder.encode(samples))
+        """Mono 16 kHz float samples (N) -> ``SpeechAnalysis`` of ceil(N / 320) states.
+
+        MouthNet runs on each 30 s encoder window (``SpeechEncoder.encode_windows``) and keeps the
+        states that window owns, so memory stays flat in the audio's length and no state's output
+        depends on speech more than 30 s away (MouthNet's GroupNorm statistics span its input; it
+        was trained on 4 s crops). Up to 30 s this equals ``analyse_states(encoder.encode(samples))``.
+        """
+        log_posteriors, mouth = [], []
+        for window, states in self.encoder.encode_windows(samples):
+            analysis = self.analyse_states(states)
+            log_posteriors.append(window.owned(analysis.log_posteriors))
+            mouth.append(window.owned(analysis.mouth))
+        return SpeechAnalysis(np.concatenate(log_posteriors), np.concatenate(mouth))
 
     def analyse_states(self, states: np.ndarray) -> SpeechAnalysis:
         """Encoder states N×D -> ``SpeechAnalysis``."""

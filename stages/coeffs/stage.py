@@ -91,8 +91,9 @@ class CoeffsStage(Stage):
     # 4: who speaks when; 5: tracks lined up with the audio, a face alone on screen judged on its
     # whole track; 6: unsure transcript words not aligned; 7: calibration by a gain, no offset;
     # 8: MouthNet on Whisper layers 3 and 6; 9: the encoder in bfloat16 on CPUs that have it;
-    # 10: a reference video's head motion smoothed without lag; 11: the mouth shown MOUTH_LEAD_S before its sound
-    version = "11"
+    # 10: a reference video's head motion smoothed without lag; 11: the mouth shown MOUTH_LEAD_S before its sound;
+    # 12: MouthNet on each 30 s encoder window of audio longer than 30 s
+    version = "12"
     resources = Resources(cpus=1.0, gpus=0.25, memory_gb=2.0)
     output_schema = DRIVEN_COEFFS
     job_row = CoeffsJob

@@ -14,6 +14,9 @@ window edge closer than half the overlap.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from faster_whisper.feature_extractor import FeatureExtractor
@@ -62,29 +65,30 @@ class SpeechEncoder:
 
         Raises ValueError for anything but a 1-D array.
         """
+        out: np.ndarray | None = None
+        for window, states in self.encode_windows(samples):
+            if out is None:
+                out = np.zeros((window.count, states.shape[-1]), np.float32)
+            out[window.lo : window.hi] = window.owned(states)
+        assert out is not None
+        return out
+
+    def encode_windows(self, samples: np.ndarray) -> Iterator[tuple[StateWindow, np.ndarray]]:
+        """Mono float 16 kHz samples (N) -> each 30 s window in turn with its states, (stop − start) × D
+        float32: the whole window as encoded, cut at the end of the audio. Only one batch of windows
+        is held at a time, so memory does not grow with the audio's length.
+
+        Raises ValueError for anything but a 1-D array.
+        """
         samples = np.asarray(samples, dtype=np.float32)
         if samples.ndim != 1:
             raise ValueError(f"expected mono samples, got shape {samples.shape}")
-        count = max(1, -(-len(samples) // _SAMPLES_PER_STATE))
-        window, hop = _WINDOW_S * STATE_RATE, (_WINDOW_S - _OVERLAP_S) * STATE_RATE
-        starts = list(range(0, max(count - window, 0) + hop, hop)) if count > window else [0]
-        out: np.ndarray | None = None
-        for first in range(0, len(starts), self._batch_windows):
-            batch = starts[first : first + self._batch_windows]
-            mel = self._mel_windows(samples, batch)
-            states = self._encode_windows(mel)
-            if out is None:
-                out = np.zeros((count, states.shape[-1]), np.float32)
-            for start, window_states in zip(batch, states):
-                index = starts.index(start)
-                # Own the states from half-way into the overlap with the previous window to
-                # half-way into the overlap with the next one.
-                lo = start if index == 0 else start + (_OVERLAP_S * STATE_RATE) // 2
-                hi = count if index == len(starts) - 1 else starts[index + 1] + (_OVERLAP_S * STATE_RATE) // 2
-                hi = min(hi, start + window, count)
-                out[lo:hi] = window_states[lo - start : hi - start]
-        assert out is not None
-        return out
+        windows = state_windows(max(1, -(-len(samples) // _SAMPLES_PER_STATE)))
+        for first in range(0, len(windows), self._batch_windows):
+            batch = windows[first : first + self._batch_windows]
+            states = self._encode_windows(self._mel_windows(samples, [w.start for w in batch]))
+            for window, window_states in zip(batch, states):
+                yield window, window_states[: window.stop - window.start]
 
     def _encode_windows(self, mel: np.ndarray) -> np.ndarray:
         """B×M×3000 log-mel -> B×1500×D float32: the chosen layers' outputs side by side."""
@@ -101,6 +105,35 @@ class SpeechEncoder:
             chunk = samples[start * _SAMPLES_PER_STATE : start * _SAMPLES_PER_STATE + span]
             mels.append(extractor(chunk, padding=span - len(chunk))[:, : _WINDOW_S * 100])
         return np.ascontiguousarray(np.stack(mels), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class StateWindow:
+    """One 30 s encoder window of audio ``count`` states long, in state indices: it covers
+    [start, stop) (stop cut at the end of the audio) and owns [lo, hi) — from half-way into its
+    overlap with the previous window to half-way into its overlap with the next one."""
+
+    start: int
+    stop: int
+    lo: int
+    hi: int
+    count: int
+
+    def owned(self, values: np.ndarray) -> np.ndarray:
+        """The rows of per-state ``values`` over [start, stop) that this window owns."""
+        return values[self.lo - self.start : self.hi - self.start]
+
+
+def state_windows(count: int) -> list[StateWindow]:
+    """The encoder windows of audio ``count`` states (20 ms each) long; their owned ranges tile [0, count)."""
+    window, hop, half = _WINDOW_S * STATE_RATE, (_WINDOW_S - _OVERLAP_S) * STATE_RATE, (_OVERLAP_S * STATE_RATE) // 2
+    starts = list(range(0, max(count - window, 0) + hop, hop)) if count > window else [0]
+    windows = []
+    for index, start in enumerate(starts):
+        lo = start if index == 0 else start + half
+        hi = count if index == len(starts) - 1 else starts[index + 1] + half
+        windows.append(StateWindow(start, min(start + window, count), lo, min(hi, start + window, count), count))
+    return windows
 
 
 def native_cpu_bfloat16() -> bool:
