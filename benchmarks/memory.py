@@ -1,16 +1,23 @@
 """Peak memory of a whole dub against the title's length: a 1-minute vs a 10-minute 720p title.
 
-    python benchmarks/memory.py [--minutes 1 10] [--work /tmp/dubline-memory]
+    python benchmarks/memory.py [--minutes 1 10] [--work /tmp/dubline-memory] [--mode pipeline|stages]
 
-Generates each title (a real portrait moving in a 1280×720 frame, espeak-ng speech as the dub),
-then runs the stages (probe to report) one after the other with the sequential runner, each in a
-fresh process as each stage is its own worker on Ray, and reports every stage's peak resident
-memory and time. The dub's peak is the largest stage's; memory that is flat in length gives a
-ratio near 1.
+Generates each title (a real portrait moving in a 1280×720 frame, espeak-ng speech as the dub).
 
-The peak is the child's ``VmHWM`` (Linux ``/proc/self/status``), which starts afresh at exec.
-``ru_maxrss`` does not: Linux keeps it across ``execve``, so each child would report at least the
-parent's resident size when it forked (the parent holds the generated title's libraries).
+``--mode pipeline`` (default) dubs it as a user would, ``dubline run`` with the default executor (a
+private local Ray cluster: every stage in frame ranges and join jobs on worker processes, as the
+flow plans them), and samples the resident memory of the command's whole process tree every
+0.2 s: the largest process's peak (the driver or a Ray worker, named) and the tree's peak in all
+(shared pages counted in every process that maps them). The ratio that matters is the largest
+process's: a worker's ``memory_gb`` must cover it, whatever the title's length.
+
+``--mode stages`` runs the stages (probe to report) one after the other with the sequential runner,
+one job per stage over the whole title (no ranges: the worst case), each in a fresh process, and
+reports every stage's peak resident memory and time: it tells which stage grows with length.
+
+The peak of a stage's process is its ``VmHWM`` (Linux ``/proc/self/status``), which starts afresh
+at exec. ``ru_maxrss`` does not: Linux keeps it across ``execve``, so each child would report at
+least the parent's resident size when it forked (the parent holds the generated title's libraries).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -126,14 +134,77 @@ def run_stage(video: Path, audio: Path, work: Path, index: int) -> dict:
             "peak_rss_mb": peak_rss_mb()}
 
 
+def run_pipeline(video: Path, audio: Path, work: Path) -> dict:
+    """``dubline run`` of the title into ``work`` (private local Ray), its process tree sampled every 0.2 s:
+    seconds, the largest process's peak RSS (MB) and name, the tree's peak RSS in all (MB)."""
+    import psutil
+    import yaml
+
+    catalogue = work / "catalogue.yaml"
+    catalogue.write_text(yaml.safe_dump([{"title_id": "m", "video": str(video.resolve()), "language": "en",
+                                          "dub_audio": str(audio.resolve())}]))
+    dubline = Path(sys.executable).parent / "dubline"
+    started = time.perf_counter()
+    log = work / "dubline.log"
+    with log.open("w") as sink:
+        command = psutil.Popen([str(dubline), "run", str(catalogue), "--out", str(work / "run"), "--quiet"],
+                               stdout=sink, stderr=subprocess.STDOUT)
+    peaks: dict[int, tuple[int, str]] = {}  # pid -> (peak RSS bytes, name)
+    total = 0
+    while command.poll() is None:  # the tree: the driver, Prefect's server, Ray's processes and workers
+        tree, in_all = [command, *command.children(recursive=True)], 0
+        for process in tree:
+            try:
+                rss = process.memory_info().rss
+                if rss > peaks.get(process.pid, (0, ""))[0]:  # named as it was at its peak (Ray retitles workers)
+                    peaks[process.pid] = (rss, _label(process, command.pid))
+            except psutil.Error:  # ended meanwhile
+                continue
+            in_all += rss
+        total = max(total, in_all)
+        time.sleep(0.2)
+    if command.returncode != 0:
+        raise SystemExit(f"dubline run failed ({command.returncode}): {log.read_text()[-2000:]}")
+    largest, name = max(peaks.values())
+    return {"seconds": round(time.perf_counter() - started, 1), "largest_mb": round(largest / 2**20),
+            "largest": name, "tree_mb": round(total / 2**20)}
+
+
+def _label(process, driver_pid: int) -> str:
+    """"driver", "Ray worker" or the program's name, for a process of ``dubline run``'s tree."""
+    if process.pid == driver_pid:
+        return "driver (dubline run)"
+    command = " ".join(process.cmdline())
+    if "default_worker.py" in command or command.startswith("ray::"):
+        return "Ray worker"
+    return Path(process.cmdline()[1] if "python" in process.cmdline()[0] and len(process.cmdline()) > 1
+                else process.cmdline()[0]).name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, nargs="+", default=[1.0, 10.0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/dubline-memory"))
+    parser.add_argument("--mode", choices=("pipeline", "stages"), default="pipeline")
     parser.add_argument("--run", nargs=4, metavar=("VIDEO", "AUDIO", "WORK", "STAGE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:  # child process: one stage of one title
         print(json.dumps(run_stage(Path(args.run[0]), Path(args.run[1]), Path(args.run[2]), int(args.run[3]))))
+        return
+    if args.mode == "pipeline":
+        runs = {}
+        for minutes in args.minutes:
+            video, audio = make_title(args.work, minutes)
+            work = args.work / f"pipeline_{minutes:g}min"
+            if work.exists():
+                shutil.rmtree(work)
+            work.mkdir(parents=True)
+            runs[minutes] = run_pipeline(video, audio, work)
+            print(f"{minutes:g} min 720p: {runs[minutes]}", flush=True)
+        if len(runs) >= 2:
+            short, long = min(runs), max(runs)
+            print(f"largest process {long:g} min / {short:g} min = {runs[long]['largest_mb'] / runs[short]['largest_mb']:.2f}; "
+                  f"process tree in all = {runs[long]['tree_mb'] / runs[short]['tree_mb']:.2f}")
         return
     peaks: dict[float, dict[str, int]] = {}
     for minutes in args.minutes:

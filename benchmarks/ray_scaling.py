@@ -72,15 +72,30 @@ def looped(source: Path, seconds: float, out: Path, audio: bool) -> Path:
     return out
 
 
-def stage_seconds(run: Path) -> dict[str, float]:
-    """Wall seconds of each stage of a run's titles (summed over titles and languages)."""
-    totals: dict[str, float] = {}
+def stage_seconds(run: Path) -> dict[str, tuple[float, float]]:
+    """Each stage's (wall seconds, job seconds) over a run's titles and languages: wall from its
+    first job's start to its join; job seconds its jobs' own times added up (job/wall: workers busy)."""
+    totals: dict[str, tuple[float, float]] = {}
     for title in json.loads((run / "run.json").read_text())["titles"].values():
         records = [*title["stages"].items()] + [i for language in title["languages"].values()
                                                 for i in language["stages"].items()]
         for name, record in records:
-            totals[name] = totals.get(name, 0.0) + (record.get("wall_seconds") or record["seconds"] or 0.0)
+            wall, jobs = totals.get(name, (0.0, 0.0))
+            totals[name] = (wall + (record.get("wall_seconds") or record["seconds"] or 0.0), jobs + (record["seconds"] or 0.0))
     return totals
+
+
+def timeline(run: Path) -> str:
+    """When each stage of a run ran, seconds from its first stage's start: "faces 14.2-51.8; …"."""
+    spans = []
+    for title in json.loads((run / "run.json").read_text())["titles"].values():
+        records = [*title["stages"].items()] + [i for language in title["languages"].values()
+                                                for i in language["stages"].items()]
+        for name, record in records:
+            wall = record.get("wall_seconds") or record["seconds"] or 0.0
+            spans.append((record["finished_at"] - wall, record["finished_at"], name))
+    first = min(start for start, _, _ in spans)
+    return "; ".join(f"{name} {start - first:.1f}-{end - first:.1f}" for start, end, name in sorted(spans))
 
 
 def psnr(first: Path, second: Path) -> float:
@@ -126,6 +141,7 @@ def main() -> None:
         done = {cpus: json.loads((Path(tmp) / f"run{cpus}" / "run.json").read_text())["invocations"][-1]["titles_done"]
                 for cpus in args.cpus}
         stages = {cpus: stage_seconds(Path(tmp) / f"run{cpus}") for cpus in args.cpus}
+        timelines = {cpus: timeline(Path(tmp) / f"run{cpus}") for cpus in args.cpus}
         base = min(args.cpus)
         outputs = {cpus: sorted((Path(tmp) / f"run{cpus}" / "outputs").rglob("*.mp4")) for cpus in args.cpus}
         apart = {cpus: min(psnr(a, b) for a, b in zip(outputs[base], outputs[cpus])) for cpus in args.cpus if cpus != base}
@@ -134,7 +150,11 @@ def main() -> None:
     for cpus, wall in seconds.items():
         print(f"{cpus} Ray CPU worker(s): {wall:7.1f} s = {frames / wall:6.1f} frames/s ({done[cpus]} titles done)")
     print("stage wall seconds: " + "; ".join(
-        f"{name} " + " / ".join(f"{stages[c].get(name, 0.0):.1f}" for c in args.cpus) for name in stages[base]))
+        f"{name} " + " / ".join(f"{stages[c].get(name, (0.0, 0.0))[0]:.1f}" for c in args.cpus) for name in stages[base]))
+    print("stage job seconds (its jobs added up): " + "; ".join(
+        f"{name} " + " / ".join(f"{stages[c].get(name, (0.0, 0.0))[1]:.1f}" for c in args.cpus) for name in stages[base]))
+    for cpus in args.cpus:
+        print(f"timeline, {cpus} CPU(s): {timelines[cpus]}")
     for cpus in args.cpus:
         if cpus != base:
             print(f"speed-up {cpus} vs {base} workers: {seconds[base] / seconds[cpus]:.2f}; "

@@ -66,22 +66,36 @@ def write_manifest(rows: list[dict[str, Any]] | pa.Table, schema: ManifestSchema
     if not table.schema.equals(schema.arrow, check_metadata=True):
         table = table.cast(schema.arrow)
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
+    # A manifest of per-frame arrays (a row per track or title) has a row group per row, so that a
+    # reader of a frame range reads only the rows that overlap it (``read_rows(frames=...)``).
+    per_row = any(_is_per_frame(f.type) for f in schema.fields)
+    pq.write_table(table, buffer, compression="zstd", row_group_size=1 if per_row else None)
     storage.write_bytes(url, buffer.getbuffer())  # a view: no second copy of the file
     return url
 
 
-def read_manifest(url: str, schema: ManifestSchema, without: tuple[str, ...] = ()) -> pa.Table:
+def read_manifest(url: str, schema: ManifestSchema, without: tuple[str, ...] = (),
+                  frames: tuple[int, int] | None = None) -> pa.Table:
     """Read a ``schema`` manifest, less the columns named in ``without``; refuse one of another
-    name or version with a clear message."""
+    name or version with a clear message. ``frames`` (start, end): only the rows whose
+    ``frame_index`` has a frame in [start, end) (and any row group without statistics), found
+    from the Parquet footer's statistics without reading the other rows."""
     unknown = set(without) - set(schema.column_names)
     if unknown:
         raise ValueError(f"{schema.name} has no columns {sorted(unknown)}")
+    if frames is not None and "frame_index" not in schema.column_names:
+        raise ValueError(f"{schema.name} has no frame_index to select frames by")
     kept = [field for field in schema.fields if field.name not in without]
+    columns = [field.name for field in kept] if without else None
     with storage.open_url(url, "rb") as f:
         # Threaded decoding from a file object makes pyarrow 25 abort the interpreter at exit
         # ("terminate called without an active exception") about half the time.
-        table = pq.read_table(f, columns=[field.name for field in kept] if without else None, use_threads=False)
+        if frames is None:
+            table = pq.read_table(f, columns=columns, use_threads=False)
+        else:
+            parquet = pq.ParquetFile(f)
+            groups = _groups_with_frames(parquet.metadata, *frames)
+            table = parquet.read_row_groups(groups, columns=columns, use_threads=False)
     meta = table.schema.metadata or {}
     name = meta.get(b"dubline.manifest", b"").decode() or "unknown"
     version = meta.get(b"dubline.schema_version", b"").decode() or "unknown"
@@ -94,18 +108,33 @@ def read_manifest(url: str, schema: ManifestSchema, without: tuple[str, ...] = (
     return table.cast(pa.schema(kept, metadata=schema.arrow.metadata) if without else schema.arrow)
 
 
+def _groups_with_frames(metadata: pq.FileMetaData, start: int, end: int) -> list[int]:
+    """Row groups whose ``frame_index`` statistics overlap frames [start, end), or have none."""
+    groups = []
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        leaf = next(i for i in range(row_group.num_columns) if row_group.column(i).path_in_schema.startswith("frame_index."))
+        stats = row_group.column(leaf).statistics
+        if stats is None or not stats.has_min_max or (stats.min < end and stats.max >= start):
+            groups.append(group)
+    return groups
+
+
 def count_rows(url: str) -> int:
     """The number of rows of a manifest, from its Parquet footer alone (no column is read)."""
     with storage.open_url(url, "rb") as f:
         return pq.ParquetFile(f).metadata.num_rows
 
 
-def read_rows(url: str, schema: ManifestSchema, without: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def read_rows(url: str, schema: ManifestSchema, without: tuple[str, ...] = (),
+              frames: tuple[int, int] | None = None) -> list[dict[str, Any]]:
     """Rows as dicts, less the columns named in ``without`` (e.g. the faces manifest's per-frame
-    ``landmarks``, ~9 MB per minute of a face, for a stage that does not use them). Float-valued
-    list columns (per-frame arrays: landmarks, coefficients, …) come as numpy arrays straight from
-    Arrow: as Python lists they would cost ~10× the memory."""
-    table = read_manifest(url, schema, without)
+    ``landmarks``, ~9 MB per minute of a face, for a stage that does not use them); ``frames``
+    (start, end): only the rows with a frame in [start, end) (``read_manifest``), e.g. for a job
+    over a range of a long title. Float-valued list columns (per-frame arrays: landmarks,
+    coefficients, …) come as numpy arrays straight from Arrow: as Python lists they would cost
+    ~10× the memory."""
+    table = read_manifest(url, schema, without, frames)
     fields = [f for f in schema.fields if f.name not in without]
     arrays = [f.name for f in fields if _is_float_list(f.type)]
     rows = table.drop_columns(arrays).to_pylist() if arrays else table.to_pylist()

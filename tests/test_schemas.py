@@ -290,6 +290,22 @@ def test_face_track_arrays_have_their_declared_widths(tmp_path) -> None:
     assert len(track["identity"][0].as_py()) == MESH_POINTS * 3
 
 
+def test_a_range_job_reads_only_the_tracks_in_its_frames(tmp_path) -> None:
+    """Three tracks over frames 0-4, 10-14 and 30-34, a row group each: a job over frames [12, 31)
+    reads the last two, from the footer's statistics; a file of one row group is read whole."""
+    schema, sample = ALL_SCHEMAS["face_tracks"], SAMPLE_ROWS["face_tracks"][0]
+    rows = [{**sample, "track_id": k, "frame_index": list(range(first, first + T))} for k, first in enumerate((0, 10, 30))]
+    url = write_manifest(rows, schema, str(tmp_path / "f.parquet"))
+    assert pq.ParquetFile(url).metadata.num_row_groups == 3
+    assert [r["track_id"] for r in read_rows(url, schema, frames=(12, 31))] == [1, 2]
+    assert [r["track_id"] for r in read_rows(url, schema, frames=(20, 30))] == []
+    assert_same(read_rows(url, schema, frames=(0, 40)), rows)
+    pq.write_table(to_table(rows, schema), str(tmp_path / "one.parquet"))  # as written before row groups per row
+    assert [r["track_id"] for r in read_rows(str(tmp_path / "one.parquet"), schema, frames=(20, 30))] == [0, 1, 2]
+    with pytest.raises(ValueError, match="no frame_index"):
+        read_rows(url, ALL_SCHEMAS["titles"], frames=(0, 1))
+
+
 def test_a_stage_reads_the_faces_manifest_without_the_columns_it_does_not_use(tmp_path) -> None:
     schema, rows = ALL_SCHEMAS["face_tracks"], SAMPLE_ROWS["face_tracks"]
     url = write_manifest(rows, schema, str(tmp_path / "f.parquet"))
