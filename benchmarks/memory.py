@@ -149,15 +149,15 @@ def run_pipeline(video: Path, audio: Path, work: Path) -> dict:
     with log.open("w") as sink:
         command = psutil.Popen([str(dubline), "run", str(catalogue), "--out", str(work / "run"), "--quiet"],
                                stdout=sink, stderr=subprocess.STDOUT)
-    peaks: dict[int, tuple[int, str]] = {}  # pid -> (peak RSS bytes, name)
+    peaks: dict[int, tuple[int, str, float]] = {}  # pid -> (peak RSS bytes, name, Unix time of the peak)
     total = 0
     while command.poll() is None:  # the tree: the driver, Prefect's server, Ray's processes and workers
         tree, in_all = [command, *command.children(recursive=True)], 0
         for process in tree:
             try:
                 rss = process.memory_info().rss
-                if rss > peaks.get(process.pid, (0, ""))[0]:  # named as it was at its peak (Ray retitles workers)
-                    peaks[process.pid] = (rss, _label(process, command.pid))
+                if rss > peaks.get(process.pid, (0, "", 0.0))[0]:
+                    peaks[process.pid] = (rss, _label(process, command.pid), time.time())
             except psutil.Error:  # ended meanwhile
                 continue
             in_all += rss
@@ -165,9 +165,21 @@ def run_pipeline(video: Path, audio: Path, work: Path) -> dict:
         time.sleep(0.2)
     if command.returncode != 0:
         raise SystemExit(f"dubline run failed ({command.returncode}): {log.read_text()[-2000:]}")
-    largest, name = max(peaks.values())
-    return {"seconds": round(time.perf_counter() - started, 1), "largest_mb": round(largest / 2**20),
-            "largest": name, "tree_mb": round(total / 2**20)}
+    spans = _stage_spans(work / "run" / "run.json")
+    top = [f"{rss / 2**20:.0f} MB {name} during {'+'.join(s for s, (a, b) in spans.items() if a <= at <= b) or '-'}"
+           for rss, name, at in sorted(peaks.values(), reverse=True)[:4]]
+    return {"seconds": round(time.perf_counter() - started, 1), "largest_mb": round(max(peaks.values())[0] / 2**20),
+            "tree_mb": round(total / 2**20), "largest_processes": top}
+
+
+def _stage_spans(run_json: Path) -> dict[str, tuple[float, float]]:
+    """Stage name -> (start, end) Unix seconds in a run, from its run.json (end: when the driver saw it done)."""
+    spans = {}
+    for title in json.loads(run_json.read_text())["titles"].values():
+        records = [*title["stages"].items()] + [i for language in title["languages"].values() for i in language["stages"].items()]
+        for name, record in records:
+            spans[name] = (record["finished_at"] - (record.get("wall_seconds") or record["seconds"] or 0.0), record["finished_at"])
+    return spans
 
 
 def _label(process, driver_pid: int) -> str:

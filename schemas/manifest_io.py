@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -19,23 +19,21 @@ class ManifestVersionError(ValueError):
 
 def to_table(rows: list[dict[str, Any]], schema: ManifestSchema) -> pa.Table:
     """Rows (dicts) -> Arrow table of exactly ``schema``; unknown or missing keys fail loudly."""
-    names = set(schema.column_names)
-    required = [f.name for f in schema.fields if not f.nullable]
-    for i, row in enumerate(rows):
-        extra = set(row) - names
-        if extra:
-            raise ValueError(f"{schema.name} row {i}: unknown columns {sorted(extra)}")
-        missing = [name for name in required if row.get(name) is None]
-        if missing:
-            raise ValueError(f"{schema.name} row {i}: missing values for required columns {missing}")
     if not rows:
         return schema.arrow.empty_table()
     # Row by row, per-frame arrays straight from numpy: through Python lists a ten-minute faces
     # manifest took ~3× its size in transient memory.
-    return pa.concat_tables([_row_table(row, schema) for row in rows])
+    return pa.concat_tables([_row_table(i, row, schema) for i, row in enumerate(rows)])
 
 
-def _row_table(row: dict[str, Any], schema: ManifestSchema) -> pa.Table:
+def _row_table(index: int, row: dict[str, Any], schema: ManifestSchema) -> pa.Table:
+    """Row number ``index`` -> a one-row table of ``schema``; unknown or missing keys fail loudly."""
+    extra = set(row) - set(schema.column_names)
+    if extra:
+        raise ValueError(f"{schema.name} row {index}: unknown columns {sorted(extra)}")
+    missing = [f.name for f in schema.fields if not f.nullable and row.get(f.name) is None]
+    if missing:
+        raise ValueError(f"{schema.name} row {index}: missing values for required columns {missing}")
     columns = []
     for field in schema.fields:
         value = row.get(field.name)
@@ -60,18 +58,31 @@ def _per_frame_column(value: np.ndarray, field: pa.Field) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array([0, len(value)], pa.int32()), frames).cast(field.type)
 
 
-def write_manifest(rows: list[dict[str, Any]] | pa.Table, schema: ManifestSchema, url: str) -> str:
+def write_manifest(rows: Iterable[dict[str, Any]] | pa.Table, schema: ManifestSchema, url: str) -> str:
     """Write ``rows`` as a ``schema`` manifest to ``url`` atomically; returns ``url``."""
-    table = rows if isinstance(rows, pa.Table) else to_table(rows, schema)
-    if not table.schema.equals(schema.arrow, check_metadata=True):
-        table = table.cast(schema.arrow)
-    buffer = io.BytesIO()
-    # A manifest of per-frame arrays (a row per track or title) has a row group per row, so that a
-    # reader of a frame range reads only the rows that overlap it (``read_rows(frames=...)``).
-    per_row = any(_is_per_frame(f.type) for f in schema.fields)
-    pq.write_table(table, buffer, compression="zstd", row_group_size=1 if per_row else None)
-    storage.write_bytes(url, buffer.getbuffer())  # a view: no second copy of the file
+    write_rows(rows, schema, url)
     return url
+
+
+def write_rows(rows: Iterable[dict[str, Any]] | pa.Table, schema: ManifestSchema, url: str) -> int:
+    """Write ``rows`` (dicts, e.g. a generator, or a table) as a ``schema`` manifest to ``url``
+    atomically; returns how many. A manifest of per-frame arrays (a row per track or title) is
+    written as rows come, a row group each, so that a reader of a frame range reads only the rows
+    that overlap it (``read_rows(frames=...)``) and a writer holds one row at a time (a join of a
+    long title's ranges stays flat in memory); any other is written as one row group."""
+    per_row = any(_is_per_frame(f.type) for f in schema.fields)
+    if isinstance(rows, pa.Table):
+        tables: Iterable[pa.Table] = [rows if rows.schema.equals(schema.arrow, check_metadata=True) else rows.cast(schema.arrow)]
+    elif per_row:
+        tables = (_row_table(i, row, schema) for i, row in enumerate(rows))
+    else:
+        tables = [to_table(list(rows), schema)]
+    count = 0
+    with storage.open_atomic(url) as f, pq.ParquetWriter(f, schema.arrow, compression="zstd") as writer:
+        for table in tables:
+            writer.write_table(table, row_group_size=1 if per_row else None)
+            count += table.num_rows
+    return count
 
 
 def read_manifest(url: str, schema: ManifestSchema, without: tuple[str, ...] = (),

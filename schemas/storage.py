@@ -82,16 +82,29 @@ def write_bytes(url: str, data: bytes | memoryview) -> None:
     """Write ``data`` to ``url`` atomically (temporary sibling, then move): a reader sees the old
     content or the new one, never a part. Local files are flushed to disk before the rename, so a
     crash or power loss cannot leave an empty file in place of the old one either."""
+    with open_atomic(url) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def open_atomic(url: str) -> Iterator[IO[bytes]]:
+    """A binary file to write ``url`` through, piece by piece, atomically as ``write_bytes`` does:
+    it appears at ``url`` (flushed to disk, if local) only when the ``with`` block ends without an
+    error; on an error the temporary sibling is removed and ``url`` is left as it was."""
     fs, path = filesystem(url)
     fs.makedirs(path.rpartition("/")[0], exist_ok=True)
     tmp = _partial_path(path)
     try:
         if isinstance(fs, LocalFileSystem):
-            _write_synced(tmp, data)
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_UMASK)
             os.replace(tmp, path)
             return
         with fs.open(tmp, "wb") as f:
-            f.write(data)
+            yield f
         fs.mv(tmp, path)
     except BaseException:
         if fs.exists(tmp):  # never leave a half-written temporary behind (e.g. a full disk)

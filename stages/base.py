@@ -10,12 +10,13 @@ from __future__ import annotations
 import abc
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
-from dubline.schemas.manifest_io import read_rows, write_manifest
+from dubline.schemas.manifest_io import read_rows, write_rows
 from dubline.schemas.manifests import ManifestSchema
 from dubline.stages.job_rows import JobRow
 
@@ -90,8 +91,9 @@ class Stage(abc.ABC):
         """Load models and other per-worker state. Called once per worker before any batch."""
 
     @abc.abstractmethod
-    def process_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Map input rows to output rows of ``output_schema``."""
+    def process_batch(self, rows: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+        """Map input rows to output rows of ``output_schema``: a list, or a generator where holding
+        them all would cost memory that grows with the title (they are written as they come)."""
 
     def drop(self, reason: str, count: int = 1) -> None:
         """Count items this stage left out, by reason (reported in the stage stats)."""
@@ -195,16 +197,16 @@ def run_job(stage: Stage, job: StageJob, worker: str = "") -> StageStats:
     if job.input_url is not None:
         assert stage.input_schema is not None, f"{stage.name} takes no input manifest"
         rows = read_rows(job.input_url, stage.input_schema)
-    out: list[dict[str, Any]] = []
     size = max(1, stage.batch_size)
-    for start in range(0, len(rows), size):
-        out.extend(stage.process_batch(rows[start : start + size]))
-    write_manifest(out, stage.output_schema, job.output_url)
+    # Written as the stage gives them: a stage that yields its rows one at a time never holds
+    # them all (the faces join of a long title).
+    rows_out = write_rows((out for start in range(0, len(rows), size) for out in stage.process_batch(rows[start : start + size])),
+                          stage.output_schema, job.output_url)
     return StageStats(
         stage=stage.name,
         title_id=job.title_id,
         rows_in=len(rows),
-        rows_out=len(out),
+        rows_out=rows_out,
         seconds=round(time.perf_counter() - started, 4),
         dropped=stage.take_dropped(),
         metrics=stage.take_metrics(),

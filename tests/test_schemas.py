@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from dubline.schemas import storage
-from dubline.schemas.manifest_io import ManifestVersionError, read_manifest, read_rows, to_table, write_manifest
+from dubline.schemas.manifest_io import ManifestVersionError, read_manifest, read_rows, to_table, write_manifest, write_rows
 from dubline.schemas.manifests import (
     ALL_SCHEMAS,
     BLINK_NAMES,
@@ -304,6 +304,32 @@ def test_a_range_job_reads_only_the_tracks_in_its_frames(tmp_path) -> None:
     assert [r["track_id"] for r in read_rows(str(tmp_path / "one.parquet"), schema, frames=(20, 30))] == [0, 1, 2]
     with pytest.raises(ValueError, match="no frame_index"):
         read_rows(url, ALL_SCHEMAS["titles"], frames=(0, 1))
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_rows_are_written_as_they_come_and_a_failure_leaves_nothing(where, tmp_path, mem_dir) -> None:
+    """A generator of per-frame rows is written a row group at a time; if it fails midway, neither
+    the manifest nor a temporary file is left, and an older manifest there is kept."""
+    schema, sample = ALL_SCHEMAS["face_tracks"], SAMPLE_ROWS["face_tracks"][0]
+    folder = str(tmp_path) if where == "local" else mem_dir
+    url = storage.join(folder, "f.parquet")
+    given = []
+
+    def tracks(fail_at: int | None):
+        for k in range(3):
+            if k == fail_at:
+                raise RuntimeError("range manifest unreadable")
+            given.append(k)
+            yield {**sample, "track_id": k}
+
+    assert write_rows(tracks(None), schema, url) == 3
+    assert [r["track_id"] for r in read_rows(url, schema)] == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="unreadable"):
+        write_rows(tracks(2), schema, url)
+    assert given == [0, 1, 2, 0, 1]  # taken one at a time, up to the failure
+    assert [r["track_id"] for r in read_rows(url, schema)] == [0, 1, 2]
+    fs, path = storage.filesystem(folder)
+    assert [name.rpartition("/")[2] for name in fs.ls(path, detail=False)] == ["f.parquet"]
 
 
 def test_a_stage_reads_the_faces_manifest_without_the_columns_it_does_not_use(tmp_path) -> None:

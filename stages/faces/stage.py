@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_right
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 import av
@@ -94,13 +95,12 @@ class FaceStage(Stage):
     def setup(self) -> None:
         self._landmarker = FaceLandmarker(self.params["min_detection_confidence"])
 
-    def process_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [track for row in rows for track in self._title(row)]
+    def process_batch(self, rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for row in rows:
+            yield from (self._join(row["ranges"]) if row.get("ranges") else self._title(row))
 
     def _title(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         (title,) = read_rows(row["titles_url"], TITLES)
-        if row.get("ranges"):
-            return self._join(row["ranges"])
         shots = read_rows(row["shots_url"], SHOTS)
         start, end = row.get("frame_range") or (0, title["frame_count"])
         segment = row["segment_frames"]
@@ -131,13 +131,16 @@ class FaceStage(Stage):
         )
         return [{k: v for k, v in t.items() if not k.startswith("_")} for t in analysed]
 
-    def _join(self, ranges: list[str]) -> list[dict[str, Any]]:
-        """The range jobs' tracks, numbered in range order as one job numbers them. Their crops
-        stay in the range jobs' chunks (a long title's crops are neither read nor written again)."""
-        tracks = [track for url in ranges for track in read_rows(url, FACE_TRACKS)]
-        for track_id, track in enumerate(tracks):
-            track["track_id"] = track_id
-        return tracks
+    @staticmethod
+    def _join(ranges: list[str]) -> Iterator[dict[str, Any]]:
+        """The range jobs' tracks, numbered in range order as one job numbers them, one range read
+        at a time (a long title's landmarks are never all in memory). Their crops stay in the
+        range jobs' chunks (a long title's crops are neither read nor written again)."""
+        track_id = 0
+        for url in ranges:
+            for track in read_rows(url, FACE_TRACKS):
+                yield {**track, "track_id": track_id}
+                track_id += 1
 
     def _link_and_analyse(self, title: dict[str, Any], shots: list[dict[str, Any]], start: int, end: int,
                           segment_frames: int) -> tuple[list[dict[str, Any]], int, int]:
