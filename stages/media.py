@@ -20,6 +20,7 @@ import contextlib
 import io
 import itertools
 import math
+import os
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -435,6 +436,17 @@ def _keyframes(pts: Sequence[int], keyframe: Sequence[bool]) -> tuple[tuple[int,
     return tuple((int(np.searchsorted(ranked, p)), p) for p in found)
 
 
+def codec_threads() -> int:
+    """Threads one FFmpeg decoder or encoder may use: the CPUs this worker was given, as
+    ``OMP_NUM_THREADS`` says (Ray sets it to an actor's CPUs, so a 1-CPU worker decodes and encodes
+    on one core, not on every core of its node beside the other workers there); 0 where it is
+    unset or not a positive number (FFmpeg's own choice: about one thread per core)."""
+    try:
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
+    except ValueError:
+        return 0
+
+
 def frames(video: ShownVideo, view: str = "sdr", start: int = 0) -> Iterator[av.VideoFrame]:
     """The frames of ``video`` as shown, on its clock (``clock.frame_count`` of them for a VFR
     source; every decoded frame otherwise), in ``view`` (see the module docstring): ``native``
@@ -457,6 +469,7 @@ def frames(video: ShownVideo, view: str = "sdr", start: int = 0) -> Iterator[av.
     with open_media(video.url) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = codec_threads()
         decoded, tick = _decode_from(container, stream, *entry)
         for frame, ticks in on_clock(decoded, video.clock):
             shown = None

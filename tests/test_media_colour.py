@@ -18,10 +18,10 @@ from dubline.schemas.manifest_io import read_rows
 from dubline.schemas.manifests import OUTPUTS, TITLES
 from dubline.stages.base import StageJob
 from dubline.stages.composite import CompositeStage
-from dubline.stages.composite.encode import plan_encode
+from dubline.stages.composite.encode import add_video_stream, plan_encode
 from dubline.stages.composite.paste import paste
 from dubline.stages.composite.stage import _Output, paste_box
-from dubline.stages.media import Colour, describe, rgb_frames
+from dubline.stages.media import Colour, codec_threads, describe, frames, rgb_frames
 from dubline.stages.probe import ProbeStage
 from dubline.stages.sequential import SequentialRunner
 from tests.conftest import write_silence
@@ -201,6 +201,25 @@ def test_the_colour_description_and_bit_depth_are_kept(tmp_path, colour, pix_fmt
     assert written[0] == ("hevc" if depth > 8 else "h264")
     shown_before, shown_after = first_sdr(str(source)), first_sdr(output["video_url"])
     assert np.abs(shown_before.astype(int) - shown_after).mean() < 2.5
+
+
+def test_codecs_use_the_cpus_the_worker_was_given(tmp_path, monkeypatch):
+    """A Ray worker's OMP_NUM_THREADS (its CPUs) bounds the decoder's and x264's threads; unset, FFmpeg
+    picks (0); the output is the same picture either way."""
+    source = sdr_clip(tmp_path / "src.mp4", portrait(64), colour=BT709)
+    video = describe(str(source))
+    plan = plan_encode(video, "h264", {"crf": 18}, video.width, video.height)
+    decoded = {}
+    for value, threads in (("1", 1), ("3", 3), (None, 0), ("many", 0)):
+        if value is None:
+            monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        else:
+            monkeypatch.setenv("OMP_NUM_THREADS", value)
+        assert codec_threads() == threads
+        with av.open(str(tmp_path / "out.mp4"), "w") as out:
+            assert add_video_stream(out, plan, video.clock.rate).codec_context.thread_count == threads
+        decoded[value] = [f.to_ndarray() for f in frames(video, "native")]
+    assert all(np.array_equal(a, b) for a, b in zip(decoded["1"], decoded[None])) and len(decoded["1"]) == len(decoded[None]) > 1
 
 
 def test_pasting_through_a_box_writes_what_a_whole_frame_paste_writes(tmp_path):

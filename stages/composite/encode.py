@@ -32,6 +32,7 @@ from dubline.stages.media import (
     UNSPECIFIED,
     Colour,
     ShownVideo,
+    codec_threads,
 )
 
 ENCODERS = {"h264": "libx264", "hevc": "libx265"}
@@ -118,6 +119,7 @@ def add_video_stream(out: av.container.OutputContainer, plan: EncodePlan, fps: F
     stream.width, stream.height, stream.pix_fmt = plan.width, plan.height, plan.pix_fmt
     ctx = stream.codec_context
     ctx.time_base = 1 / fps
+    ctx.thread_count = codec_threads()  # x264's threads (x265 keeps its own pools)
     colour = plan.colour
     ctx.color_primaries, ctx.color_trc, ctx.colorspace = colour.primaries, colour.transfer, colour.matrix
     ctx.color_range = colour.range
