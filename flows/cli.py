@@ -75,7 +75,7 @@ def _with_log(message: str, log_path: Path | None) -> str:
 def _print_summary(summary: dict) -> int:
     """Print the run summary; returns the exit code (1 when anything failed). Dubs that need
     review are produced, not failed: they leave the exit code alone. Errors are printed on one
-    line each; the run log and the console log hold the rest."""
+    line each; the run log and the console log (named last) hold the rest."""
     inv = summary["invocation"]
     click.echo(f"\nrun folder: {summary['out']}")
     click.echo(
@@ -102,8 +102,8 @@ def _print_summary(summary: dict) -> int:
         click.echo(f"  catalogue {error}")
     if summary.get("enhancement_skipped") and any(t["outputs"] for t in summary["titles"].values()):
         click.echo("enhancement skipped: no GFPGAN weights given (--enhancer-weights)")
-    if failed and (inv.get("log") or summary.get("console_log")):
-        logs = [p for p in (inv.get("log"), summary.get("console_log")) if p]
+    logs = [p for p in (inv.get("log"), summary.get("console_log")) if p]
+    if logs:  # after a good run too: what each stage did, and its warnings, are there
         click.echo(f"logs: {', '.join(logs)}")
     return 1 if failed else 0
 

@@ -19,7 +19,7 @@ from dubline.stages.base import StageJob
 from dubline.stages.coeffs.calibration import fit_calibration
 from dubline.stages.coeffs.model import MouthNet, SpeechToMouth, save_weights
 from dubline.stages.coeffs.mouth import MOUTH_LEAD_S, heard_early, mouth_curve, timed_early
-from dubline.stages.coeffs.stage import CoeffsStage
+from dubline.stages.coeffs.stage import UNTRUSTED_CALIBRATION, CoeffsStage
 from dubline.stages.coeffs.training.corpus import HELD_OUT_VOICES, espeak_examples
 from dubline.stages.coeffs.training.encode import encode_all
 from dubline.stages.coeffs.training.train import TrainingItem, _item, _synthetic_metrics, best_lag_r, train
@@ -267,7 +267,7 @@ def test_real_speech_drives_a_real_mouth_and_scale_zero_rests_after_trusted_cali
     (driven,), stats = driven_rows(runner, tmp_path, urls, "v", language="en")
     filmed, jaw = np.asarray(track["expression"])[:, JAW], np.asarray(driven["expression"])[:, JAW]
     assert best_lag_r(jaw, filmed) > 0.3  # unrelated speech gives |r| < 0.15 on clips this long
-    assert stats.metrics["calibration_jaw_r"] >= 0.3 and "tracks without a trusted jaw calibration" not in stats.dropped
+    assert stats.metrics["calibration_jaw_r"] >= 0.3 and UNTRUSTED_CALIBRATION not in stats.dropped
     # The speaker is found speaking (active speaker detection) and driven over nearly all of the clip.
     assert (driven["driven_weight"] == 1).mean() > 0.8 and np.asarray(driven["speaker_probability"]).max() > 0.9
     (rested,), _ = driven_rows(runner, tmp_path, urls, "v", language="en", expression_scale=0.0)

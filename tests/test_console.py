@@ -138,19 +138,22 @@ def test_verbose_is_what_lets_prefect_info_and_ray_workers_output_through(monkey
 def test_the_summary_repeats_the_warnings_that_matter_under_their_dub(capsys):
     from dubline.flows.cli import _print_summary
     from dubline.flows.localize import dub_warnings
+    from dubline.stages.coeffs.stage import UNTRUSTED_CALIBRATION
 
     state = {"status": "done", "stages": {
-        "coeffs": {"dropped": {"tracks without a trusted jaw calibration": 1, "dub segments unassigned: off-screen": 2}},
+        "coeffs": {"dropped": {UNTRUSTED_CALIBRATION: 1, "dub segments unassigned: off-screen": 2}},
         "render": {"dropped": {}}, "audio": {"dropped": {"dub language differs from the catalogue": 1}}}}
     warnings = dub_warnings(state)
     assert warnings == ["audio: dub language differs from the catalogue (1)",
-                        "coeffs: tracks without a trusted jaw calibration (1)"]  # routine reasons are not repeated
+                        f"coeffs: {UNTRUSTED_CALIBRATION} (1)"]  # routine reasons are not repeated
     summary = {"out": "run", "catalogue_errors": [], "invocation": {
         "stages_executed": {}, "stages_skipped": {}, "stages_failed": {}, "dubs_needing_review": 0},
         "titles": {"clip": {"status": "done", "error": None, "outputs": {"fr": "clip.fr.mp4"},
                             "reports": {"fr": {"html": "clip.fr.report.html", "lipsync_r": 0.9}},
                             "needs_review": {}, "warnings": {"fr": warnings}}}}
+    summary["invocation"]["log"], summary["console_log"] = "run/logs/a.log", "run/logs/console.log"
     assert _print_summary(summary) == 0  # warnings leave the exit code alone
     printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == "logs: run/logs/a.log, run/logs/console.log"  # named after a good run too
     at = printed.index("    fr: clip.fr.mp4")
     assert printed[at + 2 : at + 4] == [f"        warning: {w}" for w in warnings]

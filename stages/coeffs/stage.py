@@ -56,8 +56,10 @@ _SPEECH_COUPLED = [EXPRESSION_NAMES.index(n) for n in ("upper_lip_raise", "lower
 
 
 #: Dropped-item reason of a driven track whose jaw scale could not be calibrated on its filmed
-#: mouth (the model's scale is used): worth a look, so the run summary repeats it.
-UNTRUSTED_CALIBRATION = "tracks without a trusted jaw calibration"
+#: mouth (the model's scale is used): worth a look, so the run summary repeats it, in words that
+#: say what it means.
+UNTRUSTED_CALIBRATION = ("tracks without a trusted jaw calibration (the filmed mouth did not follow the original "
+                         "audio well enough to measure how wide this speaker opens; the model's own scale is used)")
 
 
 def speech_mask(segments: list[dict[str, float]], frames: int, fps: float, ramp_frames: int = 3) -> np.ndarray:
