@@ -74,6 +74,26 @@ def coefficients_figure(fps: float, label: str, frame_index: np.ndarray, source:
     return _png(figure)
 
 
+#: Heights the transcript's words are written at, above the dub's speech.
+WORD_LANES = 3
+
+
+def word_lanes(words: list[dict], char_s: float) -> list[tuple[dict, int]]:
+    """The words that can be labelled without overlapping, each with its lane (0..WORD_LANES-1):
+    a word is centred on its time and ``char_s`` seconds wide a character; it takes the lowest
+    lane whose last label ends before it starts, and is left out where none does (on a long
+    title most words are: the plot then shows as many as fit)."""
+    placed, ends = [], [float("-inf")] * WORD_LANES
+    for word in words:
+        half = len(word["word"].strip()) * char_s / 2 + char_s / 2  # half a character of space each side
+        centre = (word["start_s"] + word["end_s"]) / 2
+        lane = next((k for k, end in enumerate(ends) if end <= centre - half), None)
+        if lane is not None:
+            ends[lane] = centre + half
+            placed.append((word, lane))
+    return placed
+
+
 def speaker_timeline(fps: float, frame_count: int, shots: list[tuple[float, float]], dub_speech: list[tuple[float, float]],
                      tracks: list[dict], words: list[dict] | None = None) -> bytes:
     """Who speaks when: per face track, the probability that it is the one speaking in the source
@@ -93,8 +113,10 @@ def speaker_timeline(fps: float, frame_count: int, shots: list[tuple[float, floa
         top.axvspan(start, end, ymin=0.1, ymax=0.5, color="#8fbf8f", lw=0)
     top.set_yticks([])
     top.set_ylabel("dub speech", fontsize=8, rotation=0, ha="right", va="center")
-    for index, word in enumerate(words or []):  # three heights in turn, so neighbouring words stay legible
-        top.text((word["start_s"] + word["end_s"]) / 2, 0.55 + 0.16 * (index % 3), word["word"].strip(),
+    # ~9.5 in of axis at 5.5 pt, ~0.55 em a character: how many seconds one character spans
+    char_s = duration / (9.5 * 72 / (5.5 * 0.55))
+    for word, lane in word_lanes(words or [], char_s):
+        top.text((word["start_s"] + word["end_s"]) / 2, 0.55 + 0.16 * lane, word["word"].strip(),
                  fontsize=5.5, ha="center", va="bottom", transform=top.get_xaxis_transform(), clip_on=True)
     colours = plt.get_cmap("tab10")
     for k, (axis, track) in enumerate(zip(axes[1:], tracks)):
