@@ -48,8 +48,8 @@ class ReportStage(Stage):
 
     name = "report"
     # 2: who speaks when; only driven frames are measured; 3: windows of a long title; 4: the meshes
-    # come from the selfcheck stage
-    version = "4"
+    # come from the selfcheck stage; 5: the timeline's word labels never overlap
+    version = "5"
     resources = Resources(cpus=1.0, memory_gb=1.0)
     output_schema = REPORTS
     job_row = ReportJob
