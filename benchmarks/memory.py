@@ -23,6 +23,7 @@ least the parent's resident size when it forked (the parent holds the generated 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import shutil
@@ -151,19 +152,24 @@ def run_pipeline(video: Path, audio: Path, work: Path) -> dict:
                                stdout=sink, stderr=subprocess.STDOUT)
     peaks: dict[int, tuple[int, str, float]] = {}  # pid -> (peak RSS bytes, name, Unix time of the peak)
     total = 0
-    while command.poll() is None:  # the tree: the driver, Prefect's server, Ray's processes and workers
-        tree, in_all = [command, *command.children(recursive=True)], 0
-        for process in tree:
-            try:
-                rss = process.memory_info().rss
-                if rss > peaks.get(process.pid, (0, "", 0.0))[0]:
-                    peaks[process.pid] = (rss, _label(process, command.pid), time.time())
-            except psutil.Error:  # ended meanwhile
-                continue
-            in_all += rss
-        total = max(total, in_all)
-        time.sleep(0.2)
-    if command.returncode != 0:
+    try:
+        while command.poll() is None:  # the tree: the driver, Prefect's server, Ray's processes and workers
+            tree, in_all = [command, *command.children(recursive=True)], 0
+            for process in tree:
+                try:
+                    rss = process.memory_info().rss
+                    if rss > peaks.get(process.pid, (0, "", 0.0))[0]:
+                        peaks[process.pid] = (rss, _label(process, command.pid), time.time())
+                except (psutil.Error, IndexError):  # ended meanwhile (an empty command line too)
+                    continue
+                in_all += rss
+            total = max(total, in_all)
+            time.sleep(0.2)
+    finally:  # interrupted: stop the whole tree, not the driver alone
+        for process in [*command.children(recursive=True), command] if command.poll() is None else []:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+    if command.returncode != 0 or not peaks:
         raise SystemExit(f"dubline run failed ({command.returncode}): {log.read_text()[-2000:]}")
     spans = _stage_spans(work / "run" / "run.json")
     top = [f"{rss / 2**20:.0f} MB {name} during {'+'.join(s for s, (a, b) in spans.items() if a <= at <= b) or '-'}"
@@ -173,7 +179,8 @@ def run_pipeline(video: Path, audio: Path, work: Path) -> dict:
 
 
 def _stage_spans(run_json: Path) -> dict[str, tuple[float, float]]:
-    """Stage name -> (start, end) Unix seconds in a run, from its run.json (end: when the driver saw it done)."""
+    """Stage name -> (start, end) Unix seconds in a run of one title and language, from its run.json
+    (start: its first job's, less a worker's start-up; end: when the driver saw it done)."""
     spans = {}
     for title in json.loads(run_json.read_text())["titles"].values():
         records = [*title["stages"].items()] + [i for language in title["languages"].values() for i in language["stages"].items()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from typing import Any
 
@@ -77,9 +78,13 @@ def write_rows(rows: Iterable[dict[str, Any]] | pa.Table, schema: ManifestSchema
         tables = (_row_table(i, row, schema) for i, row in enumerate(rows))
     else:
         tables = [to_table(list(rows), schema)]
+    # The first row is made before the file is opened: a stage that returns a list does all its
+    # work first, so a job killed midway (a time limit, out of memory) leaves no temporary file.
+    tables = iter(tables)
+    first = next(tables, None)
     count = 0
     with storage.open_atomic(url) as f, pq.ParquetWriter(f, schema.arrow, compression="zstd") as writer:
-        for table in tables:
+        for table in itertools.chain([first] if first is not None else [], tables):
             writer.write_table(table, row_group_size=1 if per_row else None)
             count += table.num_rows
     return count
@@ -88,9 +93,10 @@ def write_rows(rows: Iterable[dict[str, Any]] | pa.Table, schema: ManifestSchema
 def read_manifest(url: str, schema: ManifestSchema, without: tuple[str, ...] = (),
                   frames: tuple[int, int] | None = None) -> pa.Table:
     """Read a ``schema`` manifest, less the columns named in ``without``; refuse one of another
-    name or version with a clear message. ``frames`` (start, end): only the rows whose
-    ``frame_index`` has a frame in [start, end) (and any row group without statistics), found
-    from the Parquet footer's statistics without reading the other rows."""
+    name or version with a clear message. ``frames`` (start, end): only the row groups whose
+    ``frame_index`` spans (first to last frame) overlap [start, end), and any without statistics,
+    found from the Parquet footer without reading the others (a row group per row in per-frame
+    manifests: the rows of a track or title that may have a frame in the range)."""
     unknown = set(without) - set(schema.column_names)
     if unknown:
         raise ValueError(f"{schema.name} has no columns {sorted(unknown)}")
@@ -120,12 +126,14 @@ def read_manifest(url: str, schema: ManifestSchema, without: tuple[str, ...] = (
 
 
 def _groups_with_frames(metadata: pq.FileMetaData, start: int, end: int) -> list[int]:
-    """Row groups whose ``frame_index`` statistics overlap frames [start, end), or have none."""
+    """Row groups whose ``frame_index`` statistics (min to max) overlap frames [start, end), or that
+    have none (or no ``frame_index``: the manifest check after reading names such a file)."""
     groups = []
     for group in range(metadata.num_row_groups):
         row_group = metadata.row_group(group)
-        leaf = next(i for i in range(row_group.num_columns) if row_group.column(i).path_in_schema.startswith("frame_index."))
-        stats = row_group.column(leaf).statistics
+        leaf = next((i for i in range(row_group.num_columns)
+                     if row_group.column(i).path_in_schema.split(".")[0] == "frame_index"), None)
+        stats = None if leaf is None else row_group.column(leaf).statistics
         if stats is None or not stats.has_min_max or (stats.min < end and stats.max >= start):
             groups.append(group)
     return groups
@@ -141,8 +149,8 @@ def read_rows(url: str, schema: ManifestSchema, without: tuple[str, ...] = (),
               frames: tuple[int, int] | None = None) -> list[dict[str, Any]]:
     """Rows as dicts, less the columns named in ``without`` (e.g. the faces manifest's per-frame
     ``landmarks``, ~9 MB per minute of a face, for a stage that does not use them); ``frames``
-    (start, end): only the rows with a frame in [start, end) (``read_manifest``), e.g. for a job
-    over a range of a long title. Float-valued list columns (per-frame arrays: landmarks,
+    (start, end): only the rows whose first-to-last frames overlap [start, end) (``read_manifest``),
+    e.g. for a job over a range of a long title. Float-valued list columns (per-frame arrays: landmarks,
     coefficients, …) come as numpy arrays straight from Arrow: as Python lists they would cost
     ~10× the memory."""
     table = read_manifest(url, schema, without, frames)

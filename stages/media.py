@@ -438,9 +438,10 @@ def _keyframes(pts: Sequence[int], keyframe: Sequence[bool]) -> tuple[tuple[int,
 
 def codec_threads() -> int:
     """Threads one FFmpeg decoder or encoder may use: the CPUs this worker was given, as
-    ``OMP_NUM_THREADS`` says (Ray sets it to an actor's CPUs, so a 1-CPU worker decodes and encodes
-    on one core, not on every core of its node beside the other workers there); 0 where it is
-    unset or not a positive number (FFmpeg's own choice: about one thread per core)."""
+    ``OMP_NUM_THREADS`` says (Ray sets it to an actor's CPUs where the environment does not set it
+    already, so a 1-CPU worker decodes and encodes on one core, not on every core of its node
+    beside the other workers there); 0 where it is unset or not a positive number (FFmpeg's own
+    choice: about one thread per core)."""
     try:
         return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
     except ValueError:

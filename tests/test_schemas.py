@@ -304,6 +304,11 @@ def test_a_range_job_reads_only_the_tracks_in_its_frames(tmp_path) -> None:
     assert [r["track_id"] for r in read_rows(str(tmp_path / "one.parquet"), schema, frames=(20, 30))] == [0, 1, 2]
     with pytest.raises(ValueError, match="no frame_index"):
         read_rows(url, ALL_SCHEMAS["titles"], frames=(0, 1))
+    # a scalar frame_index (a frame chunk's rows) selects too; a file of another manifest is named as such
+    chunk = write_manifest(SAMPLE_ROWS["frame_chunk"], ALL_SCHEMAS["frame_chunk"], str(tmp_path / "c.parquet"))
+    assert len(read_rows(chunk, ALL_SCHEMAS["frame_chunk"], frames=(0, 10**9))) == len(SAMPLE_ROWS["frame_chunk"])
+    with pytest.raises(ManifestVersionError, match="is a 'face_tracks' manifest"):
+        read_rows(url, ALL_SCHEMAS["driven_coeffs"], frames=(0, 40))
 
 
 @pytest.mark.parametrize("where", ["local", "memory"])
@@ -315,10 +320,15 @@ def test_rows_are_written_as_they_come_and_a_failure_leaves_nothing(where, tmp_p
     url = storage.join(folder, "f.parquet")
     given = []
 
+    fs, path = storage.filesystem(folder)
+    listed_at_first_row = []
+
     def tracks(fail_at: int | None):
         for k in range(3):
             if k == fail_at:
                 raise RuntimeError("range manifest unreadable")
+            if k == 0:  # the stage's work up to its first row happens before any file is opened
+                listed_at_first_row.append(fs.ls(path, detail=False) if fs.exists(path) else [])
             given.append(k)
             yield {**sample, "track_id": k}
 
@@ -328,7 +338,7 @@ def test_rows_are_written_as_they_come_and_a_failure_leaves_nothing(where, tmp_p
         write_rows(tracks(2), schema, url)
     assert given == [0, 1, 2, 0, 1]  # taken one at a time, up to the failure
     assert [r["track_id"] for r in read_rows(url, schema)] == [0, 1, 2]
-    fs, path = storage.filesystem(folder)
+    assert [[name.rpartition("/")[2] for name in listed] for listed in listed_at_first_row] == [[], ["f.parquet"]]
     assert [name.rpartition("/")[2] for name in fs.ls(path, detail=False)] == ["f.parquet"]
 
 

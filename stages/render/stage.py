@@ -131,8 +131,8 @@ class RenderStage(Stage):
         return [out for row in rows for out in self._render_title(row)]
 
     def _render_title(self, row: dict[str, Any]) -> list[dict[str, Any]]:
-        # A range job reads only the tracks with a frame in its range (a track outside it has no
-        # chunk starting there): memory per job stays flat in the title's length.
+        # A range job reads only the tracks whose frames overlap its range (a track outside it has
+        # no chunk starting there): memory per job stays flat in the title's length.
         frames = tuple(row["frame_range"]) if row.get("frame_range") else None
         tracks = {t["track_id"]: t for t in read_rows(row["faces_url"], FACE_TRACKS, frames=frames)}
         outputs, figures = [], []

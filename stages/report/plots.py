@@ -113,8 +113,10 @@ def speaker_timeline(fps: float, frame_count: int, shots: list[tuple[float, floa
         top.axvspan(start, end, ymin=0.1, ymax=0.5, color="#8fbf8f", lw=0)
     top.set_yticks([])
     top.set_ylabel("dub speech", fontsize=8, rotation=0, ha="right", va="center")
-    # ~9.5 in of axis at 5.5 pt, ~0.55 em a character: how many seconds one character spans
-    char_s = duration / (9.5 * 72 / (5.5 * 0.55))
+    # How many seconds one character spans: the axis's width at 5.5 pt, 0.65 em a character (wide
+    # enough for capitals and a few points of error in the estimate)
+    axis_inches = top.get_position().width * figure.get_figwidth()
+    char_s = duration / (axis_inches * 72 / (5.5 * 0.65))
     for word, lane in word_lanes(words or [], char_s):
         top.text((word["start_s"] + word["end_s"]) / 2, 0.55 + 0.16 * lane, word["word"].strip(),
                  fontsize=5.5, ha="center", va="bottom", transform=top.get_xaxis_transform(), clip_on=True)
