@@ -5,8 +5,8 @@
 Both run in this process's machine, one after the other, `--repeats` times each (median):
 - baseline: the `imageio-ffmpeg` binary transcoding the clip with libx264 at dubline's default
   preset and CRF, muxing the same dub audio as AAC;
-- dubline: `dubline dub CLIP AUDIO` in a fresh run folder each time (Prefect flow, local Ray,
-  every stage), timed from the command's start to its exit, and its stages' own seconds from run.json.
+- dubline: `dubline dub CLIP AUDIO` in a fresh run folder each time (Prefect flow, every stage; a
+  private local Ray, or in-process with `--executor local`), timed from the command's start to its exit, and its stages' own seconds from run.json.
 Prints frames/s of each, the ratio, and the per-stage time breakdown of the median dubline run,
 with its fixed cost: start-up (the command's start to when the probe's worker began its job:
 imports, Prefect's temporary server, Ray, the flow run's creation, the probe worker's start)
@@ -50,12 +50,14 @@ def ffmpeg_transcode(video: Path, audio: Path, out: Path) -> float:
     return time.perf_counter() - started
 
 
-def dubline_dub(video: Path, audio: Path, work: Path) -> tuple[float, dict[str, float], tuple[float, float]]:
-    """Seconds of the whole command, each stage's wall seconds, and (start-up, shutdown) seconds."""
+def dubline_dub(video: Path, audio: Path, work: Path, executor: str = "ray") -> tuple[float, dict[str, float], tuple[float, float]]:
+    """Seconds of the whole command, each stage's wall seconds, and (start-up, shutdown) seconds;
+    ``executor``: the command's ``--executor`` (ray: a private local Ray, the default; local: in
+    this process, one stage job at a time)."""
     dubline = Path(sys.executable).with_name("dubline")
     started_at, started = time.time(), time.perf_counter()
     subprocess.run([str(dubline), "dub", str(video), str(audio), "-o", str(work / "out.mp4"), "--run-dir",
-                    str(work / "run"), "--quiet"], check=True, capture_output=True)
+                    str(work / "run"), "--executor", executor, "--quiet"], check=True, capture_output=True)
     seconds = time.perf_counter() - started
     state = json.loads((work / "run" / "run.json").read_text())
     (title,) = state["titles"].values()
@@ -74,6 +76,8 @@ def main() -> None:
     parser.add_argument("video", type=Path)
     parser.add_argument("dub_audio", type=Path)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--executor", choices=("ray", "local"), default="ray",
+                        help="`dubline dub --executor`: ray (the default, a private local Ray) or local (in-process)")
     args = parser.parse_args()
 
     frames = frame_count(args.video)
@@ -83,13 +87,13 @@ def main() -> None:
             baseline.append(ffmpeg_transcode(args.video, args.dub_audio, Path(tmp) / f"plain{repeat}.mp4"))
             work = Path(tmp) / f"dub{repeat}"
             work.mkdir()
-            runs.append(dubline_dub(args.video, args.dub_audio, work))
+            runs.append(dubline_dub(args.video, args.dub_audio, work, args.executor))
     plain_s = statistics.median(baseline)
     runs.sort(key=lambda run: run[0])
     dub_s, stages, (start_up, shutdown) = runs[len(runs) // 2]
     in_stages = sum(stages.values())
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; clip {args.video.name}: {frames} frames; "
-          f"median of {args.repeats}")
+          f"median of {args.repeats}; dubline dub --executor {args.executor}")
     print(f"ffmpeg transcode (libx264 {PRESET}, crf {CRF}): {plain_s:6.2f} s = {frames / plain_s:7.1f} frames/s")
     print(f"dubline dub, whole command:            {dub_s:6.2f} s = {frames / dub_s:7.1f} frames/s "
           f"(ratio to ffmpeg {plain_s / dub_s:.3f})")
