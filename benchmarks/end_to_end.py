@@ -6,7 +6,8 @@ Both run in this process's machine, one after the other, `--repeats` times each 
 - baseline: the `imageio-ffmpeg` binary transcoding the clip with libx264 at dubline's default
   preset and CRF, muxing the same dub audio as AAC;
 - dubline: `dubline dub CLIP AUDIO` in a fresh run folder each time (Prefect flow, every stage; a
-  private local Ray, or in-process with `--executor local`), timed from the command's start to its exit, and its stages' own seconds from run.json.
+  private local Ray, or in-process with `--executor local`), timed from the command's start to its
+  exit, and its stages' own seconds from run.json.
 Prints frames/s of each, the ratio, and the per-stage time breakdown of the median dubline run,
 with its fixed cost: start-up (the command's start to when the probe's worker began its job:
 imports, Prefect's temporary server, Ray, the flow run's creation, the probe worker's start)
