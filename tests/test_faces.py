@@ -18,6 +18,7 @@ from dubline.stages.base import StageJob
 from dubline.stages.face_model.geometry import eye_centres, project
 from dubline.stages.face_model.landmarks import FaceLandmarker
 from dubline.stages.faces import FaceStage
+from dubline.stages.faces.tracking import TrackLinker
 from dubline.stages.probe import ProbeStage
 from dubline.stages.sequential import SequentialRunner
 from dubline.stages.shots import ShotsStage
@@ -242,5 +243,21 @@ def test_the_detector_runs_between_discoveries_only_where_no_face_is_followed(ru
     monkeypatch.setattr(FaceLandmarker, "detect", counted)
     (track,), _, _ = analyse(runner, tmp_path / "run", tmp_path / "enters.mp4")
     assert track["frame_index"] == list(range(3, 20))
-    # Frames 0-3: nothing followed yet; then every 5th frame (discover_every) while it is followed.
+    # Frames 0-3: nothing followed yet; then every 5th frame (discover_every) while it is followed
+    # (it scored as a face on its first frame).
     assert len(whole_frames) == len([0, 1, 2, 3, 5, 10, 15])
+
+
+def test_followed_faces_are_meshed_the_same_whether_or_not_the_detector_runs(runner, tmp_path, monkeypatch):
+    left = cv2.resize(astronaut(), (256, 256))
+    right = cv2.resize(grace_hopper(), (220, 256))
+    frames = [np.roll(np.hstack([left, right]), shift=3 * i, axis=1) for i in range(24)]  # both faces move
+    write_clip(tmp_path / "pair.mp4", frames, FPS)
+    skipping, _, skipping_stats = analyse(runner, tmp_path / "skipping", tmp_path / "pair.mp4")
+    monkeypatch.setattr(TrackLinker, "needs_detector", lambda self, frame, min_score: True)
+    every_frame, _, every_stats = analyse(runner, tmp_path / "every", tmp_path / "pair.mp4")
+    assert len(skipping) == len(every_frame) == 2
+    for a, b in zip(skipping, every_frame):
+        assert a["frame_index"] == b["frame_index"] and a["skip_reason"] == b["skip_reason"]
+        assert np.array_equal(np.asarray(a["landmarks"]), np.asarray(b["landmarks"]))
+    assert skipping_stats.dropped == every_stats.dropped

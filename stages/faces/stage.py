@@ -68,7 +68,7 @@ class FaceStage(Stage):
     # track; 7: tracks cut at multiples of segment_frames from the title's start, not per track;
     # 8: landmarks and crop windows smoothed forwards and backwards (no lag behind fast moves);
     # 9: a range job cuts its own crops; 10: the join keeps the ranges' chunks where they are;
-    # 11: the detector skips frames between discoveries where faces are followed
+    # 11: the whole-frame detector skips frames between discoveries where every face is followed and scored
     version = "11"
     resources = Resources(cpus=1.0, memory_gb=2.0)
     output_schema = FACE_TRACKS
@@ -76,7 +76,7 @@ class FaceStage(Stage):
     counted_metrics = ("faces_detected", "tracks", "tracks_dubbable")
     defaults = {
         "min_detection_confidence": 0.5,
-        "discover_every": 5,  # frames between detections (whole frame and tiles) while faces are followed
+        "discover_every": 5,  # frames between tiled detections (and whole-frame ones where every face is followed)
         "discover_grid": 2,
         "max_gap": 5,  # frames a track may miss and still continue (filled by interpolation)
         "min_track_frames": 8,
@@ -179,17 +179,18 @@ class FaceStage(Stage):
         """Meshes of the faces in one frame, with their boxes (N×4, from the mesh's extent) and
         the detector's best score on each (N; 0 where it was only followed).
 
-        Candidates: tracked faces where they were in the previous frame, and the detector's
-        faces, on the whole frame and on tiles (small faces), every ``discover_every`` frames and
-        on every frame where no face is being followed. The mesh confirms each one. A followed
-        face is meshed from its previous box whether or not the detector runs, so the detector
-        only finds new faces and scores the followed ones; its ~5 ms a frame is spent where that
-        can change something.
+        Candidates: tracked faces where they were in the previous frame, the detector's faces,
+        and every ``discover_every`` frames faces found on tiles (small faces). The mesh confirms
+        each one. A followed face is meshed from its previous box whether or not the detector
+        runs, so the whole-frame detector (~5 ms) runs on discovery frames and otherwise only
+        where it can change something (``TrackLinker.needs_detector``: nothing followed, a face
+        missed, a face not yet scored as one); a face entering beside a followed one is found at
+        the next discovery frame.
         """
         expected = linker.expected_boxes(index)
         candidates = [np.hstack([expected, np.zeros((len(expected), 1))])]
         discovery = index % self.params["discover_every"] == 0
-        if discovery or not len(expected):
+        if discovery or linker.needs_detector(index, self.params["min_face_score"]):
             candidates.append(self._landmarker.detect(rgb))
         if discovery:
             candidates.append(self._landmarker.detect_tiled(rgb, self.params["discover_grid"]))

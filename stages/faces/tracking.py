@@ -82,6 +82,12 @@ class TrackLinker:
         """Boxes of the tracks seen in the previous frame: where to look for them again."""
         return np.array([t.boxes[-1] for t in self.tracks if t.last_frame == frame - 1]).reshape(-1, 4)
 
+    def needs_detector(self, frame: int, min_score: float) -> bool:
+        """Whether the face detector must look at ``frame`` (between discovery frames): nothing is
+        followed into it, an open track missed the previous frame (it is searched for at once), or
+        a track has not yet been scored ``min_score`` (its score decides whether it is a face)."""
+        return not self.tracks or any(t.last_frame < frame - 1 or t.best_score < min_score for t in self.tracks)
+
     def add(self, frame: int, boxes: np.ndarray, landmarks: list[np.ndarray], scores: np.ndarray | None = None) -> None:
         """Faces of one frame: boxes N×4 with their 478×3 landmarks and detector scores N (0 where
         a face was only followed from the previous frame)."""
