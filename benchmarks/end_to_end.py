@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dubline.flows.run_folder import in_pipeline_order
+from dubline.flows.run_folder import in_pipeline_order, title_stage_records, wall_seconds
 
 PRESET, CRF = "veryfast", 18  # dubline's defaults (schemas.catalogue.OPTION_DEFAULTS)
 
@@ -62,10 +62,8 @@ def dubline_dub(video: Path, audio: Path, work: Path, executor: str = "ray") -> 
     seconds = time.perf_counter() - started
     state = json.loads((work / "run" / "run.json").read_text())
     (title,) = state["titles"].values()
-    records = {**title["stages"], **{name: s for language in title["languages"].values()
-                                     for name, s in language["stages"].items()}}
-    # A stage run in frame ranges has its jobs' seconds added up in "seconds", its wall time in "wall_seconds".
-    stages = {name: s.get("wall_seconds", s["seconds"]) for name, s in records.items()}
+    records = dict(title_stage_records(title))
+    stages = {name: wall_seconds(record) for name, record in records.items()}
     probe = records["probe"]
     start_up = probe["finished_at"] - probe["seconds"] - started_at
     shutdown = started_at + seconds - max(s["finished_at"] for s in records.values())

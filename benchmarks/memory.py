@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dubline.flows.run_folder import title_stage_records, wall_seconds
+
 FPS = 25
 WIDTH, HEIGHT = 1280, 720
 LINES = ["Welcome back to the show. Today we talk about maps, boats and the people who build them.",
@@ -183,9 +185,8 @@ def _stage_spans(run_json: Path) -> dict[str, tuple[float, float]]:
     (start: its first job's, less a worker's start-up; end: when the driver saw it done)."""
     spans = {}
     for title in json.loads(run_json.read_text())["titles"].values():
-        records = [*title["stages"].items()] + [i for language in title["languages"].values() for i in language["stages"].items()]
-        for name, record in records:
-            spans[name] = (record["finished_at"] - (record.get("wall_seconds") or record["seconds"] or 0.0), record["finished_at"])
+        for name, record in title_stage_records(title):
+            spans[name] = (record["finished_at"] - wall_seconds(record), record["finished_at"])
     return spans
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from dubline.flows.run_folder import title_stage_records, wall_seconds
+
 
 def _free_port() -> int:
     with socket.socket() as probe:
@@ -77,11 +79,9 @@ def stage_seconds(run: Path) -> dict[str, tuple[float, float]]:
     first job's start to its join; job seconds its jobs' own times added up (job/wall: workers busy)."""
     totals: dict[str, tuple[float, float]] = {}
     for title in json.loads((run / "run.json").read_text())["titles"].values():
-        records = [*title["stages"].items()] + [i for language in title["languages"].values()
-                                                for i in language["stages"].items()]
-        for name, record in records:
+        for name, record in title_stage_records(title):
             wall, jobs = totals.get(name, (0.0, 0.0))
-            totals[name] = (wall + (record.get("wall_seconds") or record["seconds"] or 0.0), jobs + (record["seconds"] or 0.0))
+            totals[name] = (wall + wall_seconds(record), jobs + (record["seconds"] or 0.0))
     return totals
 
 
@@ -89,11 +89,8 @@ def timeline(run: Path) -> str:
     """When each stage of a run ran, seconds from its first stage's start: "faces 14.2-51.8; …"."""
     spans = []
     for title in json.loads((run / "run.json").read_text())["titles"].values():
-        records = [*title["stages"].items()] + [i for language in title["languages"].values()
-                                                for i in language["stages"].items()]
-        for name, record in records:
-            wall = record.get("wall_seconds") or record["seconds"] or 0.0
-            spans.append((record["finished_at"] - wall, record["finished_at"], name))
+        for name, record in title_stage_records(title):
+            spans.append((record["finished_at"] - wall_seconds(record), record["finished_at"], name))
     first = min(start for start, _, _ in spans)
     return "; ".join(f"{name} {start - first:.1f}-{end - first:.1f}" for start, end, name in sorted(spans))
 

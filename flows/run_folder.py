@@ -59,6 +59,19 @@ def in_pipeline_order(stages: dict[str, Any]) -> list[tuple[str, Any]]:
     return sorted(stages.items(), key=lambda item: rank.get(item[0], len(rank)))
 
 
+def title_stage_records(title: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(stage name, record) of one title's entry in a run's state (run.json ``titles``): the title's
+    own stages, then each language's."""
+    return [*title["stages"].items(), *(item for language in title["languages"].values()
+                                        for item in language["stages"].items())]
+
+
+def wall_seconds(record: dict[str, Any]) -> float:
+    """A stage record's wall time: from its first job's start to its end (a stage run in frame
+    ranges keeps its jobs' seconds added up in ``seconds`` and its wall time in ``wall_seconds``)."""
+    return record.get("wall_seconds") or record["seconds"] or 0.0
+
+
 def stage_key(stage: type[Stage], params: dict[str, Any], inputs: dict[str, Any]) -> str:
     """Content hash identifying a stage's output: stage, version, parameters and inputs."""
     blob = json.dumps(

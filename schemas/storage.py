@@ -96,11 +96,8 @@ def open_atomic(url: str) -> Iterator[IO[bytes]]:
     tmp = _partial_path(path)
     try:
         if isinstance(fs, LocalFileSystem):
-            with open(tmp, "wb") as f:
+            with _synced_file(tmp) as f:
                 yield f
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_UMASK)
             os.replace(tmp, path)
             return
         with fs.open(tmp, "wb") as f:
@@ -112,12 +109,19 @@ def open_atomic(url: str) -> Iterator[IO[bytes]]:
         raise
 
 
-def _write_synced(path: str, data: bytes | memoryview) -> None:
+@contextlib.contextmanager
+def _synced_file(path: str) -> Iterator[IO[bytes]]:
+    """A new local file to write; flushed to disk and given the usual permissions when the block ends."""
     with open(path, "wb") as f:
-        f.write(data)
+        yield f
         f.flush()
         os.fsync(f.fileno())
     os.chmod(path, 0o666 & ~_UMASK)
+
+
+def _write_synced(path: str, data: bytes | memoryview) -> None:
+    with _synced_file(path) as f:
+        f.write(data)
 
 
 def create_exclusive(url: str, data: bytes) -> bool:
