@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import yaml
 
+from dubline.stages.composite.encode import x264_params
 from dubline.stages.speech.espeak import Speech, synthesize, write_wav
 
 DEMO_SIZE = 512
@@ -82,7 +83,7 @@ def write_clip(path: str | Path, frames: Sequence[np.ndarray], fps: int, audio: 
     with av.open(str(path), "w", format="mp4") as out:
         video = out.add_stream("libx264", rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.options = {"crf": "20", "preset": "veryfast"}
+        video.options = {"crf": "20", "preset": "veryfast", **x264_params()}
         audio_stream = out.add_stream("aac", rate=audio.sample_rate, layout="mono") if audio else None
         for i, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
