@@ -127,6 +127,9 @@ def add_video_stream(out: av.container.OutputContainer, plan: EncodePlan, fps: F
     ctx = stream.codec_context
     ctx.time_base = 1 / fps
     ctx.thread_count = codec_threads()  # x264's threads (x265 keeps its own pools)
+    # x264 on whole frames in parallel, not slices of each (PyAV's default): 200 frames of 844² on
+    # two cores encode in 1.39 s against 1.86 s; one thread (a 1-CPU Ray worker) is the same either way.
+    ctx.thread_type = "FRAME"
     colour = plan.colour
     ctx.color_primaries, ctx.color_trc, ctx.colorspace = colour.primaries, colour.transfer, colour.matrix
     ctx.color_range = colour.range
