@@ -1,6 +1,6 @@
 """End-to-end frames/s of `dubline dub` (no enhancement) against a plain ffmpeg transcode of the same clip.
 
-    python benchmarks/end_to_end.py ../shared/data/video/talk_en_man_office.mp4 ../shared/data/audio/fr_speech.wav
+    python benchmarks/end_to_end.py ../shared/data/video/talk_en_man_office.mp4 ../shared/data/audio/fr_speech.wav --language fr
 
 Both run in this process's machine, one after the other, `--repeats` times each (median):
 - baseline: the `imageio-ffmpeg` binary transcoding the clip with libx264 at dubline's default
@@ -51,14 +51,15 @@ def ffmpeg_transcode(video: Path, audio: Path, out: Path) -> float:
     return time.perf_counter() - started
 
 
-def dubline_dub(video: Path, audio: Path, work: Path, executor: str = "ray") -> tuple[float, dict[str, float], tuple[float, float]]:
+def dubline_dub(video: Path, audio: Path, work: Path, executor: str = "ray",
+                language: str = "en") -> tuple[float, dict[str, float], tuple[float, float]]:
     """Seconds of the whole command, each stage's wall seconds, and (start-up, shutdown) seconds;
     ``executor``: the command's ``--executor`` (ray: a private local Ray, the default; local: in
-    this process, one stage job at a time)."""
+    this process, one stage job at a time); ``language``: the dub audio's (``--language``)."""
     dubline = Path(sys.executable).with_name("dubline")
     started_at, started = time.time(), time.perf_counter()
     subprocess.run([str(dubline), "dub", str(video), str(audio), "-o", str(work / "out.mp4"), "--run-dir",
-                    str(work / "run"), "--executor", executor, "--quiet"], check=True, capture_output=True)
+                    str(work / "run"), "--executor", executor, "--language", language, "--quiet"], check=True, capture_output=True)
     seconds = time.perf_counter() - started
     state = json.loads((work / "run" / "run.json").read_text())
     (title,) = state["titles"].values()
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--executor", choices=("ray", "local"), default="ray",
                         help="`dubline dub --executor`: ray (the default, a private local Ray) or local (in-process)")
+    parser.add_argument("--language", default="en", help="`dubline dub --language`: the dub audio's language (en)")
     args = parser.parse_args()
 
     frames = frame_count(args.video)
@@ -86,13 +88,13 @@ def main() -> None:
             baseline.append(ffmpeg_transcode(args.video, args.dub_audio, Path(tmp) / f"plain{repeat}.mp4"))
             work = Path(tmp) / f"dub{repeat}"
             work.mkdir()
-            runs.append(dubline_dub(args.video, args.dub_audio, work, args.executor))
+            runs.append(dubline_dub(args.video, args.dub_audio, work, args.executor, args.language))
     plain_s = statistics.median(baseline)
     runs.sort(key=lambda run: run[0])
     dub_s, stages, (start_up, shutdown) = runs[len(runs) // 2]
     in_stages = sum(stages.values())
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; clip {args.video.name}: {frames} frames; "
-          f"median of {args.repeats}; dubline dub --executor {args.executor}")
+          f"median of {args.repeats}; dubline dub --executor {args.executor} --language {args.language}")
     print(f"ffmpeg transcode (libx264 {PRESET}, crf {CRF}): {plain_s:6.2f} s = {frames / plain_s:7.1f} frames/s")
     print(f"dubline dub, whole command:            {dub_s:6.2f} s = {frames / dub_s:7.1f} frames/s "
           f"(ratio to ffmpeg {plain_s / dub_s:.3f})")
