@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from dubline.flows import console
-from dubline.schemas.catalogue import safe_title_id
+from dubline.schemas.catalogue import safe_title_id, validate_rows
 
 
 def _run_flow(catalogue: str, out: str, options: dict) -> dict:
@@ -189,13 +189,18 @@ def _single_title(mode: str, source: str, audio: str, script: str | None, output
                   run_dir: str | None, row_options: dict, options: dict) -> None:
     output_path = Path(output).resolve()
     run_folder = Path(run_dir) if run_dir else output_path.with_name(output_path.stem + ".dubline")
-    run_folder.mkdir(parents=True, exist_ok=True)
     title_id = safe_title_id(Path(source).stem)
-    row = {"title_id": title_id, mode: str(Path(source).resolve()), "language": language,
-           "dub_audio": str(Path(audio).resolve()),
-           **({"dub_script": str(Path(script).resolve())} if script else {}),
+    row = {"title_id": title_id, mode: os.path.abspath(source), "language": language,
+           "dub_audio": os.path.abspath(audio),
+           **({"dub_script": os.path.abspath(script)} if script else {}),
            "options": {k: v for k, v in {**row_options, **{k: options.pop(k) for k in _ENCODE_OPTIONS}}.items()
                        if v is not None}}
+    # The row's own problems (a missing file, an unknown language, a bad option) before anything
+    # starts: the flow would find them too, after Ray and Prefect's ~10 s start.
+    problems = [error.problem for error in validate_rows([row], base_url=".").errors]
+    if problems:
+        raise click.ClickException("\n".join(f"{title_id} [{language}]: {problem}" for problem in problems))
+    run_folder.mkdir(parents=True, exist_ok=True)
     catalogue = run_folder / "catalogue.yaml"
     from dubline.flows.run_folder import RunFolderBusy, run_lock
 
@@ -256,13 +261,16 @@ def _speaker_stems(ctx, param, values: tuple[str, ...]) -> dict[str, str] | None
 @click.option("--speaker-binding", default=None, type=click.Path(exists=True, dir_okay=False),
               help="YAML or CSV rows (shot, track, speaker) binding face tracks (see `dubline inspect`) to "
               "speakers, or to 'none' (never driven).")
+@click.option("--audio-tolerance", type=float, default=None, metavar="SECONDS",
+              help="How much longer or shorter than the video AUDIO may be (default 2.0): a longer one is cut "
+                   "at the end, a shorter one padded with silence; beyond it the dub is refused.")
 @_with_single_options
 def dub(video: str, audio: str, output: str, language: str, script: str | None, run_dir: str | None,
         expression_scale: float | None, speakers: dict[str, str] | None, speaker_binding: str | None,
-        **options) -> None:
+        audio_tolerance: float | None, **options) -> None:
     """Dub VIDEO with the speech in AUDIO: same picture, the mouth of whoever speaks re-driven by the
     new audio (listeners keep their filmed mouths)."""
-    row_options = {"expression_scale": expression_scale, "dub_speakers": speakers,
+    row_options = {"expression_scale": expression_scale, "dub_speakers": speakers, "audio_tolerance_s": audio_tolerance,
                    "speaker_binding": str(Path(speaker_binding).resolve()) if speaker_binding else None}
     _single_title("video", video, audio, script, output, language, run_dir, row_options, options)
 

@@ -138,7 +138,7 @@ BAD_ROWS: dict[str, tuple[str, str, dict, str, tuple[str, ...]]] = {
     "garbage-dub": ("bad_dubs", "de", {"dub_audio": "garbage"}, "failed", ("{garbage}", "not readable audio")),
     "empty-dub": ("bad_dubs", "es", {"dub_audio": "empty_dub"}, "failed", ("{empty_dub}", "empty (0 bytes)")),
     "video-only-dub": ("bad_dubs", "it", {"dub_audio": "plain"}, "failed", ("{plain}", "no audio stream")),
-    "too-long-dub": ("bad_dubs", "pt", {"dub_audio": "long"}, "failed", ("6.00 s", "above the tolerance")),
+    "too-long-dub": ("bad_dubs", "pt", {"dub_audio": "long"}, "failed", ("6.00 s", "more than the tolerance")),
     "missing-dub": ("missing_dub", "fr", {"dub_audio": "missing"}, "invalid", ("missing file: {missing}",)),
     "memory-missing": ("memory_missing", "fr", {"video": "memory"}, "invalid",
                        ("missing file: memory://dubline-bad-inputs/nowhere.mp4",)),
@@ -275,6 +275,21 @@ def test_missing_enhancer_weights_are_refused_by_the_cli(inputs, tmp_path):
     result = CliRunner().invoke(main, ["run", str(tiny_catalogue(inputs, tmp_path)), "--out", str(tmp_path / "run"),
                                        "--executor", "local", "--enhancer-weights", str(tmp_path / "nope.pth"), "--quiet"])
     assert result.exit_code == 1 and f"enhancer weights {tmp_path / 'nope.pth'}: missing file" in result.output
+
+
+@pytest.mark.parametrize(("arguments", "expected"), [
+    (("nope.mp4", "{dub}", "--language", "fr"), "nope [fr]: missing file: {tmp}/nope.mp4"),
+    (("{plain}", "nope.wav", "--language", "fr"), "plain [fr]: missing file: {tmp}/nope.wav"),
+    (("{plain}", "{dub}", "--language", "xx"), "plain [xx]: unknown language code 'xx'"),
+], ids=["video", "audio", "language"])
+def test_a_single_dub_with_a_bad_input_stops_before_anything_starts(inputs, tmp_path, monkeypatch, arguments, expected):
+    """Named as typed (relative to the working folder), at once, and no run folder is made."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copyfile(inputs["plain"], tmp_path / "plain.mp4")
+    fill = {"dub": str(inputs["dub"]), "plain": "plain.mp4", "tmp": str(tmp_path)}
+    result = CliRunner().invoke(main, ["dub", *(a.format(**fill) for a in arguments), "-o", "out.mp4", "--quiet"])
+    assert result.exit_code == 1 and expected.format(**fill) in result.output
+    assert not (tmp_path / "out.dubline").exists()
 
 
 def test_manifest_of_another_schema_version_fails_only_its_title(inputs, tmp_path):

@@ -164,7 +164,7 @@ def test_composite_pads_odd_sizes_to_even(tmp_path):
 @pytest.mark.parametrize(
     "make_audio, problem",
     [
-        (lambda p: write_tone(p, 8.0), "above the tolerance"),
+        (lambda p: write_tone(p, 8.0), "more than the tolerance"),
         (lambda p: write_tone(p, 2.4, value=float("nan")), "NaN"),
         (lambda p: p.write_bytes(b"RIFF....garbage"), "not readable audio"),
     ],
@@ -195,5 +195,9 @@ def test_fit_policy(audio_s, picture_s, expected):
 
 
 def test_fit_policy_refuses_above_tolerance():
-    with pytest.raises(ValueError, match="above the tolerance of 1.00 s"):
+    with pytest.raises(ValueError) as longer:
         fit_policy(7.5, 5.0, fps=25.0, tolerance_s=1.0)
+    assert str(longer.value) == ("dub audio is 7.50 s but the picture is 5.00 s: 2.50 s longer, more than the "
+                                 "tolerance of 1.00 s (option audio_tolerance_s)")
+    with pytest.raises(ValueError, match=r"0.10 s but the picture is 5.00 s: 4.90 s shorter"):
+        fit_policy(0.1, 5.0, fps=25.0, tolerance_s=2.0)

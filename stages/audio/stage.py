@@ -92,7 +92,7 @@ class AudioStage(Stage):
             try:
                 audio_fit = fit_policy(audio_s, title["duration_s"], title["fps"], options["audio_tolerance_s"])
             except ValueError as exc:
-                raise TitleError(title_id, f"[{language}] {exc}") from exc
+                raise TitleError(title_id, f"[{language}] {row['dub_audio_url']}: {exc}") from exc
         fitted = fit_samples(samples, frames, title["fps"], SAMPLE_RATE)
         out = {
             "title_id": title_id,
@@ -149,7 +149,7 @@ class AudioStage(Stage):
                 if declared is not None:
                     fit_policy(declared, title["duration_s"], title["fps"], tolerance_s)
             except ValueError as exc:  # the usual refusal, with the real length
-                raise TitleError(title_id, f"[{language}] {exc}") from exc
+                raise TitleError(title_id, f"[{language}] {url}: {exc}") from exc
         raise TitleError(title_id, f"[{language}] dub audio {url} is longer than {longest_s:.2f} s "
                          + (f"(an avatar's audio may last {MAX_AVATAR_AUDIO_S:.0f} s)" if title["mode"] == "avatar"
                             else "(reading stopped there), though its header says otherwise"))

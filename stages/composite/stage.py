@@ -132,7 +132,7 @@ class CompositeStage(Stage):
             try:
                 audio_fit = fit_policy(audio_s, title["duration_s"], float(fps), options["audio_tolerance_s"])
             except ValueError as exc:
-                raise TitleError(title_id, f"[{row['language']}] {exc}") from exc
+                raise TitleError(title_id, f"[{row['language']}] {row['dub_audio_url']}: {exc}") from exc
         framing = _avatar_framing(title, options.get("avatar_framing", "full"), row.get("faces_url")) if avatar else None
         width, height = (framing[1], framing[2]) if framing else (video.width, video.height)
         try:

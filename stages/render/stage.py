@@ -87,9 +87,12 @@ class TrackPlan:
     model: MouthModel | None  # None for an avatar
 
 
-#: Dropped-item reason of a track whose lips the blendshape fit follows poorly (an anatomical
-#: prior is mixed in): worth a look, so the run summary repeats it.
-WEAK_BLENDSHAPE_FIT = "tracks with a weak blendshape fit (anatomical prior mixed in)"
+#: Dropped-item reason of a track whose lips the blendshape fit follows poorly (the anatomical
+#: prior weighs at least ``WEAK_FIT_PRIOR_WEIGHT``): worth a look, so the run summary repeats it.
+WEAK_BLENDSHAPE_FIT = "tracks with a weak blendshape fit (anatomical prior weighs half or more)"
+#: The prior's weight from which a track is counted as a weak fit: held-out lip R² 0.5 or less
+#: (``shape.mouth_model``). A trace of prior (R² just under 0.7) is not worth a warning.
+WEAK_FIT_PRIOR_WEIGHT = 0.5
 
 
 class RenderJob(JobRow):
@@ -267,7 +270,7 @@ class RenderStage(Stage):
             "lip_fit_r2": float("nan") if avatar else plan.model.lip_fit_r2,
             "prior_weight": 0.0 if avatar else plan.model.prior_weight,
         }
-        if not avatar and plan.model.prior_weight > 0 and positions[0] == int(np.argmax(weights > 0)):
+        if not avatar and plan.model.prior_weight >= WEAK_FIT_PRIOR_WEIGHT and positions[0] == int(np.argmax(weights > 0)):
             self.drop(WEAK_BLENDSHAPE_FIT)  # counted once per track: by the range with its first driven frame
         return urls, written, rendered, figures
 

@@ -14,8 +14,9 @@ def fit_policy(audio_s: float, picture_s: float, fps: float, tolerance_s: float)
     difference = audio_s - picture_s
     if abs(difference) > tolerance_s:
         raise ValueError(
-            f"dub audio is {audio_s:.2f} s but the picture is {picture_s:.2f} s "
-            f"(difference {difference:+.2f} s is above the tolerance of {tolerance_s:.2f} s)"
+            f"dub audio is {audio_s:.2f} s but the picture is {picture_s:.2f} s: "
+            f"{abs(difference):.2f} s {'shorter' if difference < 0 else 'longer'}, more than the tolerance of "
+            f"{tolerance_s:.2f} s (option audio_tolerance_s)"
         )
     if abs(difference) < 1.0 / fps:
         return "exact"
