@@ -276,10 +276,15 @@ WARNINGS = {"audio": (LANGUAGE_MISMATCH, SILENT_DUB), "coeffs": (UNTRUSTED_CALIB
 
 
 def dub_warnings(language_state: dict[str, Any]) -> list[str]:
-    """"stage: reason (count)" for each ``WARNINGS`` reason a dub's stages dropped items for."""
+    """"stage: reason (count)" for each ``WARNINGS`` reason a dub's stages dropped items for, and
+    the dub's speech cut at the end when it was longer than the picture."""
     stages = language_state.get("stages", {})
-    return [f"{stage}: {reason} ({count})" for stage, reasons in WARNINGS.items()
-            for reason, count in (stages.get(stage, {}).get("dropped") or {}).items() if reason in reasons]
+    found = [f"{stage}: {reason} ({count})" for stage, reasons in WARNINGS.items()
+             for reason, count in (stages.get(stage, {}).get("dropped") or {}).items() if reason in reasons]
+    cut_s = (stages.get("audio", {}).get("metrics") or {}).get("dub_speech_cut_s", 0.0)
+    if cut_s > 0:
+        found.append(f"audio: {cut_s:.2f} s of dub speech cut at the end (the dub audio is longer than the picture)")
+    return found
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:

@@ -110,6 +110,20 @@ def test_video_without_audio_is_refused_as_dub(titles_url, media, tmp_path):
         analyse(titles_url, media["one_shot"], tmp_path)
 
 
+def test_speech_cut_from_a_long_dub_is_measured_and_silence_is_not(titles_url, speech, tmp_path):
+    """A dub 1.65 s longer than the 2.4 s picture: cut at the end; what the cut tail held of speech is
+    reported (the run summary warns of it), a tail of silence reports 0."""
+    samples, rate = speech  # 0.25 s of silence, then ~1.9 s of speech
+    picture = np.zeros(int(rate * 2.4) - int(rate * 0.5), np.float32)
+    encode(tmp_path / "late.wav", np.concatenate([picture, samples]), rate, "pcm_s16le", "mono")
+    speech_then_silence = np.concatenate([picture, samples[: rate // 2], np.zeros(rate, np.float32)])  # ends at 2.4 s
+    encode(tmp_path / "quiet.wav", speech_then_silence, rate, "pcm_s16le", "mono")
+    late, late_stats = analyse(titles_url, tmp_path / "late.wav", tmp_path)
+    assert late["audio_fit"] == "trimmed" and 1.2 < late_stats.metrics["dub_speech_cut_s"] < 1.95
+    _, quiet_stats = analyse(titles_url, tmp_path / "quiet.wav", tmp_path)
+    assert quiet_stats.metrics["dub_speech_cut_s"] == 0.0
+
+
 def test_silent_dub_is_accepted_and_counted(titles_url, tmp_path):
     encode(tmp_path / "silent.wav", np.zeros(int(48000 * 2.4), np.float32), 48000, "pcm_s16le", "mono")
     track, stats = analyse(titles_url, tmp_path / "silent.wav", tmp_path)

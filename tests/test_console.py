@@ -142,10 +142,13 @@ def test_the_summary_repeats_the_warnings_that_matter_under_their_dub(capsys):
 
     state = {"status": "done", "stages": {
         "coeffs": {"dropped": {UNTRUSTED_CALIBRATION: 1, "dub segments unassigned: off-screen": 2}},
-        "render": {"dropped": {}}, "audio": {"dropped": {"dub language differs from the catalogue": 1}}}}
+        "render": {"dropped": {}}, "audio": {"dropped": {"dub language differs from the catalogue": 1},
+                                             "metrics": {"dub_speech_cut_s": 1.234}}}}
     warnings = dub_warnings(state)
     assert warnings == ["audio: dub language differs from the catalogue (1)",
-                        f"coeffs: {UNTRUSTED_CALIBRATION} (1)"]  # routine reasons are not repeated
+                        f"coeffs: {UNTRUSTED_CALIBRATION} (1)",  # routine reasons are not repeated
+                        "audio: 1.23 s of dub speech cut at the end (the dub audio is longer than the picture)"]
+    assert dub_warnings({"stages": {"audio": {"metrics": {"dub_speech_cut_s": 0.0}}}}) == []  # silence cut
     summary = {"out": "run", "catalogue_errors": [], "invocation": {
         "stages_executed": {}, "stages_skipped": {}, "stages_failed": {}, "dubs_needing_review": 0},
         "titles": {"clip": {"status": "done", "error": None, "outputs": {"fr": "clip.fr.mp4"},
@@ -156,4 +159,4 @@ def test_the_summary_repeats_the_warnings_that_matter_under_their_dub(capsys):
     printed = capsys.readouterr().out.splitlines()
     assert printed[-1] == "logs: run/logs/a.log, run/logs/console.log"  # named after a good run too
     at = printed.index("    fr: clip.fr.mp4")
-    assert printed[at + 2 : at + 4] == [f"        warning: {w}" for w in warnings]
+    assert printed[at + 2 : at + 5] == [f"        warning: {w}" for w in warnings]

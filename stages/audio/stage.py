@@ -94,6 +94,9 @@ class AudioStage(Stage):
             except ValueError as exc:
                 raise TitleError(title_id, f"[{language}] {row['dub_audio_url']}: {exc}") from exc
         fitted = fit_samples(samples, frames, title["fps"], SAMPLE_RATE)
+        if len(samples) > len(fitted):  # speech in the cut tail is lost: the run summary says how much
+            cut = speech_segments(samples[len(fitted):])
+            self.report(dub_speech_cut_s=sum(end - start for start, end in cut))
         out = {
             "title_id": title_id,
             "language": language,
