@@ -85,6 +85,7 @@ def _print_summary(summary: dict) -> int:
     if inv["dubs_needing_review"]:
         click.echo(f"dubs that need review: {inv['dubs_needing_review']} (videos written; see NEEDS REVIEW below)")
     failed = bool(summary["catalogue_errors"])
+    shown = set()  # a title's catalogue error is printed under it, not again below
     for title_id, title in summary["titles"].items():
         click.echo(f"  {title_id}: {title['status']}")
         for language, url in title["outputs"].items():
@@ -97,9 +98,11 @@ def _print_summary(summary: dict) -> int:
                 click.echo(f"        warning: {warning}")
         if title["error"]:
             click.echo(f"    error: {console.one_line(title['error'], limit=600)}")
+            shown.add(title["error"])
         failed |= title["status"] != "done"
     for error in summary["catalogue_errors"]:
-        click.echo(f"  catalogue {error}")
+        if error not in shown:
+            click.echo(f"  catalogue {error}")
     if summary.get("enhancement_skipped") and any(t["outputs"] for t in summary["titles"].values()):
         click.echo("enhancement skipped: no GFPGAN weights given (--enhancer-weights)")
     logs = [p for p in (inv.get("log"), summary.get("console_log")) if p]

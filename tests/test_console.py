@@ -160,3 +160,15 @@ def test_the_summary_repeats_the_warnings_that_matter_under_their_dub(capsys):
     assert printed[-1] == "logs: run/logs/a.log, run/logs/console.log"  # named after a good run too
     at = printed.index("    fr: clip.fr.mp4")
     assert printed[at + 2 : at + 5] == [f"        warning: {w}" for w in warnings]
+
+
+def test_a_catalogue_error_is_printed_once_under_its_title(capsys):
+    from dubline.flows.cli import _print_summary
+
+    error = "row 1 (nope [fr]): missing file: ./nope.mp4"
+    summary = {"out": "run", "catalogue_errors": [error, "row 2 (?): no title_id"], "invocation": {
+        "stages_executed": {}, "stages_skipped": {}, "stages_failed": {}, "dubs_needing_review": 0},
+        "titles": {"nope": {"status": "invalid", "error": error, "outputs": {}, "reports": {}, "needs_review": {}}}}
+    assert _print_summary(summary) == 1
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-3:] == ["  nope: invalid", f"    error: {error}", "  catalogue row 2 (?): no title_id"]
