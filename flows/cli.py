@@ -191,6 +191,9 @@ def run(catalogue: str, out: str, **options) -> None:
 def _single_title(mode: str, source: str, audio: str, script: str | None, output: str, language: str,
                   run_dir: str | None, row_options: dict, options: dict) -> None:
     output_path = Path(output).resolve()
+    if output_path.suffix.lower() not in (".mp4", ".m4v", ".mov"):
+        raise click.ClickException(f"output {output}: dubline writes MP4 (H.264 or HEVC with AAC), so name it .mp4 "
+                                   "(or .m4v, .mov)")
     run_folder = Path(run_dir) if run_dir else output_path.with_name(output_path.stem + ".dubline")
     title_id = safe_title_id(Path(source).stem)
     row = {"title_id": title_id, mode: os.path.abspath(source), "language": language,

@@ -281,13 +281,14 @@ def test_missing_enhancer_weights_are_refused_by_the_cli(inputs, tmp_path):
     (("nope.mp4", "{dub}", "--language", "fr"), "nope [fr]: missing file: {tmp}/nope.mp4"),
     (("{plain}", "nope.wav", "--language", "fr"), "plain [fr]: missing file: {tmp}/nope.wav"),
     (("{plain}", "{dub}", "--language", "xx"), "plain [xx]: unknown language code 'xx'"),
-], ids=["video", "audio", "language"])
+    (("{plain}", "{dub}", "-o", "out.avi"), "output out.avi: dubline writes MP4"),
+], ids=["video", "audio", "language", "output"])
 def test_a_single_dub_with_a_bad_input_stops_before_anything_starts(inputs, tmp_path, monkeypatch, arguments, expected):
     """Named as typed (relative to the working folder), at once, and no run folder is made."""
     monkeypatch.chdir(tmp_path)
     shutil.copyfile(inputs["plain"], tmp_path / "plain.mp4")
     fill = {"dub": str(inputs["dub"]), "plain": "plain.mp4", "tmp": str(tmp_path)}
-    result = CliRunner().invoke(main, ["dub", *(a.format(**fill) for a in arguments), "-o", "out.mp4", "--quiet"])
+    result = CliRunner().invoke(main, ["dub", "-o", "out.mp4", *(a.format(**fill) for a in arguments), "--quiet"])
     assert result.exit_code == 1 and expected.format(**fill) in result.output
     assert not (tmp_path / "out.dubline").exists()
 
