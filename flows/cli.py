@@ -188,6 +188,12 @@ def run(catalogue: str, out: str, **options) -> None:
     sys.exit(_print_summary(summary))
 
 
+def _as_given(path: str) -> str:
+    """An input file's path as the user gave it, made absolute (the catalogue row is read from the
+    run folder): symlinks and ``..`` are left to the file system, and errors show what was typed."""
+    return str(Path(path).absolute())
+
+
 def _single_title(mode: str, source: str, audio: str, script: str | None, output: str, language: str,
                   run_dir: str | None, row_options: dict, options: dict) -> None:
     output_path = Path(output).resolve()
@@ -196,9 +202,8 @@ def _single_title(mode: str, source: str, audio: str, script: str | None, output
                                    "(or .m4v, .mov)")
     run_folder = Path(run_dir) if run_dir else output_path.with_name(output_path.stem + ".dubline")
     title_id = safe_title_id(Path(source).stem)
-    row = {"title_id": title_id, mode: os.path.abspath(source), "language": language,
-           "dub_audio": os.path.abspath(audio),
-           **({"dub_script": os.path.abspath(script)} if script else {}),
+    row = {"title_id": title_id, mode: _as_given(source), "language": language, "dub_audio": _as_given(audio),
+           **({"dub_script": _as_given(script)} if script else {}),
            "options": {k: v for k, v in {**row_options, **{k: options.pop(k) for k in _ENCODE_OPTIONS}}.items()
                        if v is not None}}
     # The row's own problems (a missing file, an unknown language, a bad option) before anything
@@ -255,7 +260,7 @@ def _speaker_stems(ctx, param, values: tuple[str, ...]) -> dict[str, str] | None
         name, sep, path = value.partition("=")
         if not sep or not name.strip() or not path.strip():
             raise click.BadParameter(f"{value!r} is not NAME=FILE (e.g. S1=ep1.fr.S1.wav)")
-        stems[name.strip()] = str(Path(path.strip()).resolve())
+        stems[name.strip()] = _as_given(path.strip())
     return stems or None
 
 
@@ -277,7 +282,7 @@ def dub(video: str, audio: str, output: str, language: str, script: str | None, 
     """Dub VIDEO with the speech in AUDIO: same picture, the mouth of whoever speaks re-driven by the
     new audio (listeners keep their filmed mouths)."""
     row_options = {"expression_scale": expression_scale, "dub_speakers": speakers, "audio_tolerance_s": audio_tolerance,
-                   "speaker_binding": str(Path(speaker_binding).resolve()) if speaker_binding else None}
+                   "speaker_binding": _as_given(speaker_binding) if speaker_binding else None}
     _single_title("video", video, audio, script, output, language, run_dir, row_options, options)
 
 
@@ -307,8 +312,8 @@ def avatar(portrait: str, audio: str, output: str, language: str, script: str | 
     """Make a talking video of PORTRAIT speaking AUDIO (head motion and blinks from the audio)."""
     row_options = {
         "expression_scale": expression_scale, "still": still or None, "pose_style": pose_style,
-        "ref_pose": str(Path(ref_pose).resolve()) if ref_pose else None,
-        "ref_blink": str(Path(ref_blink).resolve()) if ref_blink else None,
+        "ref_pose": _as_given(ref_pose) if ref_pose else None,
+        "ref_blink": _as_given(ref_blink) if ref_blink else None,
         "yaw": _angles(yaw), "pitch": _angles(pitch), "roll": _angles(roll), "avatar_framing": framing,
         "background": background,
     }

@@ -284,7 +284,7 @@ def test_missing_enhancer_weights_are_refused_by_the_cli(inputs, tmp_path):
     (("{plain}", "{dub}", "-o", "out.avi"), "output out.avi: dubline writes MP4"),
 ], ids=["video", "audio", "language", "output"])
 def test_a_single_dub_with_a_bad_input_stops_before_anything_starts(inputs, tmp_path, monkeypatch, arguments, expected):
-    """Named as typed (relative to the working folder), at once, and no run folder is made."""
+    """At once, naming the file as typed made absolute, and no run folder is made."""
     monkeypatch.chdir(tmp_path)
     shutil.copyfile(inputs["plain"], tmp_path / "plain.mp4")
     fill = {"dub": str(inputs["dub"]), "plain": "plain.mp4", "tmp": str(tmp_path)}

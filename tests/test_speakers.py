@@ -569,8 +569,8 @@ def test_cli_stems_and_binding_reach_the_coeffs_job_and_a_changed_binding_recomp
     assert inspected.exit_code == 0 and inspected.output.splitlines()[1] == str(timeline)
     assert timeline.stat().st_size > 10_000
 
-    # A stem for a speaker the binding does not know fails the row, naming the title.
+    # A stem for a speaker the binding does not know fails the row before anything starts, naming the title.
     third = CliRunner().invoke(main, [*command, f"--speaker=S3={media['stems']['S3']}"])
     assert third.exit_code == 1
-    assert ("row 1 (dialogue [fr]): dub stem for unknown speaker 'S3': the speaker binding "
-            f"{binding} binds no face to it (speakers bound: S1, S2)") in third.output
+    assert third.output == ("Error: dialogue [fr]: dub stem for unknown speaker 'S3': the speaker binding "
+                            f"{binding} binds no face to it (speakers bound: S1, S2)\n")

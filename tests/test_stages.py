@@ -198,6 +198,6 @@ def test_fit_policy_refuses_above_tolerance():
     with pytest.raises(ValueError) as longer:
         fit_policy(7.5, 5.0, fps=25.0, tolerance_s=1.0)
     assert str(longer.value) == ("dub audio is 7.50 s but the picture is 5.00 s: 2.50 s longer, more than the "
-                                 "tolerance of 1.00 s (option audio_tolerance_s)")
+                                 "tolerance of 1.00 s (catalogue option audio_tolerance_s, dubline dub --audio-tolerance)")
     with pytest.raises(ValueError, match=r"0.10 s but the picture is 5.00 s: 4.90 s shorter"):
         fit_policy(0.1, 5.0, fps=25.0, tolerance_s=2.0)

@@ -12,8 +12,9 @@ Policy (README, "Media it takes"):
   A still image (sRGB) is written as BT.709, limited range.
 - quality: ``crf`` when given; otherwise chosen from the source's own bits per pixel (``auto_crf``).
 - size: at most what H.264/HEVC level 6.2 allows (``MAX_LEVEL_PIXELS``), refused beyond.
-- repeatability: x264 runs without its AVX-512 code (``x264_params``), so the same frames give the
-  same bytes in every run.
+- repeatability: x264 runs without its AVX-512 code (``x264_params``), so the same frames, options
+  and thread count give the same bytes in every run (the thread count changes them: a Ray worker
+  encodes on its CPUs, an in-process run on x264's choice).
 """
 
 from __future__ import annotations
@@ -126,9 +127,10 @@ def add_video_stream(out: av.container.OutputContainer, plan: EncodePlan, fps: F
     stream.width, stream.height, stream.pix_fmt = plan.width, plan.height, plan.pix_fmt
     ctx = stream.codec_context
     ctx.time_base = 1 / fps
-    ctx.thread_count = codec_threads()  # x264's threads (x265 keeps its own pools)
+    ctx.thread_count = codec_threads()  # x264's and x265's threads (both write them into their headers)
     # x264 on whole frames in parallel, not slices of each (PyAV's default): 200 frames of 844² on
-    # two cores encode in 1.39 s against 1.86 s; one thread (a 1-CPU Ray worker) is the same either way.
+    # two cores encode in 1.39 s against 1.86 s; one thread (a 1-CPU Ray worker) gives the same bytes
+    # either way. x265 ignores it.
     ctx.thread_type = "FRAME"
     colour = plan.colour
     ctx.color_primaries, ctx.color_trc, ctx.colorspace = colour.primaries, colour.transfer, colour.matrix
@@ -152,7 +154,8 @@ def add_video_stream(out: av.container.OutputContainer, plan: EncodePlan, fps: F
 def x264_params() -> dict[str, str]:
     """Encoder options that keep libx264 off its AVX-512 code: ``{"x264-params": "asm=N"}``, N being
     the SIMD flags the loaded libx264 detects (``x264_cpu_detect``) less ``X264_CPU_AVX512``; empty
-    where the CPU has no AVX-512 or the library cannot be found (not Linux, a static FFmpeg).
+    where the CPU has no AVX-512 or the library cannot be found (not Linux, a static FFmpeg: there
+    x264 keeps AVX-512; on Linux a test checks that PyAV's libx264 is found).
 
     Why: on an AVX-512 Xeon (this project's VM; PyAV 18's x264, core 165) x264 encoded the same
     128 frames into different bitstreams within one process — 9 of 40 single-threaded encodes

@@ -90,8 +90,9 @@ class TrackPlan:
 #: Dropped-item reason of a track whose lips the blendshape fit follows poorly (the anatomical
 #: prior weighs at least ``WEAK_FIT_PRIOR_WEIGHT``): worth a look, so the run summary repeats it.
 WEAK_BLENDSHAPE_FIT = "tracks with a weak blendshape fit (anatomical prior weighs half or more)"
-#: The prior's weight from which a track is counted as a weak fit: held-out lip R² 0.5 or less
-#: (``shape.mouth_model``). A trace of prior (R² just under 0.7) is not worth a warning.
+#: The prior's weight from which a track is counted as a weak fit (``shape.mouth_model``): held-out
+#: lip R² 0.5 or less, or on a track too short to hold frames out, a jaw that moves half as much as
+#: a map needs to learn from. A trace of prior (R² just under 0.7) is not worth a warning.
 WEAK_FIT_PRIOR_WEIGHT = 0.5
 
 

@@ -16,7 +16,7 @@ def fit_policy(audio_s: float, picture_s: float, fps: float, tolerance_s: float)
         raise ValueError(
             f"dub audio is {audio_s:.2f} s but the picture is {picture_s:.2f} s: "
             f"{abs(difference):.2f} s {'shorter' if difference < 0 else 'longer'}, more than the tolerance of "
-            f"{tolerance_s:.2f} s (option audio_tolerance_s)"
+            f"{tolerance_s:.2f} s (catalogue option audio_tolerance_s, dubline dub --audio-tolerance)"
         )
     if abs(difference) < 1.0 / fps:
         return "exact"
