@@ -26,7 +26,7 @@ from dubline.schemas import storage
 from dubline.schemas.catalogue import CatalogueEntry
 from dubline.schemas.catalogue_loader import load_catalogue
 from dubline.schemas.manifest_io import read_rows, write_manifest
-from dubline.schemas.manifests import CATALOGUE, REPORTS
+from dubline.schemas.manifests import AUDIO_TRACKS, CATALOGUE, REPORTS
 from dubline.stages.audio.stage import LANGUAGE_MISMATCH, SILENT_DUB
 from dubline.stages.base import TitleError
 from dubline.stages.coeffs.stage import UNTRUSTED_CALIBRATION
@@ -135,7 +135,7 @@ def localize_title(run_url: str, title_id: str, entries: list[dict[str, Any]], w
         entry = CatalogueEntry.from_row(row)
         run.update_language(title_id, entry.language, status="running", dub_audio_url=entry.dub_audio_url,
                             dub_script_url=entry.dub_script_url, error=None, review_reason=None, report=None,
-                            lipsync_r=None)
+                            lipsync_r=None, heard_language=None)
         heard[entry.language] = tasks.audio.submit(run_url, title_id, entry.language, titles_url, entry.dub_audio_url,
                                                    entry.options, whisper_model, entry.dub_script_url)
     try:
@@ -148,8 +148,10 @@ def localize_title(run_url: str, title_id: str, entries: list[dict[str, Any]], w
     for row in entries:
         language = row["language"]
         try:
+            audio_url = heard[language].result()
+            run.update_language(title_id, language, heard_language=heard_language(audio_url))
             futures[language] = _language.submit(run_url, title_id, language, titles_url, shots_url, faces_url,
-                                                  heard[language].result(), row, enhancer_weights, review_threshold)
+                                                  audio_url, row, enhancer_weights, review_threshold)
         except Exception as exc:  # noqa: BLE001 - a dub audio that fails its analysis fails its language only
             errors[language] = _describe(exc, title_id)
             run.update_language(title_id, language, status="failed", error=errors[language])
@@ -275,11 +277,23 @@ def summarize(run: RunFolder, invocation: dict[str, Any], title_ids: set[str] | 
 WARNINGS = {"audio": (LANGUAGE_MISMATCH, SILENT_DUB), "coeffs": (UNTRUSTED_CALIBRATION,), "render": (WEAK_BLENDSHAPE_FIT,)}
 
 
+def heard_language(audio_url: str) -> str | None:
+    """"fr (0.97)": the language Whisper heard in a dub (the ``audio`` manifest's) and its probability;
+    None where it was not checked (no Whisper, or an English-only one)."""
+    (track,) = read_rows(audio_url, AUDIO_TRACKS)
+    if track["language_matches"] is None or not track["detected_language"]:
+        return None
+    return f"{track['detected_language']} ({track['language_probability']:.2f})"
+
+
 def dub_warnings(language_state: dict[str, Any]) -> list[str]:
-    """"stage: reason (count)" for each ``WARNINGS`` reason a dub's stages dropped items for, and
-    the dub's speech cut at the end when it was longer than the picture."""
+    """"stage: reason (count)" for each ``WARNINGS`` reason a dub's stages dropped items for (a
+    language mismatch with the language Whisper heard), and the dub's speech cut at the end when it
+    was longer than the picture."""
     stages = language_state.get("stages", {})
-    found = [f"{stage}: {reason} ({count})" for stage, reasons in WARNINGS.items()
+    heard = language_state.get("heard_language")
+    found = [f"{stage}: {reason} ({count})" + (f": heard {heard}" if reason == LANGUAGE_MISMATCH and heard else "")
+             for stage, reasons in WARNINGS.items()
              for reason, count in (stages.get(stage, {}).get("dropped") or {}).items() if reason in reasons]
     cut_s = (stages.get("audio", {}).get("metrics") or {}).get("dub_speech_cut_s", 0.0)
     if cut_s > 0:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from dubline.flows.demo import astronaut, write_portrait_clip
+from dubline.flows.localize import heard_language
 from dubline.schemas.catalogue import OPTION_DEFAULTS
 from dubline.schemas.manifest_io import read_rows
 from dubline.schemas.manifests import AUDIO_TRACKS
@@ -159,6 +160,8 @@ def test_the_default_whisper_transcribes_in_the_dub_language_and_flags_a_wrong_o
     assert not mislabelled["language_matches"] and stats.dropped["dub language differs from the catalogue"] == 1
     # Whisper is sure it hears French, so the transcript is French, not a German mishearing.
     assert mislabelled["language_probability"] >= 0.8 and mislabelled["transcript_language"] == "fr"
+    # The run summary's warning says what was heard (read from the manifest).
+    assert heard_language(str(tmp_path / "de" / "audio.parquet")) == f"fr ({mislabelled['language_probability']:.2f})"
 
 
 def test_a_dub_script_is_read_into_the_manifest(titles_url, speech, tmp_path):

@@ -149,6 +149,8 @@ def test_the_summary_repeats_the_warnings_that_matter_under_their_dub(capsys):
                         f"coeffs: {UNTRUSTED_CALIBRATION} (1)",  # routine reasons are not repeated
                         "audio: 1.23 s of dub speech cut at the end (the dub audio is longer than the picture)"]
     assert dub_warnings({"stages": {"audio": {"metrics": {"dub_speech_cut_s": 0.0}}}}) == []  # silence cut
+    assert dub_warnings({**state, "heard_language": "pt (0.93)"})[0] == (
+        "audio: dub language differs from the catalogue (1): heard pt (0.93)")
     summary = {"out": "run", "catalogue_errors": [], "invocation": {
         "stages_executed": {}, "stages_skipped": {}, "stages_failed": {}, "dubs_needing_review": 0},
         "titles": {"clip": {"status": "done", "error": None, "outputs": {"fr": "clip.fr.mp4"},
