@@ -16,7 +16,7 @@ from dubline.schemas.manifest_io import read_rows
 from dubline.schemas.manifests import FACE_TRACKS, FRAME_CHUNK, SHOTS
 from dubline.stages.base import StageJob
 from dubline.stages.face_model.geometry import eye_centres, project
-from dubline.stages.face_model.landmarks import FaceLandmarker
+from dubline.stages.face_model.landmarks import FaceDetector
 from dubline.stages.faces import FaceStage
 from dubline.stages.faces.tracking import TrackLinker
 from dubline.stages.probe import ProbeStage
@@ -233,14 +233,14 @@ def test_the_detector_runs_between_discoveries_only_where_no_face_is_followed(ru
     frames = [np.full_like(image, 90)] * 3 + [image] * 17  # the face enters at frame 3
     write_clip(tmp_path / "enters.mp4", frames, FPS)
     whole_frames = []
-    detect = FaceLandmarker.detect
+    detect = FaceDetector.detect  # the discoveries have a detector of their own
 
     def counted(self, frame):
         if frame.shape[:2] == image.shape[:2]:  # not a tile of a discovery frame
             whole_frames.append(frame)
         return detect(self, frame)
 
-    monkeypatch.setattr(FaceLandmarker, "detect", counted)
+    monkeypatch.setattr(FaceDetector, "detect", counted)
     (track,), _, _ = analyse(runner, tmp_path / "run", tmp_path / "enters.mp4")
     assert track["frame_index"] == list(range(3, 20))
     # Frames 0-3: nothing followed yet; then every 5th frame (discover_every) while it is followed

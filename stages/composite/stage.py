@@ -47,6 +47,7 @@ from dubline.stages.media import (
     sdr_filter,
 )
 from dubline.stages.speech.fit import fit_policy
+from dubline.stages.threads import ordered_map, prefetched
 
 AUDIO_RATE = 48_000
 AUDIO_LAYOUT = "stereo"
@@ -192,23 +193,35 @@ class CompositeStage(Stage):
         with av.open(path, "w", format="mp4", options={"movflags": "+faststart"}) as out:
             video_out = add_video_stream(out, plan, fps)
             audio = None if audio_url is None else _AudioTrack(out, audio_url, title_id)
-            frames_written = pasted = 0
-            crops = rendered_crops(render_url, start)
-            pending = next(crops, None)
             output = _Output(plan, video)
-            for frame in pictures:
-                due = []
-                while pending is not None and pending[0] == start + frames_written:
-                    due.append(pending[1:])
-                    pending = next(crops, None)
-                pasted += len(due)
+
+            def decoded() -> Iterator[tuple[av.VideoFrame, list[tuple[np.ndarray, np.ndarray]]]]:
+                """(frame, its crops: RGBA, crop->frame affine), decoded in a thread ahead: the
+                source in the working pixel format (an avatar's still as it is)."""
+                crops = rendered_crops(render_url, start)
+                pending = next(crops, None)
+                for position, frame in enumerate(pictures):
+                    due = []
+                    while pending is not None and pending[0] == start + position:
+                        due.append(pending[1:])
+                        pending = next(crops, None)
+                    yield (frame if framing else output.base(frame)), due
+
+            def pasted(item: tuple[av.VideoFrame, list[tuple[np.ndarray, np.ndarray]]]) -> tuple[av.VideoFrame, int]:
+                """A frame with its crops pasted, and their count; frames are independent, so
+                several are pasted at once while the encoder takes the frames before."""
+                frame, due = item
                 if framing:  # an avatar: the still portrait is RGB anyway
                     rgb = frame.to_ndarray(format="rgb24")
                     for rgba, affine in due:
                         paste(rgb, rgba, affine)
-                    picture = output.from_rgb(framing[0](rgb))
-                else:
-                    picture = output.finish(output.paste(output.base(frame), due))
+                    return output.from_rgb(framing[0](rgb)), len(due)
+                return output.paste(frame, due), len(due)
+
+            frames_written = pasted_crops = 0
+            for picture, count in ordered_map(pasted, prefetched(decoded())):
+                pasted_crops += count
+                picture = picture if framing else output.finish(picture)  # one filter graph: in order
                 picture.pts, picture.time_base = frames_written, 1 / fps
                 out.mux(video_out.encode(picture))
                 frames_written += 1
@@ -217,7 +230,7 @@ class CompositeStage(Stage):
             out.mux(video_out.encode(None))
             if audio is not None:
                 audio.finish(round(frames_written * AUDIO_RATE / fps))
-        return frames_written, pasted
+        return frames_written, pasted_crops
 
 
 class _AudioTrack:

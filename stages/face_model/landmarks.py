@@ -18,17 +18,15 @@ MESH_INPUT = 256  # side of the square crop the mesh network sees (px)
 CROP_MARGIN = 1.8  # crop side / detected box side: the mesh's own detector needs context
 
 
-class FaceLandmarker:
-    """Detector + mesh, created once per worker (the graphs are not thread-safe)."""
+class FaceDetector:
+    """MediaPipe's full-range face detector. One per thread that uses it: a graph is not
+    thread-safe."""
 
     def __init__(self, min_detection_confidence: float = 0.5):
         import mediapipe as mp
 
         self._detector = mp.solutions.face_detection.FaceDetection(
             model_selection=1, min_detection_confidence=min_detection_confidence  # 1 = full range
-        )
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.3
         )
 
     def detect(self, frame: np.ndarray) -> np.ndarray:
@@ -61,6 +59,21 @@ class FaceLandmarker:
                 found.append(boxes)
         return np.concatenate(found) if found else np.zeros((0, 5), np.float32)
 
+    def close(self) -> None:
+        self._detector.close()
+
+
+class FaceLandmarker(FaceDetector):
+    """Detector + mesh, created once per worker (the graphs are not thread-safe)."""
+
+    def __init__(self, min_detection_confidence: float = 0.5):
+        import mediapipe as mp
+
+        super().__init__(min_detection_confidence)
+        self._mesh = mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.3
+        )
+
     def mesh(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray | None:
         """478×3 landmarks (x, y, z in frame px) of the face in ``box``, or None if none is found."""
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
@@ -80,5 +93,5 @@ class FaceLandmarker:
         return points
 
     def close(self) -> None:
-        self._detector.close()
+        super().close()
         self._mesh.close()

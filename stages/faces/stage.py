@@ -31,11 +31,12 @@ from dubline.stages.base import Resources, Stage, TitleError
 from dubline.stages.job_rows import JobRow, Place, Upstream
 from dubline.stages.face_model import geometry
 from dubline.stages.face_model.crop import crop_face, crop_transforms
-from dubline.stages.face_model.landmarks import FaceLandmarker
+from dubline.stages.face_model.landmarks import FaceDetector, FaceLandmarker
 from dubline.stages.face_model.smoothing import jitter, lag_frames, one_euro_zero_phase
 from dubline.stages.faces.chunks import ChunkWriter
 from dubline.stages.faces.tracking import TrackLinker, distinct, iou
 from dubline.stages.media import rgb_frames
+from dubline.stages.threads import prefetched
 
 
 #: Frames of a track segment (30 s at 25 fps): memory stays bounded by it, not by the title's
@@ -95,6 +96,8 @@ class FaceStage(Stage):
 
     def setup(self) -> None:
         self._landmarker = FaceLandmarker(self.params["min_detection_confidence"])
+        # Discovery frames' detections run ahead in the decoding thread, on a graph of their own.
+        self._discoverer = FaceDetector(self.params["min_detection_confidence"])
 
     def process_batch(self, rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for row in rows:
@@ -158,15 +161,13 @@ class FaceStage(Stage):
             analysed.extend((*place, t.serial, self._analyse(title, place[0], t)) for t in tracks)
 
         frames = faces = 0
-        for index, rgb in rgb_frames(title, start=start):  # analysed in the SDR view
-            if index >= end:
-                break
+        for index, rgb, discovered in prefetched(self._discoveries(rgb_frames(title, start=start), end)):
             frames += 1
             here = (max(0, bisect_right(starts, index) - 1), index // segment_frames)
             if here != place:  # a new shot or segment: the tracks before it have ended
                 analyse(linker.tracks)
                 place, linker = here, TrackLinker(self.params["max_gap"])
-            boxes, meshes, scores = self._faces_in_frame(rgb, index, linker)
+            boxes, meshes, scores = self._faces_in_frame(rgb, index, linker, discovered)
             faces += len(boxes)
             linker.add(index, boxes, meshes, scores)
             analyse(linker.pop_finished(index))
@@ -174,13 +175,27 @@ class FaceStage(Stage):
         analysed.sort(key=lambda item: item[:3])
         return [track for *_, track in analysed], frames, faces
 
-    def _faces_in_frame(self, rgb: np.ndarray, index: int,
-                        linker: TrackLinker) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    def _discoveries(self, decoded: Iterator[tuple[int, np.ndarray]], end: int
+                     ) -> Iterator[tuple[int, np.ndarray, list[np.ndarray] | None]]:
+        """(clock frame index, RGB frame in the SDR view, on discovery frames the whole-frame and
+        the tiled detections, else None) up to frame ``end``. Discovery frames are every
+        ``discover_every`` frames, known in advance, so their detections run in the decoding
+        thread while the previous frames are meshed."""
+        every, grid = self.params["discover_every"], self.params["discover_grid"]
+        for index, rgb in decoded:
+            if index >= end:
+                return
+            found = [self._discoverer.detect(rgb), self._discoverer.detect_tiled(rgb, grid)] if index % every == 0 else None
+            yield index, rgb, found
+
+    def _faces_in_frame(self, rgb: np.ndarray, index: int, linker: TrackLinker,
+                        discovered: list[np.ndarray] | None) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
         """Meshes of the faces in one frame, with their boxes (N×4, from the mesh's extent) and
         the detector's best score on each (N; 0 where it was only followed).
 
         Candidates: tracked faces where they were in the previous frame, the detector's faces,
-        and every ``discover_every`` frames faces found on tiles (small faces). The mesh confirms
+        and on discovery frames faces found on tiles (small faces; ``discovered``: the
+        whole-frame and tiled detections of a discovery frame, else None). The mesh confirms
         each one. A followed face is meshed from its previous box whether or not the detector
         runs, so the whole-frame detector (~5 ms) runs on discovery frames and otherwise only
         where it can change something (``TrackLinker.needs_detector``: nothing followed, a face
@@ -189,11 +204,10 @@ class FaceStage(Stage):
         """
         expected = linker.expected_boxes(index)
         candidates = [np.hstack([expected, np.zeros((len(expected), 1))])]
-        discovery = index % self.params["discover_every"] == 0
-        if discovery or linker.needs_detector(index, self.params["min_face_score"]):
+        if discovered is not None:
+            candidates += discovered
+        elif linker.needs_detector(index, self.params["min_face_score"]):
             candidates.append(self._landmarker.detect(rgb))
-        if discovery:
-            candidates.append(self._landmarker.detect_tiled(rgb, self.params["discover_grid"]))
         candidates = np.concatenate(candidates)
         meshes = [m for m in (self._landmarker.mesh(rgb, candidates[i, :4]) for i in distinct(candidates)) if m is not None]
         boxes = np.array([geometry.mesh_box(m) for m in meshes]).reshape(-1, 4)
@@ -272,7 +286,7 @@ class FaceStage(Stage):
             last = max(due)
             # Crops hold the source's own code values (for HDR: not the SDR view), as they are
             # pasted back into the source's own picture.
-            for index, rgb in rgb_frames(title, view="rgb", start=min(due)):
+            for index, rgb in prefetched(rgb_frames(title, view="rgb", start=min(due))):
                 for writer, to_crop in due.pop(index, ()):
                     writer.add(index, crop_face(rgb, to_crop, size), to_crop)
                 if index >= last:

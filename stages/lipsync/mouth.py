@@ -7,6 +7,7 @@ per track, and ``jaw_open`` (inner-lip gap in inter-ocular distances) on the pos
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import cv2
@@ -15,6 +16,7 @@ import numpy as np
 from dubline.stages.face_model import geometry
 from dubline.stages.face_model.landmarks import FaceLandmarker
 from dubline.stages.media import describe, frames
+from dubline.stages.threads import Pool, ordered_map, prefetched
 
 #: IOD added around the hull of the mesh at and below the nose: the region dubbing may change.
 _LOWER_FACE_MARGIN = 0.35
@@ -58,7 +60,7 @@ def measure_mouths(
 
 
 def measure_meshes(
-    landmarker: FaceLandmarker,
+    landmarker: FaceLandmarker | Pool[FaceLandmarker],
     video_url: str,
     boxes_by_track: dict[int, dict[int, np.ndarray]] | None = None,
     start: int = 0,
@@ -67,30 +69,47 @@ def measure_meshes(
 
     ``boxes_by_track`` gives, per track id, where its face is (frame -> x0, y0, x1, y1), e.g. the
     dubbed tracks' boxes; each track is measured on its own frames, and decoding stops after the
-    last of them. Without it the largest face is followed from frame to frame (re-detected when
-    lost) and returned as track 0. ``start``: the first frame to decode (from the keyframe before
-    it, ``media.frames``); boxes before it are not measured.
+    last of them. Frames are then independent: a ``Pool`` of landmarkers measures as many at once
+    (the same meshes as one). Without it the largest face is followed from frame to frame
+    (re-detected when lost; one landmarker, the pool's first) and returned as track 0. ``start``:
+    the first frame to decode (from the keyframe before it, ``media.frames``); boxes before it are
+    not measured.
     """
+    pool = landmarker if isinstance(landmarker, Pool) else Pool([landmarker])
     follow = boxes_by_track is None
     wanted = {0: {}} if follow else boxes_by_track
     meshes: dict[int, list[tuple[int, np.ndarray]]] = {track: [] for track in wanted}
     last_frame = None if follow else max((max(b) for b in wanted.values() if b), default=-1)
     if last_frame is not None and last_frame < start:
         return meshes
-    previous: np.ndarray | None = None
-    for index, frame in enumerate(frames(describe(video_url), start=start), start=start):  # as shown, on its clock, SDR
-        if last_frame is not None and index > last_frame:
-            break
-        due = [0] if follow else [track for track, boxes in wanted.items() if index in boxes]
-        if not due:
-            continue
-        rgb = frame.to_ndarray(format="rgb24")
-        for track in due:
-            if follow:
-                mesh = follow_largest_face(landmarker, rgb, previous)
+
+    def due_frames() -> Iterator[tuple[int, list[int], np.ndarray]]:
+        """(frame, its tracks to measure, RGB) of the frames with any, decoded in a thread ahead
+        of the mesh."""
+        for index, frame in enumerate(frames(describe(video_url), start=start), start=start):  # as shown, on its clock, SDR
+            if last_frame is not None and index > last_frame:
+                return
+            due = [0] if follow else [track for track, boxes in wanted.items() if index in boxes]
+            if due:
+                yield index, due, frame.to_ndarray(format="rgb24")
+
+    if follow:
+        previous: np.ndarray | None = None
+        with pool.lend() as one:
+            for index, _, rgb in prefetched(due_frames()):
+                mesh = follow_largest_face(one, rgb, previous)
                 previous = geometry.mesh_box(mesh) if mesh is not None else None
-            else:
-                mesh = landmarker.mesh(rgb, wanted[track][index])
+                if mesh is not None:
+                    meshes[0].append((index, mesh.astype(np.float32)))
+        return meshes
+
+    def measured(item: tuple[int, list[int], np.ndarray]) -> tuple[int, list[tuple[int, np.ndarray | None]]]:
+        index, due, rgb = item
+        with pool.lend() as free:
+            return index, [(track, free.mesh(rgb, wanted[track][index])) for track in due]
+
+    for index, found in ordered_map(measured, prefetched(due_frames()), workers=len(pool)):
+        for track, mesh in found:
             if mesh is not None:
                 meshes[track].append((index, mesh.astype(np.float32)))
     return meshes

@@ -50,6 +50,7 @@ from dubline.stages.render.bank import Blend, choose_donors, crossfades, pick_ca
 from dubline.stages.render.mouth import Donor, inner_gap, iod, mouth_box, mouth_layer, mouth_region, region_triangles
 from dubline.stages.render.shape import MouthModel, driven_landmarks, lower_face_weights, mouth_model
 from dubline.stages.render.warp import box_grid, lower_face_grid, remap
+from dubline.stages.threads import ordered_map
 
 _AVATAR_CHUNK = 48  # frames per rendered chunk of an avatar
 #: IOD beyond the moving points where the warp has faded out. In dub mode it is inside the region
@@ -229,35 +230,41 @@ class RenderStage(Stage):
         portrait = self._source_rows(track)[:1] if avatar else []
         chunks = ((portrait * (bounds[k] - starts[k]) if avatar else read_rows(track["chunk_urls"][k], FRAME_CHUNK))
                   for k in owned)
+        def render_row(item: tuple[int, dict[str, Any]]) -> tuple[dict[str, Any], float, np.ndarray, np.ndarray]:
+            """One driven frame: its output row, its outside shift (IOD) and the two flicker
+            samples (source, output). Frames are independent given the plan."""
+            i, row = item
+            to_crop = _to_crop(row["affine"])
+            source = _apply(to_crop, measured[plan.sources[i]])
+            target = _apply(to_crop, plan.targets[i])
+            crop = decode_rgb(row["image"])
+            blend = [(plan.donors[d], w) for d, w in zip(plan.blends[i].donors, plan.blends[i].weights)]
+            image, alpha = self._frame(crop, source, target, plan, blend, region, triangles)
+            alpha *= weights[i]
+            outside = float(np.linalg.norm(target[list(_FACE_OVAL)] - source[list(_FACE_OVAL)], axis=1).max()) / iod(source)
+            # Only the changed region is stored: its box, with the affine moved to match.
+            x0, y0, width, height = cv2.boundingRect((alpha > 0).astype(np.uint8))
+            y0, y1, x0, x1 = (y0, y0 + height, x0, x0 + width) if width else (0, 1, 0, 1)
+            rgba = np.dstack([image[y0:y1, x0:x1], (alpha[y0:y1, x0:x1] * 255).astype(np.uint8)])
+            to_frame = np.asarray(row["affine"], dtype=np.float64).reshape(2, 3)
+            to_frame[:, 2] += to_frame[:, :2] @ [x0, y0]
+            index = driven["frame_index"][i] if avatar else row["frame_index"]
+            # The title's track number: a faces range job numbered its own crops' tracks.
+            out_row = {**row, "track_id": track["track_id"], "frame_index": index,
+                       "image": encode_rgba(rgba, self.params["webp_quality"]),
+                       "image_format": "webp", "affine": to_frame.astype(np.float32).ravel().tolist()}
+            return out_row, outside, _lower_face(crop, alpha), _lower_face(image, alpha)
+
         outside, rendered, written = [], [], []
         for k, chunk in zip(owned, chunks):
             out_rows = []
-            for i, row in enumerate(chunk, start=starts[k]):
-                if weights[i] <= 0:
-                    continue
-                to_crop = _to_crop(row["affine"])
-                source = _apply(to_crop, measured[plan.sources[i]])
-                target = _apply(to_crop, plan.targets[i])
-                crop = decode_rgb(row["image"])
-                blend = [(plan.donors[d], w) for d, w in zip(plan.blends[i].donors, plan.blends[i].weights)]
-                image, alpha = self._frame(crop, source, target, plan, blend, region, triangles)
-                alpha *= weights[i]
-                scale = iod(source)
-                outside.append(float(np.linalg.norm(target[list(_FACE_OVAL)] - source[list(_FACE_OVAL)], axis=1).max()) / scale)
-                # Only the changed region is stored: its box, with the affine moved to match.
-                x0, y0, width, height = cv2.boundingRect((alpha > 0).astype(np.uint8))
-                y0, y1, x0, x1 = (y0, y0 + height, x0, x0 + width) if width else (0, 1, 0, 1)
-                rgba = np.dstack([image[y0:y1, x0:x1], (alpha[y0:y1, x0:x1] * 255).astype(np.uint8)])
-                to_frame = np.asarray(row["affine"], dtype=np.float64).reshape(2, 3)
-                to_frame[:, 2] += to_frame[:, :2] @ [x0, y0]
-                index = driven["frame_index"][i] if avatar else row["frame_index"]
-                rendered.append(int(index))
-                # The title's track number: a faces range job numbered its own crops' tracks.
-                out_rows.append({**row, "track_id": track["track_id"], "frame_index": index,
-                                 "image": encode_rgba(rgba, self.params["webp_quality"]),
-                                 "image_format": "webp", "affine": to_frame.astype(np.float32).ravel().tolist()})
-                flicker_in.add(_lower_face(crop, alpha))
-                flicker_out.add(_lower_face(image, alpha))
+            driven_rows = ((i, row) for i, row in enumerate(chunk, start=starts[k]) if weights[i] > 0)
+            for out_row, shift, sample_in, sample_out in ordered_map(render_row, driven_rows):
+                outside.append(shift)
+                rendered.append(int(out_row["frame_index"]))
+                out_rows.append(out_row)
+                flicker_in.add(sample_in)
+                flicker_out.add(sample_out)
             if out_rows:
                 url = f"{prefix}_{k:04d}.parquet"
                 write_manifest(out_rows, FRAME_CHUNK, url)

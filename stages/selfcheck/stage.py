@@ -23,6 +23,7 @@ from dubline.stages.base import Resources, Stage, join_track_rows
 from dubline.stages.face_model.landmarks import FaceLandmarker
 from dubline.stages.job_rows import JobRow, Upstream
 from dubline.stages.lipsync.mouth import measure_meshes
+from dubline.stages.threads import Pool, worker_cpus
 from dubline.stages.lipsync.sample import sampled_boxes
 
 
@@ -54,7 +55,8 @@ class SelfCheckStage(Stage):
     counted_metrics = ("frames_measured",)
 
     def setup(self) -> None:
-        self._landmarker = FaceLandmarker()
+        # The sampled frames are meshed side by side, one graph per CPU given (a graph is not thread-safe).
+        self._landmarkers = Pool(FaceLandmarker() for _ in range(worker_cpus()))
 
     def process_batch(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [out for row in rows
@@ -70,7 +72,7 @@ class SelfCheckStage(Stage):
             faces = {t["track_id"]: t for t in read_rows(row["faces_url"], FACE_TRACKS, without=("landmarks",))}
             boxes = {track: {f: box for f, box in b.items() if start <= f < end}
                      for track, b in sampled_boxes(faces, read_rows(row["coeffs_url"], DRIVEN_COEFFS)).boxes.items()}
-        meshes = measure_meshes(self._landmarker, output["video_url"], boxes, start=start)
+        meshes = measure_meshes(self._landmarkers, output["video_url"], boxes, start=start)
         rows = [{"title_id": row["title_id"], "language": row["language"], "track_id": track,
                  "frame_index": [index for index, _ in found], "landmarks": [mesh.reshape(-1) for _, mesh in found]}
                 for track, found in sorted(meshes.items()) if found]

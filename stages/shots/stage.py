@@ -7,6 +7,7 @@ composite stages see, whatever the source's rotation, frame-rate changes or star
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import cv2
@@ -17,6 +18,7 @@ from scenedetect.scene_manager import compute_downscale_factor
 from dubline.schemas.manifests import SHOTS, TITLES
 from dubline.stages.base import Resources, Stage, TitleError
 from dubline.stages.media import ShownVideo, rgb_frames
+from dubline.stages.threads import prefetched
 
 
 class ShotsStage(Stage):
@@ -62,10 +64,17 @@ class ShotsStage(Stage):
         # Frames are compared at about 256 px, as PySceneDetect's own SceneManager does by default
         # (its threshold is tuned there): ~5x less work per frame at 844 px than full resolution.
         factor = compute_downscale_factor(max(video.width, video.height))
+
+        def compared() -> Iterator[tuple[int, np.ndarray]]:
+            """(clock frame, BGR at the compared size: PySceneDetect wants BGR), decoded and
+            scaled in a thread ahead of the detector."""
+            for index, rgb in rgb_frames(video):
+                if factor > 1.0:
+                    size = (max(1, round(rgb.shape[1] / factor)), max(1, round(rgb.shape[0] / factor)))
+                    rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
+                yield index, np.ascontiguousarray(rgb[..., ::-1])
+
         cuts: list[int] = []
-        for index, rgb in rgb_frames(video):
-            if factor > 1.0:
-                size = (max(1, round(rgb.shape[1] / factor)), max(1, round(rgb.shape[0] / factor)))
-                rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
-            cuts += detector.process_frame(index, np.ascontiguousarray(rgb[..., ::-1]))  # PySceneDetect wants BGR
+        for index, bgr in prefetched(compared()):
+            cuts += detector.process_frame(index, bgr)
         return sorted(set(cuts))
