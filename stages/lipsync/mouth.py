@@ -71,7 +71,7 @@ def measure_meshes(
     dubbed tracks' boxes; each track is measured on its own frames, and decoding stops after the
     last of them. Frames are then independent: a ``Pool`` of landmarkers measures as many at once
     (the same meshes as one). Without it the largest face is followed from frame to frame
-    (re-detected when lost; one landmarker, the pool's first) and returned as track 0. ``start``:
+    (re-detected when lost; on one landmarker of the pool) and returned as track 0. ``start``:
     the first frame to decode (from the keyframe before it, ``media.frames``); boxes before it are
     not measured.
     """
